@@ -1,0 +1,28 @@
+"""napari-sam: Segment Anything (SAM) in napari, through Hugging Face transformers.
+
+The Qt-free core is importable on its own::
+
+    from napari_sam import Predictor
+    predictor = Predictor.from_pretrained("facebook/sam-vit-base")
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .core.embedding_cache import EmbeddingCache
+from .core.model_loading import DEFAULT_CHECKPOINT, KNOWN_CHECKPOINTS, ModelLoadError
+from .core.predictor import Prediction, Predictor
+
+try:
+    __version__ = version("napari-sam")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "DEFAULT_CHECKPOINT",
+    "KNOWN_CHECKPOINTS",
+    "EmbeddingCache",
+    "ModelLoadError",
+    "Prediction",
+    "Predictor",
+    "__version__",
+]

@@ -1,0 +1,1 @@
+"""Between napari layers and the core: slices, transforms, labels writes."""

@@ -1,0 +1,1 @@
+"""The Qt-free, napari-free core: model loading, image preparation, prediction."""

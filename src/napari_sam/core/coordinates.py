@@ -1,0 +1,28 @@
+"""The one place where (row, col) data pixels become SAM's (x, y) model coordinates.
+
+Everywhere else in napari-sam, positions are (row, col) in the image's data pixels, like numpy and napari: a
+pixel's centre is at its integer index. SAM's prompt encoder takes (x, y) in the resized image, and shifts by
+half a pixel itself, so a data position only needs scaling by the resize factor of each axis and swapping.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def points_to_model(points_rc: np.ndarray, original_size: tuple[int, int],
+                    resized_size: tuple[int, int]) -> np.ndarray:
+    """Map (..., 2) points from (row, col) data pixels to (x, y) in the resized model input, float32."""
+    points_rc = np.asarray(points_rc, dtype=np.float64)
+    scale_row = resized_size[0] / original_size[0]
+    scale_col = resized_size[1] / original_size[1]
+    xy = np.stack([points_rc[..., 1] * scale_col, points_rc[..., 0] * scale_row], axis=-1)
+    return xy.astype(np.float32)
+
+
+def boxes_to_model(boxes_rc: np.ndarray, original_size: tuple[int, int],
+                   resized_size: tuple[int, int]) -> np.ndarray:
+    """Map (..., 4) boxes (row_min, col_min, row_max, col_max) to SAM's (x_min, y_min, x_max, y_max), float32."""
+    boxes_rc = np.asarray(boxes_rc, dtype=np.float64)
+    corners = boxes_rc.reshape(*boxes_rc.shape[:-1], 2, 2)
+    return points_to_model(corners, original_size, resized_size).reshape(*boxes_rc.shape[:-1], 4)

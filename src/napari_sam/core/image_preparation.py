@@ -1,0 +1,169 @@
+"""Turning any 2D image a napari layer can hold into SAM's model input.
+
+Two steps, both in torch on the model's device (no torchvision, no PIL):
+
+1. :func:`display_rgb`: the image as napari shows it, as float32 RGB in [0, 1], shape (3, H, W). Intensities go
+   through the contrast limits (or, without them, robust percentiles); gray is repeated to three channels; RGBA
+   is composited onto white (as transformers' ``convert_to_rgb`` does); NaN becomes the low end, +inf the high.
+2. :func:`model_input`: take 8-bit levels, resize the longest side to the checkpoint's ``longest_edge`` exactly
+   as PIL's antialiased bilinear does (two passes, rounding after each), normalise with its mean/std, zero-pad
+   bottom/right to its ``pad_size``. Shape (1, 3, pad_h, pad_w).
+
+Arrays are indexed (row, col[, channel]) throughout, like numpy and napari.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model_loading import ModelGeometry
+
+#: Percentiles used to normalise an image that comes without contrast limits (uint8 uses its full range).
+ROBUST_PERCENTILES = (0.5, 99.5)
+
+
+def image_layout(image: np.ndarray, rgb: bool | None = None) -> bool:
+    """Check that ``image`` is a 2D gray, RGB or RGBA array and return whether it has a channel axis.
+
+    Args:
+        image: array of shape (H, W), (H, W, 3) or (H, W, 4).
+        rgb: True/False to state the layout (napari's ``Image.rgb``); None guesses it from the shape.
+
+    Raises:
+        ValueError: bool or complex data, an empty image, or a shape that is not one 2D plane.
+    """
+    if image.dtype == bool:
+        raise ValueError(
+            "Boolean images are not supported: SAM needs intensities. Convert the mask to uint8 (e.g. "
+            "`image.astype(np.uint8) * 255`) or use it as a mask prompt instead."
+        )
+    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise ValueError(f"Unsupported image dtype {image.dtype}: use an integer or floating-point image.")
+    if rgb is None:
+        rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+    if rgb and (image.ndim != 3 or image.shape[-1] not in (3, 4)):
+        raise ValueError(f"An RGB(A) image must have shape (H, W, 3) or (H, W, 4), not {image.shape}.")
+    if not rgb and image.ndim != 2:
+        raise ValueError(
+            f"Expected one 2D image of shape (H, W), (H, W, 3) or (H, W, 4), got shape {image.shape}. "
+            "For a stack, pass the 2D slice to segment."
+        )
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"The image is empty (shape {image.shape}).")
+    return bool(rgb)
+
+
+def default_contrast_limits(image: np.ndarray, rgb: bool) -> tuple[float, float]:
+    """Contrast limits used when none are given: uint8 keeps 0..255, anything else the robust percentiles.
+
+    Only finite values count. Raises ValueError when the image has none.
+    """
+    values = image[..., :3] if rgb else image
+    if values.dtype == np.uint8:
+        return 0.0, 255.0
+    finite = values[np.isfinite(values)] if np.issubdtype(values.dtype, np.floating) else values.ravel()
+    if finite.size == 0:
+        raise ValueError("The image has no finite values (all NaN or inf): there is nothing to segment.")
+    sample = finite if finite.size <= 4_000_000 else finite[:: finite.size // 4_000_000 + 1]
+    low, high = np.percentile(sample, ROBUST_PERCENTILES)
+    return float(low), float(high)
+
+
+def _alpha_range(dtype: np.dtype) -> float:
+    if np.issubdtype(dtype, np.integer):
+        return float(np.iinfo(dtype).max)
+    return 1.0
+
+
+def display_rgb(
+    image: np.ndarray,
+    contrast_limits: Sequence[float] | None = None,
+    rgb: bool | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """The image as napari displays it: float32 RGB in [0, 1], shape (3, H, W), on ``device``.
+
+    Args:
+        image: (H, W), (H, W, 3) or (H, W, 4) array of any integer or float dtype; NaN and inf allowed.
+        contrast_limits: (low, high) mapped to 0 and 1 (values outside are clipped); for RGB(A) they apply to
+            the colour channels alike. None: uint8 keeps 0..255, other dtypes use :data:`ROBUST_PERCENTILES`.
+        rgb: whether the last axis holds colour channels; None guesses from the shape.
+        device: where the result is computed.
+
+    Raises:
+        ValueError: for unsupported dtypes or shapes, limits with ``high <= low``, or no finite values.
+    """
+    image = np.asarray(image)
+    has_channels = image_layout(image, rgb)
+    if contrast_limits is None:
+        low, high = default_contrast_limits(image, has_channels)
+    else:
+        if len(contrast_limits) != 2:
+            raise ValueError(f"contrast_limits must be (low, high), got {contrast_limits!r}.")
+        low, high = (float(v) for v in contrast_limits)
+        if not (np.isfinite(low) and np.isfinite(high)) or high <= low:
+            raise ValueError(f"contrast_limits must be finite with low < high, got ({low}, {high}).")
+    span = high - low if high > low else 1.0  # a flat image maps to 0
+
+    native = image.astype(image.dtype.newbyteorder("="), copy=False)
+    data = torch.from_numpy(np.ascontiguousarray(native)).to(device)
+    if not has_channels:
+        data = data[None]
+    else:
+        data = data.permute(2, 0, 1)
+    wide = image.dtype.itemsize > 4 and data.device.type != "mps"  # MPS has no float64
+    colour = data[:3].to(torch.float64 if wide else torch.float32)
+    colour = ((colour - low) / span).to(torch.float32)
+    colour = torch.nan_to_num(colour, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
+    if colour.shape[0] == 1:
+        colour = colour.expand(3, -1, -1)
+    if data.shape[0] == 4:
+        alpha = data[3].to(torch.float32) / _alpha_range(image.dtype)
+        alpha = torch.nan_to_num(alpha, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
+        colour = colour * alpha + (1.0 - alpha)  # onto white, like transformers' convert_to_rgb
+    return colour.contiguous()
+
+
+def resized_shape(original_size: tuple[int, int], longest_edge: int) -> tuple[int, int]:
+    """(height, width) after scaling the longest side to ``longest_edge``, rounded like SAM's ResizeLongestSide."""
+    height, width = original_size
+    scale = longest_edge / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def _resize_axis(levels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bilinear resize of (1, 3, H, W) 8-bit levels, rounded half up to whole levels."""
+    if tuple(levels.shape[-2:]) == size:
+        return levels
+    resized = F.interpolate(levels, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return resized.add_(0.5).floor_().clamp_(0.0, 255.0)
+
+
+def model_input(rgb01: torch.Tensor, geometry: ModelGeometry, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """SAM's pixel values from a (3, H, W) float RGB image in [0, 1].
+
+    The image is taken as 8-bit levels, as the screen shows it and as SAM was trained. Its longest side is
+    resized to ``geometry.longest_edge`` by Pillow's method, as transformers' reference processor does:
+    antialiased bilinear, one axis after the other in Pillow's order, rounding to whole levels after each pass. Then it is
+    normalised with ``geometry.mean``/``std`` and zero-padded bottom/right to ``geometry.pad_size``.
+
+    Returns:
+        Tensor of shape (1, 3, pad_h, pad_w) and dtype ``dtype``, on ``rgb01``'s device.
+    """
+    height, width = rgb01.shape[-2:]
+    new_h, new_w = resized_shape((height, width), geometry.longest_edge)
+    levels = (rgb01[None] * 255.0).add_(0.5).floor_()
+    if height > 2 * width and new_h < height:  # Pillow shrinks a tall image's height first
+        levels = _resize_axis(_resize_axis(levels, (new_h, width)), (new_h, new_w))
+    else:
+        levels = _resize_axis(_resize_axis(levels, (height, new_w)), (new_h, new_w))
+    mean = torch.tensor(geometry.mean, device=rgb01.device, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(geometry.std, device=rgb01.device, dtype=torch.float32).view(1, 3, 1, 1)
+    normalised = (levels / 255.0 - mean) / std
+    pad_h, pad_w = geometry.pad_size
+    padded = F.pad(normalised, (0, pad_w - new_w, 0, pad_h - new_h), value=0.0)
+    return padded.to(dtype)

@@ -1,0 +1,72 @@
+"""SAM models with seeded random weights, for tests and benchmarks that cannot download a checkpoint.
+
+transformers' default initialisation of ``SamModel`` gives image embeddings of norm ~1e-17, so masks would not
+depend on the image at all. :func:`randomize_weights` redraws every parameter from a seeded normal distribution
+scaled by its fan-in (norm weights near 1), so that the image visibly drives the masks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def sam_config(image_size: int = 1024, patch_size: int = 16, hidden_size: int = 768, depth: int = 12,
+               heads: int = 12, output_channels: int = 256, global_attn_indexes=(2, 5, 8, 11),
+               window_size: int = 14, decoder_mlp_dim: int = 2048, decoder_heads: int = 8):
+    """A ``SamConfig`` with consistent vision, prompt-encoder and mask-decoder sizes.
+
+    The defaults are SAM ViT-B's architecture. The prompt encoder's image and patch size follow the vision
+    encoder's, and the positional features are half the output channels, as SAM requires.
+    """
+    from transformers import SamConfig
+
+    vision = dict(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
+                  num_hidden_layers=depth, num_attention_heads=heads, output_channels=output_channels,
+                  global_attn_indexes=list(global_attn_indexes), window_size=window_size,
+                  num_pos_feats=output_channels // 2)
+    prompt = dict(image_size=image_size, patch_size=patch_size, hidden_size=output_channels)
+    decoder = dict(hidden_size=output_channels, mlp_dim=decoder_mlp_dim, num_attention_heads=decoder_heads,
+                   iou_head_hidden_dim=output_channels)
+    return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
+
+
+def tiny_sam_config(image_size: int = 64):
+    """A SAM config of about 0.2 M parameters with a ``image_size`` input (8 x 8 or 16 x 16 embedding)."""
+    patch_size = 8 if image_size <= 128 else 16
+    return sam_config(image_size=image_size, patch_size=patch_size, hidden_size=32, depth=2, heads=2,
+                      output_channels=32, global_attn_indexes=(1,), window_size=4, decoder_mlp_dim=64,
+                      decoder_heads=2)
+
+
+@torch.no_grad()
+def randomize_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Redraw every parameter of ``model`` in place from a seeded normal distribution; returns ``model``.
+
+    Matrices and kernels get std 1/sqrt(fan_in), biases and embeddings std 0.02 (token embeddings 1.0), and
+    normalisation weights 1 + N(0, 0.02).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for name, parameter in model.named_parameters():
+        shape = parameter.shape
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+        if "norm" in name and name.endswith("weight"):
+            value = 1.0 + 0.02 * noise
+        elif name.endswith("bias"):
+            value = 0.02 * noise
+        elif parameter.dim() >= 2 and "embed" not in name:
+            value = noise / math.sqrt(math.prod(shape[1:]))
+        elif "positional_embedding" in name or "pos_embed" in name:
+            value = noise if "shared" in name else 0.02 * noise
+        else:
+            value = noise
+        parameter.copy_(value.to(parameter.dtype))
+    return model
+
+
+def random_sam(config, seed: int = 0):
+    """A ``SamModel`` built from ``config`` with :func:`randomize_weights`, in eval mode."""
+    from transformers import SamModel
+
+    return randomize_weights(SamModel(config), seed).eval()

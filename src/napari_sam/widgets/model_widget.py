@@ -1,0 +1,122 @@
+"""The "Segment Anything" dock widget: choose an image and a SAM checkpoint, load it, embed the image.
+
+Model loading and image embedding run on worker threads (``napari.qt.threading``); the viewer stays
+responsive. Results of a request that a newer one superseded are dropped. Failures show a napari notification
+and leave the widget usable.
+"""
+
+from __future__ import annotations
+
+from magicgui.widgets import ComboBox, Container, Label, PushButton, create_widget
+from napari.layers import Image
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error
+
+from ..bridge.slicing import current_plane
+from ..core.model_loading import DEFAULT_CHECKPOINT, KNOWN_CHECKPOINTS
+from ..core.predictor import Predictor
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class ModelWidget(Container):
+    """Image, checkpoint and device pickers; loads the model and keeps the shown plane's embedding ready.
+
+    Attributes:
+        predictor: the loaded :class:`Predictor`, or None.
+        embedded_index: the (layer name, slice index) whose embedding is current, or None.
+    """
+
+    def __init__(self, viewer):
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.predictor: Predictor | None = None
+        self.embedded_index = None
+        self._request = 0  # increases with every embedding request; older results are dropped
+        self._workers: set = set()
+
+        self.image_picker = create_widget(annotation=Image, label="image")
+        self.model_picker = ComboBox(label="model", choices=list(KNOWN_CHECKPOINTS), value=DEFAULT_CHECKPOINT,
+                                     tooltip="A hub id (choose or type one) or the path of a saved folder.")
+        self.model_picker.native.setEditable(True)
+        self.device_picker = ComboBox(label="device", choices=DEVICES, value="auto",
+                                      tooltip="auto: CUDA GPU, then Apple MPS, then CPU.")
+        self.load_button = PushButton(text="Load model")
+        self.status = Label(value="No model loaded.")
+        self.extend([self.image_picker, self.model_picker, self.device_picker, self.load_button, self.status])
+
+        self.load_button.changed.connect(self.load_model)
+        self.image_picker.changed.connect(self.embed_current_plane)
+        viewer.dims.events.current_step.connect(self.embed_current_plane)
+        viewer.layers.events.inserted.connect(self._refresh_layers)
+        viewer.layers.events.removed.connect(self._refresh_layers)
+
+    @property
+    def model_name(self) -> str:
+        """The checkpoint typed or chosen in the model field."""
+        return self.model_picker.native.currentText().strip()
+
+    def _refresh_layers(self, event=None) -> None:
+        self.image_picker.reset_choices()
+
+    def _start(self, worker) -> None:
+        self._workers.add(worker)
+        worker.finished.connect(lambda: self._workers.discard(worker))
+        worker.start()
+
+    def load_model(self) -> None:
+        """Load the chosen checkpoint on a worker thread; a failure shows a notification."""
+        name, device = self.model_name, self.device_picker.value
+        self.load_button.enabled = False
+        self.status.value = f"Loading {name} ..."
+        bar = progress(total=0, desc=f"Loading {name}")
+
+        def loaded(predictor: Predictor) -> None:
+            self.predictor = predictor
+            self.status.value = f"Loaded {name} on {predictor.device}."
+            self.embed_current_plane()
+
+        def failed(error: Exception) -> None:
+            self.status.value = f"Could not load {name}."
+            show_error(str(error))
+
+        def done() -> None:
+            bar.close()
+            self.load_button.enabled = True
+
+        worker = create_worker(Predictor.from_pretrained, name, device=device)
+        worker.returned.connect(loaded)
+        worker.errored.connect(failed)
+        worker.finished.connect(done)
+        self._start(worker)
+
+    def embed_current_plane(self, event=None) -> None:
+        """Embed the shown plane of the chosen image on a worker thread (a cached embedding returns at once)."""
+        layer, predictor = self.image_picker.value, self.predictor
+        if layer is None or predictor is None:
+            return
+        plane, index = current_plane(layer, self.viewer.dims.point)
+        self._request += 1
+        request = self._request
+        self.status.value = f"Embedding {layer.name} {index or ''} ..."
+        bar = progress(total=0, desc="Embedding image")
+
+        def embedded(ran_encoder: bool) -> None:
+            if request != self._request:
+                return  # a newer request superseded this one
+            self.embedded_index = (layer.name, index)
+            self.status.value = f"Ready: {layer.name} {index or ''}" + ("" if ran_encoder else " (cached)")
+
+        def failed(error: Exception) -> None:
+            if request == self._request:
+                self.status.value = f"Could not embed {layer.name}."
+            show_error(f"Could not embed {layer.name!r}: {error}")
+
+        worker = create_worker(predictor.set_image, plane, contrast_limits=tuple(layer.contrast_limits),
+                               rgb=layer.rgb)
+        worker.returned.connect(embedded)
+        worker.errored.connect(failed)
+        worker.finished.connect(bar.close)
+        self._start(worker)
+
