@@ -119,17 +119,27 @@ def geometry_from_config(config, preprocessor: dict | None = None) -> ModelGeome
     )
 
 
-def _read_preprocessor_config(name_or_path: str) -> dict | None:
-    """The checkpoint's ``preprocessor_config.json`` as a dict, or None when it has none."""
-    local = Path(name_or_path) / "preprocessor_config.json"
-    if Path(name_or_path).is_dir():
-        return json.loads(local.read_text()) if local.is_file() else None
+def _read_json(name_or_path: str, filename: str) -> dict | None:
+    """A JSON file of the checkpoint (local folder or hub cache) as a dict, or None when it has none."""
+    folder = Path(name_or_path)
+    if folder.is_dir():
+        path = folder / filename
+        return json.loads(path.read_text()) if path.is_file() else None
     try:
         from huggingface_hub import hf_hub_download
 
-        return json.loads(Path(hf_hub_download(name_or_path, "preprocessor_config.json")).read_text())
-    except Exception:  # noqa: BLE001 - a checkpoint without a preprocessor config uses SAM's defaults
+        return json.loads(Path(hf_hub_download(name_or_path, filename)).read_text())
+    except Exception:  # noqa: BLE001 - a file the checkpoint does not have
         return None
+
+
+def _read_preprocessor_config(name_or_path: str) -> dict | None:
+    """The image processor's settings: ``preprocessor_config.json``, or the ``image_processor`` entry of
+    ``processor_config.json`` (as newer transformers versions save them), or None."""
+    config = _read_json(name_or_path, "preprocessor_config.json")
+    if config is None:
+        config = (_read_json(name_or_path, "processor_config.json") or {}).get("image_processor")
+    return config
 
 
 def _load_error(name_or_path: str, error: BaseException) -> ModelLoadError:
@@ -138,7 +148,7 @@ def _load_error(name_or_path: str, error: BaseException) -> ModelLoadError:
     hint = (
         f"Could not load the SAM checkpoint {name_or_path!r}: {where}{type(error).__name__}: {error}".rstrip()
         + "\nTo use a checkpoint without network access, download it once on a connected machine "
-        "(for example `huggingface-cli download facebook/sam-vit-base`, or `SamModel.from_pretrained(...)"
+        "(for example `hf download facebook/sam-vit-base --local-dir sam-vit-base`, or `SamModel.from_pretrained(...)"
         ".save_pretrained(folder)` with `safe_serialization=True`) and pass that folder's path instead."
         " Only safetensors weights are read."
     )

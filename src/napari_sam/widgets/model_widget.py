@@ -1,8 +1,8 @@
 """The "Segment Anything" dock widget: choose an image and a SAM checkpoint, load it, embed the image.
 
 Model loading and image embedding run on worker threads (``napari.qt.threading``); the viewer stays
-responsive. Results of a request that a newer one superseded are dropped. Failures show a napari notification
-and leave the widget usable.
+responsive. Results of a request that a newer one superseded are dropped. Failures show a napari notification and
+leave the widget usable.
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ class ModelWidget(Container):
         embedded_index: the (layer name, slice index) whose embedding is current, or None.
     """
 
-    def __init__(self, viewer):
+    def __init__(self, napari_viewer):
         super().__init__(labels=True)
-        self.viewer = viewer
+        self.viewer = viewer = napari_viewer
         self.predictor: Predictor | None = None
         self.embedded_index = None
         self._request = 0  # increases with every embedding request; older results are dropped
         self._workers: set = set()
+        self._closed = False
 
         self.image_picker = create_widget(annotation=Image, label="image")
         self.model_picker = ComboBox(label="model", choices=list(KNOWN_CHECKPOINTS), value=DEFAULT_CHECKPOINT,
@@ -51,6 +52,23 @@ class ModelWidget(Container):
         viewer.dims.events.current_step.connect(self.embed_current_plane)
         viewer.layers.events.inserted.connect(self._refresh_layers)
         viewer.layers.events.removed.connect(self._refresh_layers)
+        self.native.destroyed.connect(self._on_destroyed)
+
+    def _on_destroyed(self, *args) -> None:
+        """Stop listening to the viewer and ignore results that arrive after the widget is gone."""
+        self._closed = True
+        self.viewer.dims.events.current_step.disconnect(self.embed_current_plane)
+        self.viewer.layers.events.inserted.disconnect(self._refresh_layers)
+        self.viewer.layers.events.removed.disconnect(self._refresh_layers)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a model load or an embedding is running."""
+        return bool(self._workers)
+
+    def _show(self, message: str) -> None:
+        if not self._closed:
+            self.status.value = message
 
     @property
     def model_name(self) -> str:
@@ -74,49 +92,47 @@ class ModelWidget(Container):
 
         def loaded(predictor: Predictor) -> None:
             self.predictor = predictor
-            self.status.value = f"Loaded {name} on {predictor.device}."
+            self._show(f"Loaded {name} on {predictor.device}.")
             self.embed_current_plane()
 
         def failed(error: Exception) -> None:
-            self.status.value = f"Could not load {name}."
+            self._show(f"Could not load {name}.")
             show_error(str(error))
 
         def done() -> None:
             bar.close()
-            self.load_button.enabled = True
+            if not self._closed:
+                self.load_button.enabled = True
 
-        worker = create_worker(Predictor.from_pretrained, name, device=device)
-        worker.returned.connect(loaded)
-        worker.errored.connect(failed)
-        worker.finished.connect(done)
+        worker = create_worker(Predictor.from_pretrained, name, device=device,
+                               _start_thread=False,
+                               _connect={"returned": loaded, "errored": failed, "finished": done})
         self._start(worker)
 
     def embed_current_plane(self, event=None) -> None:
         """Embed the shown plane of the chosen image on a worker thread (a cached embedding returns at once)."""
         layer, predictor = self.image_picker.value, self.predictor
-        if layer is None or predictor is None:
+        if self._closed or layer is None or predictor is None:
             return
         plane, index = current_plane(layer, self.viewer.dims.point)
         self._request += 1
         request = self._request
-        self.status.value = f"Embedding {layer.name} {index or ''} ..."
+        self._show(f"Embedding {layer.name} {index or ''} ...")
         bar = progress(total=0, desc="Embedding image")
 
         def embedded(ran_encoder: bool) -> None:
             if request != self._request:
                 return  # a newer request superseded this one
             self.embedded_index = (layer.name, index)
-            self.status.value = f"Ready: {layer.name} {index or ''}" + ("" if ran_encoder else " (cached)")
+            self._show(f"Ready: {layer.name} {index or ''}" + ("" if ran_encoder else " (cached)"))
 
         def failed(error: Exception) -> None:
             if request == self._request:
-                self.status.value = f"Could not embed {layer.name}."
+                self._show(f"Could not embed {layer.name}.")
             show_error(f"Could not embed {layer.name!r}: {error}")
 
         worker = create_worker(predictor.set_image, plane, contrast_limits=tuple(layer.contrast_limits),
-                               rgb=layer.rgb)
-        worker.returned.connect(embedded)
-        worker.errored.connect(failed)
-        worker.finished.connect(bar.close)
+                               rgb=layer.rgb, _start_thread=False,
+                               _connect={"returned": embedded, "errored": failed, "finished": bar.close})
         self._start(worker)
 

@@ -1,0 +1,36 @@
+"""The npe2 manifest and the command line."""
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import npe2
+
+from napari_sam import KNOWN_CHECKPOINTS
+from napari_sam.cli import main
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_manifest_is_valid_and_installed():
+    manifest = npe2.PluginManifest.from_file(ROOT / "napari.yaml")
+    assert manifest.name == "napari-sam"
+    installed = npe2.PluginManifest.from_distribution("napari-sam")
+    assert installed.name == "napari-sam"
+    assert [w.display_name for w in installed.contributions.widgets] == ["Segment Anything"]
+    result = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-sam"], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_widget_command_resolves():
+    manifest = npe2.PluginManifest.from_distribution("napari-sam")
+    module_name, _, attribute = manifest.contributions.commands[0].python_name.partition(":")
+    assert callable(getattr(importlib.import_module(module_name), attribute))
+
+
+def test_cli_lists_models(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in KNOWN_CHECKPOINTS)

@@ -1,0 +1,262 @@
+"""Predictor behaviour beyond equivalence: bad input, the embedding cache, loading, thread use."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from conftest import blob_image, save_tiny_checkpoint
+
+from napari_sam import EmbeddingCache, ModelLoadError, Predictor
+from napari_sam.core.image_preparation import display_rgb
+
+
+@pytest.fixture()
+def predictor(tiny_checkpoint):
+    return Predictor.from_pretrained(tiny_checkpoint, device="cpu")
+
+
+def count_encoder_runs(predictor):
+    calls = []
+    predictor.model.vision_encoder.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+@pytest.fixture()
+def image():
+    return (blob_image((120, 90), seed=3) * 4000 + 200).astype(np.uint16)
+
+
+# --- images ---------------------------------------------------------------------------------------------------
+
+def test_bool_image_is_refused(predictor):
+    with pytest.raises(ValueError, match="Boolean images are not supported"):
+        predictor.set_image(np.zeros((10, 10), dtype=bool))
+
+
+@pytest.mark.parametrize("shape", [(5, 10, 10), (10, 10, 2), (10,), (0, 10)])
+def test_bad_shapes_are_refused(predictor, shape):
+    with pytest.raises(ValueError, match="shape"):
+        predictor.set_image(np.zeros(shape, dtype=np.uint8))
+
+
+def test_rgb_flag_must_fit_the_shape(predictor):
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        predictor.set_image(np.zeros((10, 10), dtype=np.uint8), rgb=True)
+
+
+def test_complex_and_all_nan_images_are_refused(predictor):
+    with pytest.raises(ValueError, match="dtype"):
+        predictor.set_image(np.zeros((10, 10), dtype=np.complex64))
+    with pytest.raises(ValueError, match="no finite values"):
+        predictor.set_image(np.full((10, 10), np.nan, dtype=np.float32))
+
+
+@pytest.mark.parametrize("limits", [(5, 5), (10, 2), (0, np.inf), (1, 2, 3)])
+def test_bad_contrast_limits_are_refused(predictor, image, limits):
+    with pytest.raises(ValueError, match="contrast_limits"):
+        predictor.set_image(image, contrast_limits=limits)
+
+
+def test_display_follows_contrast_limits_and_handles_nan():
+    data = np.array([[0, 1000, 2000], [3000, 4000, 65535]], dtype=np.uint16)
+    shown = display_rgb(data, contrast_limits=(1000, 3000)).numpy()
+    assert shown.shape == (3, 2, 3)
+    np.testing.assert_allclose(shown[0], [[0, 0, 0.5], [1, 1, 1]])
+    floats = np.array([[np.nan, 0.0], [np.inf, -np.inf]], dtype=np.float32)
+    np.testing.assert_allclose(display_rgb(floats, contrast_limits=(0, 1)).numpy()[1], [[0, 0], [1, 0]])
+
+
+def test_robust_percentiles_ignore_outliers():
+    data = np.full((100, 100), 1000, dtype=np.uint16)
+    data[:50] = 2000
+    data[0, 0] = 65535  # one hot pixel must not squash the display
+    shown = display_rgb(data).numpy()[0]
+    assert shown[10, 10] == pytest.approx(1.0) and shown[80, 80] == pytest.approx(0.0)
+
+
+def test_uint16_is_not_truncated_to_8_bits(predictor):
+    """16-bit data whose values all lie above 255 still gives an image-dependent embedding."""
+    base = blob_image((64, 64), seed=1)
+    predictor.set_image((base * 20000 + 30000).astype(np.uint16))
+    first = predictor.predict(points=[[32, 32]]).scores
+    predictor.set_image((base[::-1] * 20000 + 30000).astype(np.uint16))
+    assert np.abs(predictor.predict(points=[[32, 32]]).scores - first).max() > 1e-4
+
+
+# --- prompts --------------------------------------------------------------------------------------------------
+
+def test_predict_needs_an_image(predictor):
+    with pytest.raises(RuntimeError, match="set_image"):
+        predictor.predict(points=[[1, 1]])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "Empty prompt"),
+        ({"points": np.zeros((0, 2))}, "Empty prompt"),
+        ({"points": [[130, 10]]}, "outside the 120x90 image"),
+        ({"points": [[10, -3]]}, "outside"),
+        ({"points": [[10, np.nan]]}, "NaN"),
+        ({"points": [[1, 2, 3]]}, r"shape \(n, 2\)"),
+        ({"points": [[10, 10]], "point_labels": [2]}, "1 \\(positive\\) or 0"),
+        ({"points": [[10, 10]], "point_labels": [1, 0]}, "one label per point"),
+        ({"boxes": [[10, 10, 10, 40]]}, "Degenerate"),
+        ({"boxes": [[50, 40, 20, 60]]}, "Degenerate"),
+        ({"boxes": [[200, 10, 300, 40]]}, "outside"),
+        ({"boxes": [[1, 1, 5, 5], [6, 6, 9, 9]], "points": [[3, 3]]}, "one object"),
+        ({"points": [[10, 10]], "mask_input": np.zeros((16, 16))}, "mask_input"),
+    ],
+)
+def test_bad_prompts_raise_clear_errors(predictor, image, kwargs, message):
+    predictor.set_image(image)
+    with pytest.raises(ValueError, match=message):
+        predictor.predict(**kwargs)
+
+
+def test_boxes_overlapping_the_edge_are_clipped(predictor, image):
+    predictor.set_image(image)
+    clipped = predictor.predict(boxes=[[-20, 10, 60, 200]])
+    inside = predictor.predict(boxes=[[0, 10, 60, 89]])
+    np.testing.assert_array_equal(clipped.masks, inside.masks)
+
+
+def test_prediction_shapes_and_best(predictor, image):
+    predictor.set_image(image)
+    result = predictor.predict(boxes=[[5, 5, 50, 50], [60, 20, 110, 80], [10, 50, 40, 85]])
+    mask_size = predictor.geometry.mask_size
+    assert result.masks.shape == (3, 3, 120, 90) and result.masks.dtype == bool
+    assert result.scores.shape == (3, 3) and result.logits.shape == (3, 3, mask_size, mask_size)
+    assert result.best_masks().shape == (3, 120, 90)
+    single = predictor.predict(points=[[60, 45]], multimask=False)
+    assert single.masks.shape == (1, 1, 120, 90)
+
+
+def test_batched_boxes_match_one_by_one(predictor, image):
+    predictor.set_image(image)
+    boxes = [[5, 5, 50, 50], [60, 20, 110, 80]]
+    batched = predictor.predict(boxes=boxes)
+    for index, box in enumerate(boxes):
+        alone = predictor.predict(boxes=[box])
+        assert (alone.masks[0] != batched.masks[index]).mean() < 1e-3
+        np.testing.assert_allclose(alone.scores[0], batched.scores[index], atol=1e-4)
+
+
+# --- embedding cache ------------------------------------------------------------------------------------------
+
+def test_same_image_twice_runs_the_encoder_once(predictor, image):
+    runs = count_encoder_runs(predictor)
+    assert predictor.set_image(image) is True
+    assert predictor.set_image(image.copy()) is False  # same content, another array
+    assert len(runs) == 1
+    predictor.set_image(image, contrast_limits=(0, 3000))  # other contrast: another embedding
+    assert len(runs) == 2
+    changed = image.copy()
+    changed[0, 0] += 1
+    predictor.set_image(changed)
+    assert len(runs) == 3
+    predictor.set_image(image)  # back to the first: cached
+    assert len(runs) == 3
+
+
+def test_cache_respects_its_memory_budget(tiny_checkpoint):
+    one = Predictor.from_pretrained(tiny_checkpoint, device="cpu")
+    one.set_image(np.zeros((8, 8), np.uint8))
+    per_embedding = one.cache.nbytes
+    cache = EmbeddingCache(max_items=10, max_bytes=2 * per_embedding)
+    predictor = Predictor.from_pretrained(tiny_checkpoint, device="cpu", cache=cache)
+    runs = count_encoder_runs(predictor)
+    images = [np.full((8, 8), value, np.uint8) for value in (10, 20, 30)]
+    for img in images:
+        predictor.set_image(img)
+    assert len(cache) == 2 and cache.nbytes <= 2 * per_embedding
+    predictor.set_image(images[2])
+    predictor.set_image(images[1])
+    assert len(runs) == 3
+    predictor.set_image(images[0])  # evicted, computed again
+    assert len(runs) == 4
+
+
+def test_predict_from_worker_threads(predictor, image):
+    predictor.set_image(image)
+    expected = predictor.predict(points=[[60, 45]]).masks
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(predictor.predict(points=[[60, 45]]).masks)
+        except Exception as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(results) == 4
+    assert all(np.array_equal(r, expected) for r in results)
+
+
+# --- loading --------------------------------------------------------------------------------------------------
+
+def test_missing_hub_id_names_it_and_suggests_a_folder():
+    with pytest.raises(ModelLoadError, match="facebook/no-such-sam") as info:
+        Predictor.from_pretrained("facebook/no-such-sam", device="cpu")
+    assert "folder" in str(info.value)
+
+
+def test_corrupt_folder_is_reported(tmp_path):
+    folder = save_tiny_checkpoint(tmp_path / "broken", 64)
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelLoadError, match="broken"):
+        Predictor.from_pretrained(folder, device="cpu")
+
+
+def test_pickle_only_folder_is_refused(tmp_path, tiny_checkpoint):
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    model = Predictor.from_pretrained(tiny_checkpoint, device="cpu").model
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        Predictor.from_pretrained(folder, device="cpu")
+
+
+def test_non_sam_config_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ModelLoadError):
+        Predictor.from_pretrained(tmp_path, device="cpu")
+
+
+def test_geometry_comes_from_the_checkpoint(tiny_checkpoints, tmp_path):
+    small = Predictor.from_pretrained(tiny_checkpoints[64], device="cpu").geometry
+    assert (small.image_size, small.embedding_size, small.mask_size, small.pad_size) == (64, 8, 32, (64, 64))
+    large = Predictor.from_pretrained(tiny_checkpoints[256], device="cpu").geometry
+    assert (large.image_size, large.embedding_size, large.mask_size) == (256, 16, 64)
+    folder = save_tiny_checkpoint(tmp_path / "medical", 64)
+    saved = json.loads((folder / "processor_config.json").read_text())
+    assert Predictor.from_pretrained(folder, device="cpu").geometry.mean == tuple(
+        saved["image_processor"]["image_mean"])
+    # the older layout, as on the hub: preprocessor_config.json
+    config = dict(saved["image_processor"], image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25])
+    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    geometry = Predictor.from_pretrained(folder, device="cpu").geometry
+    assert geometry.mean == (0.5, 0.5, 0.5) and geometry.std == (0.25, 0.25, 0.25)
+    config["pad_size"] = {"height": 32, "width": 32}
+    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="Inconsistent"):
+        Predictor.from_pretrained(folder, device="cpu")
+
+
+def test_device_and_dtype(tiny_checkpoint, image):
+    with pytest.raises(ValueError, match="device"):
+        Predictor.from_pretrained(tiny_checkpoint, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            Predictor.from_pretrained(tiny_checkpoint, device="cuda")
+    bf16 = Predictor.from_pretrained(tiny_checkpoint, device="cpu", dtype="bfloat16")
+    assert bf16.dtype == torch.bfloat16
+    bf16.set_image(image)
+    assert bf16.predict(points=[[60, 45]]).masks.shape == (1, 3, 120, 90)

@@ -1,0 +1,72 @@
+"""The dock widget in a real napari viewer (under Xvfb): model loading and embedding on worker threads."""
+
+import numpy as np
+import pytest
+from conftest import blob_image
+from napari.utils import notifications as napari_notifications
+
+WIDGET = ("napari-sam", "Segment Anything")
+
+
+@pytest.fixture()
+def notifications():
+    """The napari notifications dispatched during the test."""
+    manager = napari_notifications.notification_manager  # looked up late: napari's fixtures may replace it
+    before = len(manager.records)
+    return lambda: manager.records[before:]
+
+
+@pytest.fixture()
+def dock(qtbot):
+    """Dock the widget in a viewer; at the end, wait for its workers so none outlives the test."""
+    docked = []
+
+    def add(viewer):
+        _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
+        docked.append(widget)
+        return widget
+
+    yield add
+    for widget in docked:
+        qtbot.waitUntil(lambda w=widget: not w.busy, timeout=60_000)
+
+
+def load(qtbot, widget, model):
+    widget.model_picker.native.setCurrentText(str(model))
+    widget.load_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.load_button.enabled, timeout=60_000)
+
+
+def test_widget_loads_a_model_and_embeds_the_image(make_napari_viewer, qtbot, tiny_checkpoint, dock):
+    viewer = make_napari_viewer()
+    viewer.add_image((blob_image((80, 120)) * 3000).astype(np.uint16), name="cells")
+    widget = dock(viewer)
+    load(qtbot, widget, tiny_checkpoint)
+    assert widget.predictor is not None
+    qtbot.waitUntil(lambda: widget.embedded_index == ("cells", ()), timeout=60_000)
+    assert widget.predictor.image_size == (80, 120)
+    assert widget.status.value.startswith("Ready")
+
+
+def test_a_bad_model_shows_a_notification_and_the_widget_stays_usable(
+        make_napari_viewer, qtbot, tiny_checkpoint, notifications, dock):
+    viewer = make_napari_viewer()
+    viewer.add_image(blob_image((40, 40)), name="image")
+    widget = dock(viewer)
+    load(qtbot, widget, "facebook/no-such-sam")
+    qtbot.waitUntil(lambda: any("facebook/no-such-sam" in n.message for n in notifications()), timeout=10_000)
+    assert widget.predictor is None
+    load(qtbot, widget, tiny_checkpoint)
+    assert widget.predictor is not None
+
+
+def test_a_stack_embeds_the_shown_slice(make_napari_viewer, qtbot, tiny_checkpoint, dock):
+    viewer = make_napari_viewer()
+    stack = np.stack([blob_image((50, 60), seed=s) for s in range(5)])
+    layer = viewer.add_image(stack, name="stack", scale=(3.0, 0.5, 0.5))
+    widget = dock(viewer)
+    load(qtbot, widget, tiny_checkpoint)
+    viewer.dims.set_point(0, 3 * 3.0)
+    qtbot.waitUntil(lambda: widget.embedded_index == ("stack", (3,)), timeout=60_000)
+    assert widget.predictor.image_size == (50, 60)
+    assert layer.data.shape == (5, 50, 60)
