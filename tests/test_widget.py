@@ -70,3 +70,16 @@ def test_a_stack_embeds_the_shown_slice(make_napari_viewer, qtbot, tiny_checkpoi
     qtbot.waitUntil(lambda: widget.embedded_index == ("stack", (3,)), timeout=60_000)
     assert widget.predictor.image_size == (50, 60)
     assert layer.data.shape == (5, 50, 60)
+
+
+def test_demo_docks_the_widget_and_explains_a_missing_model(make_napari_viewer, qtbot, notifications):
+    from napari_sam.cli import open_demo
+
+    viewer = make_napari_viewer(show=True)
+    widget = open_demo(viewer, "facebook/sam-vit-base")
+    assert [layer.name for layer in viewer.layers] == ["coins"]
+    qtbot.waitUntil(lambda: widget.load_button.enabled, timeout=60_000)
+    if widget.predictor is None:  # offline, not in the local cache: a notification says how to go on
+        messages = [n.message for n in notifications()]
+        assert any("facebook/sam-vit-base" in m and "folder" in m for m in messages), messages
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)

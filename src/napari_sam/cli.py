@@ -8,14 +8,19 @@ import sys
 from .core.model_loading import DEFAULT_CHECKPOINT, KNOWN_CHECKPOINTS
 
 
+def open_demo(viewer, model: str = DEFAULT_CHECKPOINT):
+    """Put the demo into ``viewer``: a sample image and the docked widget, loading ``model``. Returns the widget."""
+    viewer.open_sample("napari", "coins")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sam", "Segment Anything")
+    widget.model_picker.native.setCurrentText(model)
+    widget.load_model()
+    return widget
+
+
 def _demo(args: argparse.Namespace) -> int:
     import napari
 
-    viewer = napari.Viewer(title="napari-sam demo")
-    viewer.open_sample("napari", "coins")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-sam", "Segment Anything")
-    widget.model_picker.native.setCurrentText(args.model)
-    widget.load_model()
+    open_demo(napari.Viewer(title="napari-sam demo"), args.model)
     napari.run()
     return 0
 
