@@ -72,14 +72,23 @@ def test_a_stack_embeds_the_shown_slice(make_napari_viewer, qtbot, tiny_checkpoi
     assert layer.data.shape == (5, 50, 60)
 
 
-def test_demo_docks_the_widget_and_explains_a_missing_model(make_napari_viewer, qtbot, notifications):
+def test_demo_opens_offline_with_the_bundled_model(make_napari_viewer, qtbot):
     from napari_sam.cli import open_demo
 
     viewer = make_napari_viewer(show=True)
-    widget = open_demo(viewer, "facebook/sam-vit-base")
-    assert [layer.name for layer in viewer.layers] == ["coins"]
-    qtbot.waitUntil(lambda: widget.load_button.enabled, timeout=60_000)
+    widget = open_demo(viewer)
+    assert [layer.name for layer in viewer.layers] == ["synthetic cells"]
+    qtbot.waitUntil(lambda: widget.embedded_index == ("synthetic cells", ()), timeout=60_000)
+    assert widget.model_name == "tiny-cells"
+    assert widget.predictor.image_size == viewer.layers[0].data.shape
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+
+
+def test_a_hub_model_offline_explains_how_to_go_on(make_napari_viewer, qtbot, notifications, dock):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-sam", "synthetic-cells")
+    widget = dock(viewer)
+    load(qtbot, widget, "facebook/sam-vit-base")
     if widget.predictor is None:  # offline, not in the local cache: a notification says how to go on
         messages = [n.message for n in notifications()]
         assert any("facebook/sam-vit-base" in m and "folder" in m for m in messages), messages
-    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)

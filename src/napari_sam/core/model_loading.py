@@ -17,8 +17,12 @@ from pathlib import Path
 
 import torch
 
+#: Checkpoints shipped inside the package, by name (folders under ``napari_sam/models``).
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "models"
+
 #: Checkpoints offered in the model picker, with a short description. Any other hub id or folder works too.
 KNOWN_CHECKPOINTS: dict[str, str] = {
+    "tiny-cells": "bundled demo model, trained on synthetic cells only (works offline; not a real segmenter)",
     "facebook/sam-vit-base": "SAM ViT-B (Meta), 94 M parameters: the default",
     "facebook/sam-vit-large": "SAM ViT-L (Meta), 312 M parameters",
     "facebook/sam-vit-huge": "SAM ViT-H (Meta), 641 M parameters: best masks, slowest",
@@ -89,6 +93,18 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     if str(dtype) not in named:
         raise ValueError(f"Unknown dtype {dtype!r}: use one of {sorted(named)}.")
     return named[str(dtype)]
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
+    """The folder of a bundled checkpoint called ``name_or_path``, else ``name_or_path`` unchanged.
+
+    Bundled names come first, so ``"tiny-cells"`` always means the shipped model.
+    """
+    name = os.fspath(name_or_path)
+    bundled = BUNDLED_DIR / name
+    if name and "/" not in name and (bundled / "config.json").is_file():
+        return str(bundled)
+    return name
 
 
 def geometry_from_config(config, preprocessor: dict | None = None) -> ModelGeometry:
@@ -162,7 +178,8 @@ def load_sam(name_or_path: str | os.PathLike, device: str | torch.device | None 
     """Load a transformers ``SamModel`` checkpoint for inference.
 
     Args:
-        name_or_path: a hub id such as ``"facebook/sam-vit-base"`` or a folder saved by ``save_pretrained``.
+        name_or_path: a bundled name (``"tiny-cells"``), a hub id such as ``"facebook/sam-vit-base"``, or a folder
+            saved by ``save_pretrained``.
         device: ``"auto"`` (CUDA > MPS > CPU), or any torch device string.
         dtype: weights' dtype; None keeps float32.
 
@@ -175,7 +192,7 @@ def load_sam(name_or_path: str | os.PathLike, device: str | torch.device | None 
     """
     from transformers import SamConfig, SamModel
 
-    name = os.fspath(name_or_path)
+    name = resolve_checkpoint(name_or_path)
     if not name:
         raise ModelLoadError("No SAM checkpoint given: pass a hub id such as 'facebook/sam-vit-base' or a folder.")
     resolved_device = resolve_device(device)

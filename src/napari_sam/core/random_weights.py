@@ -40,28 +40,45 @@ def tiny_sam_config(image_size: int = 64):
                       decoder_heads=2)
 
 
+def _draw(shape, std: float, mean: float, generator: torch.Generator) -> torch.Tensor:
+    return mean + std * torch.randn(shape, generator=generator, dtype=torch.float32)
+
+
 @torch.no_grad()
 def randomize_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Redraw every parameter of ``model`` in place from a seeded normal distribution; returns ``model``.
 
-    Matrices and kernels get std 1/sqrt(fan_in), biases and embeddings std 0.02 (token embeddings 1.0), and
-    normalisation weights 1 + N(0, 0.02).
+    Linear and convolution weights get std 1/sqrt(fan_in) (LeCun), biases std 0.02, embedding tables (tokens)
+    std 1, normalisation weights 1 + N(0, 0.02), positional tables std 0.02, and SAM's random Fourier
+    features std 1 (Meta's default scale).
     """
     generator = torch.Generator().manual_seed(seed)
-    for name, parameter in model.named_parameters():
-        shape = parameter.shape
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
-        if "norm" in name and name.endswith("weight"):
-            value = 1.0 + 0.02 * noise
-        elif name.endswith("bias"):
-            value = 0.02 * noise
-        elif parameter.dim() >= 2 and "embed" not in name:
-            value = noise / math.sqrt(math.prod(shape[1:]))
-        elif "positional_embedding" in name or "pos_embed" in name:
-            value = noise if "shared" in name else 0.02 * noise
-        else:
-            value = noise
-        parameter.copy_(value.to(parameter.dtype))
+    drawn = set()
+    for module in model.modules():
+        own = dict(module.named_parameters(recurse=False))
+        if not own:
+            continue
+        weight, bias = own.pop("weight", None), own.pop("bias", None)
+        if weight is not None:
+            if isinstance(module, torch.nn.Embedding):
+                value = _draw(weight.shape, 1.0, 0.0, generator)
+            elif isinstance(module, torch.nn.LayerNorm) or weight.dim() == 1:
+                value = _draw(weight.shape, 0.02, 1.0, generator)
+            elif isinstance(module, torch.nn.ConvTranspose2d):
+                value = _draw(weight.shape, 1.0 / math.sqrt(weight.shape[0]), 0.0, generator)
+            else:
+                value = _draw(weight.shape, 1.0 / math.sqrt(math.prod(weight.shape[1:])), 0.0, generator)
+            weight.copy_(value.to(weight.dtype))
+            drawn.add(id(weight))
+        if bias is not None:
+            bias.copy_(_draw(bias.shape, 0.02, 0.0, generator).to(bias.dtype))
+            drawn.add(id(bias))
+        for name, parameter in own.items():  # positional tables and Fourier features
+            if id(parameter) in drawn:
+                continue
+            std = 1.0 if name == "positional_embedding" else 0.02
+            parameter.copy_(_draw(parameter.shape, std, 0.0, generator).to(parameter.dtype))
+            drawn.add(id(parameter))
     return model
 
 
