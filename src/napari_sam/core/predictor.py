@@ -138,6 +138,32 @@ class Predictor:
         with self._lock:
             self._current = None
 
+    def mask_logits(self, masks: np.ndarray, eps: float = 1e-3) -> np.ndarray:
+        """Low-res logits for ``mask_input`` from binary masks drawn on the current image.
+
+        Args:
+            masks: (objects, H, W) bool (or (H, W)) in the current image's data pixels.
+            eps: the mask's fraction inside each low-res pixel is clipped to [eps, 1 - eps] before the logit.
+
+        Returns:
+            (objects, m, m) float32 logits in the model's frame (resized, padded, at the mask size).
+        """
+        with self._lock:
+            current = self._current
+            if current is None:
+                raise RuntimeError("No image set: call set_image(image) before mask_logits().")
+        masks = np.asarray(masks, dtype=bool)
+        masks = masks[None] if masks.ndim == 2 else masks
+        if masks.shape[1:] != current.original_size:
+            raise ValueError(f"Masks of shape {masks.shape[1:]} do not fit the {current.original_size} image.")
+        fraction = torch.from_numpy(masks).to(torch.float32)[:, None]
+        fraction = F.interpolate(fraction, size=current.resized_size, mode="bilinear", align_corners=False,
+                                 antialias=True)
+        pad_h, pad_w = self.geometry.pad_size
+        fraction = F.pad(fraction, (0, pad_w - current.resized_size[1], 0, pad_h - current.resized_size[0]))
+        fraction = F.adaptive_avg_pool2d(fraction, self.geometry.mask_size)[:, 0].clamp(eps, 1 - eps)
+        return torch.logit(fraction).numpy()
+
     def _model_prompts(self, prompts: ObjectPrompts, current: CachedEmbedding) -> dict:
         """Prompt tensors for ``SamModel``: one batch entry per object, one prompt set each."""
         n_objects = prompts.n_objects

@@ -93,7 +93,7 @@ class ModelWidget(Container):
         def loaded(predictor: Predictor) -> None:
             self.predictor = predictor
             self._show(f"Loaded {name} on {predictor.device}.")
-            self.embed_current_plane()
+            self.model_ready()
 
         def failed(error: Exception) -> None:
             self._show(f"Could not load {name}.")
@@ -108,6 +108,10 @@ class ModelWidget(Container):
                                _start_thread=False,
                                _connect={"returned": loaded, "errored": failed, "finished": done})
         self._start(worker)
+
+    def model_ready(self) -> None:
+        """Called on the UI thread once a model is loaded."""
+        self.embed_current_plane()
 
     def embed_current_plane(self, event=None) -> None:
         """Embed the shown plane of the chosen image on a worker thread (a cached embedding returns at once)."""

@@ -1,0 +1,81 @@
+"""Committing masks into a napari Labels layer as new objects, in one undoable step.
+
+Writes go through ``Labels.data_setitem`` inside ``Labels.block_history``, so one Ctrl+Z in the Labels layer
+removes a whole commit and redo puts it back. Nothing else here changes labels data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .transforms import apply, layer_to_layer
+
+
+def _plane_indices(mask: np.ndarray, plane_index: tuple[int, ...], matrix: np.ndarray | None,
+                   labels_shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    """Labels-data indices covered by ``mask`` (a plane of the image at ``plane_index``).
+
+    On the image's own grid the mask's pixels are taken as they are. On another grid, every labels pixel
+    whose centre falls inside a mask pixel is taken (pull sampling: no gaps on a finer grid).
+    """
+    rows, cols = np.nonzero(mask)
+    if matrix is None:
+        return tuple(np.full(rows.shape, value, dtype=np.intp) for value in plane_index) + (rows, cols)
+    if rows.size == 0:
+        return ()
+    lead = list(plane_index)
+    corners = np.array([lead + [r, c] for r in (rows.min() - 0.5, rows.max() + 0.5)
+                        for c in (cols.min() - 0.5, cols.max() + 0.5)], dtype=float)
+    if lead:  # the plane's thickness along the leading axes
+        corners = np.concatenate([corners + offset for offset in (-0.5, 0.5)])
+    reach = apply(matrix, corners)
+    low = np.clip(np.floor(reach.min(axis=0)).astype(int), 0, None)
+    high = np.minimum(np.ceil(reach.max(axis=0)).astype(int) + 1, labels_shape)
+    if (high <= low).any():
+        return ()
+    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(low, high)], indexing="ij"), axis=-1)
+    candidates = grid.reshape(-1, len(labels_shape))
+    back = np.rint(apply(np.linalg.inv(matrix), candidates)).astype(np.intp)
+    on_plane = (back[:, : len(lead)] == np.asarray(lead, dtype=np.intp)).all(axis=1)
+    inside = on_plane & (back[:, -2] >= 0) & (back[:, -2] < mask.shape[0]) & (back[:, -1] >= 0) & (
+        back[:, -1] < mask.shape[1])
+    hit = np.zeros(len(candidates), dtype=bool)
+    hit[inside] = mask[back[inside, -2], back[inside, -1]]
+    return tuple(candidates[hit].T)
+
+
+def commit_masks(labels_layer, image_layer, masks: np.ndarray, plane_index: tuple[int, ...] = (),
+                 overwrite: bool = False) -> list[int]:
+    """Write each (H, W) mask of ``masks`` as a new object of ``labels_layer``: one undo step for all.
+
+    Args:
+        labels_layer: the target napari Labels layer (any transform; its data must be writable).
+        image_layer: the layer whose data pixels the masks are in.
+        masks: (k, H, W) bool, in the image's data pixels of the plane at ``plane_index``.
+        plane_index: the index of the image's non-displayed leading axes ((), for 2D images).
+        overwrite: whether the new objects may replace existing labels; by default they fill only label 0.
+
+    Returns:
+        The new label ids, one per mask (max + 1, max + 2, ...); masks that write nothing get no id.
+    """
+    if labels_layer.ndim != image_layer.ndim:
+        raise ValueError(f"the labels layer has {labels_layer.ndim} dimensions and the image "
+                         f"{image_layer.ndim}: choose or create a labels layer that matches the image.")
+    matrix = layer_to_layer(image_layer, labels_layer)
+    if np.allclose(matrix, np.eye(len(matrix))):
+        matrix = None  # same grid: write the pixels as they are
+    data = labels_layer.data
+    next_id = int(np.max(data)) + 1 if data.size else 1
+    ids = []
+    with labels_layer.block_history():
+        for mask in np.asarray(masks, dtype=bool).reshape(-1, *np.shape(masks)[-2:]):
+            indices = _plane_indices(mask, tuple(plane_index), matrix, data.shape)
+            if not overwrite and len(indices) and indices[0].size:
+                free = np.asarray(data[indices]) == 0
+                indices = tuple(axis[free] for axis in indices)
+            if not len(indices) or indices[0].size == 0:
+                continue
+            labels_layer.data_setitem(indices, next_id)
+            ids.append(next_id)
+            next_id += 1
+    return ids

@@ -1,0 +1,135 @@
+"""Reading prompts from napari Points and Shapes layers, in the image's data pixels of the shown plane.
+
+Points carry a boolean ``positive`` feature (missing means positive). Rectangles are boxes; polygons and
+ellipses are a mask prompt plus their bounding box. Lines and paths are ignored. Prompts that lie on another
+slice of an nD image than the shown plane are ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .transforms import to_target_data
+
+#: How far (in data pixels of a non-displayed axis) a prompt may lie from the shown plane.
+SLICE_TOLERANCE = 0.5
+
+
+@dataclass
+class PlanePrompts:
+    """Prompts for one 2D plane, in (row, col) data pixels of the image.
+
+    Attributes:
+        points: (n, 2) float, positions; labels: (n,) int, 1 positive, 0 negative.
+        boxes: (m, 4) float (row_min, col_min, row_max, col_max), one object each.
+        masks: one entry per box: an (H, W) bool mask for polygons and ellipses, None for rectangles.
+    """
+
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    masks: list = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return len(self.points) == 0 and len(self.boxes) == 0
+
+
+def _on_plane(positions: np.ndarray, plane_index: tuple[int, ...]) -> np.ndarray:
+    """Which (n, D) image-data positions lie on the plane at ``plane_index`` of the leading axes."""
+    if not plane_index:
+        return np.ones(len(positions), dtype=bool)
+    leading = positions[:, : len(plane_index)]
+    return (np.abs(leading - np.asarray(plane_index)) <= SLICE_TOLERANCE).all(axis=1)
+
+
+def positive_flags(points_layer) -> np.ndarray:
+    """(n,) bool: the ``positive`` feature of each point (True where the layer has no such feature)."""
+    features = points_layer.features
+    if "positive" not in features:
+        return np.ones(len(points_layer.data), dtype=bool)
+    return np.asarray(features["positive"], dtype=bool)
+
+
+def read_points(points_layer, image_layer, plane_index, world_point=None) -> tuple[np.ndarray, np.ndarray]:
+    """(points (n, 2) (row, col), labels (n,)) of the points on the shown plane, in image data pixels."""
+    if points_layer is None or len(points_layer.data) == 0:
+        return np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
+    positions = to_target_data(points_layer, image_layer, points_layer.data, world_point)
+    keep = _on_plane(positions, plane_index)
+    labels = positive_flags(points_layer).astype(np.int64)
+    return positions[keep][:, -2:], labels[keep]
+
+
+def _polygon_mask(vertices: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: pixel centres inside the polygon of (k, 2) (row, col) vertices (even-odd rule)."""
+    mask = np.zeros(shape, dtype=bool)
+    low = np.clip(np.floor(vertices.min(axis=0)).astype(int), 0, None)
+    high = np.minimum(np.ceil(vertices.max(axis=0)).astype(int) + 1, shape)
+    if (high <= low).any():
+        return mask
+    rows, cols = np.mgrid[low[0]: high[0], low[1]: high[1]]
+    inside = np.zeros(rows.shape, dtype=bool)
+    start = vertices
+    end = np.roll(vertices, -1, axis=0)
+    for (r0, c0), (r1, c1) in zip(start, end):
+        crosses = (r0 > rows) != (r1 > rows)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            at = c0 + (rows - r0) * (c1 - c0) / (r1 - r0)
+        inside ^= crosses & (cols < at)
+    mask[low[0]: high[0], low[1]: high[1]] = inside
+    return mask
+
+
+def _ellipse_mask(corners: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: pixel centres inside the ellipse inscribed in the parallelogram of 4 (row, col) corners."""
+    centre = corners.mean(axis=0)
+    axes = np.stack([(corners[1] - corners[0]) / 2, (corners[3] - corners[0]) / 2], axis=1)  # columns u, v
+    mask = np.zeros(shape, dtype=bool)
+    if abs(np.linalg.det(axes)) < 1e-9:
+        return mask
+    low = np.clip(np.floor(corners.min(axis=0)).astype(int), 0, None)
+    high = np.minimum(np.ceil(corners.max(axis=0)).astype(int) + 1, shape)
+    if (high <= low).any():
+        return mask
+    rows, cols = np.mgrid[low[0]: high[0], low[1]: high[1]]
+    offsets = np.stack([rows - centre[0], cols - centre[1]], axis=-1)
+    local = offsets @ np.linalg.inv(axes).T
+    mask[low[0]: high[0], low[1]: high[1]] = (local**2).sum(axis=-1) <= 1.0
+    return mask
+
+
+def read_shapes(shapes_layer, image_layer, plane_index, plane_shape: tuple[int, int],
+                world_point=None) -> tuple[np.ndarray, list]:
+    """(boxes (m, 4), masks) of the rectangles, polygons and ellipses on the shown plane, in image data pixels."""
+    boxes, masks = [], []
+    if shapes_layer is None:
+        return np.zeros((0, 4)), masks
+    for vertices, kind in zip(shapes_layer.data, shapes_layer.shape_type):
+        if kind not in ("rectangle", "polygon", "ellipse"):
+            continue
+        positions = to_target_data(shapes_layer, image_layer, vertices, world_point)
+        if not _on_plane(positions, plane_index).all():
+            continue
+        corners = positions[:, -2:]
+        (row_min, col_min), (row_max, col_max) = corners.min(axis=0), corners.max(axis=0)
+        if row_max <= row_min or col_max <= col_min:
+            continue  # a shape still being drawn
+        boxes.append([row_min, col_min, row_max, col_max])
+        if kind == "rectangle":
+            masks.append(None)
+        elif kind == "ellipse":
+            masks.append(_ellipse_mask(corners, plane_shape))
+        else:
+            masks.append(_polygon_mask(corners, plane_shape))
+    return np.asarray(boxes, dtype=float).reshape(-1, 4), masks
+
+
+def read_prompts(image_layer, plane_index, plane_shape, points_layer=None, shapes_layer=None,
+                 world_point=None) -> PlanePrompts:
+    """All prompts of the shown plane from a Points and a Shapes layer (either may be None)."""
+    points, labels = read_points(points_layer, image_layer, plane_index, world_point)
+    boxes, masks = read_shapes(shapes_layer, image_layer, plane_index, plane_shape, world_point)
+    return PlanePrompts(points=points, labels=labels, boxes=boxes, masks=masks)

@@ -1,0 +1,72 @@
+"""Creating and styling the layers the segment widget works with.
+
+Every created layer takes the image's transforms (scale, translate, rotate, shear, affine) and spatial
+dimensionality, so that its data pixels line up with the image's. Names are only defaults: the widget finds
+its layers through its pickers, never by name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+POSITIVE_COLOUR = (0.0, 0.85, 0.2, 1.0)
+NEGATIVE_COLOUR = (0.95, 0.1, 0.1, 1.0)
+
+
+def image_transforms(image_layer) -> dict:
+    """Keyword arguments that give a new layer the image's data-to-world transform."""
+    return {
+        "scale": image_layer.scale,
+        "translate": image_layer.translate,
+        "rotate": image_layer.rotate,
+        "shear": image_layer.shear,
+        "affine": image_layer.affine.affine_matrix,
+    }
+
+
+def spatial_shape(image_layer) -> tuple[int, ...]:
+    """The image layer's data shape without the colour axis (RGB layers), at full resolution."""
+    data = image_layer.data[0] if image_layer.multiscale else image_layer.data
+    return tuple(data.shape[:-1]) if image_layer.rgb else tuple(data.shape)
+
+
+def add_points_layer(viewer, image_layer, name: str = "SAM points"):
+    """A Points layer for positive/negative clicks, in 'add' mode, with a boolean ``positive`` feature."""
+    layer = viewer.add_points(np.zeros((0, image_layer.ndim)), ndim=image_layer.ndim, name=name,
+                              features={"positive": np.zeros(0, dtype=bool)}, size=8, border_width=0.15,
+                              border_color="white", **image_transforms(image_layer))
+    layer.feature_defaults["positive"] = True
+    layer.mode = "add"
+    return layer
+
+
+def colour_points(points_layer) -> None:
+    """Colour each point by its ``positive`` feature: green positive, red negative."""
+    if len(points_layer.data) == 0 or "positive" not in points_layer.features:
+        return
+    positive = np.asarray(points_layer.features["positive"], dtype=bool)
+    colours = np.where(positive[:, None], POSITIVE_COLOUR, NEGATIVE_COLOUR)
+    if not np.array_equal(np.asarray(points_layer.face_color), colours):
+        points_layer.face_color = colours
+
+
+def add_shapes_layer(viewer, image_layer, name: str = "SAM boxes"):
+    """A Shapes layer for box (rectangle), polygon and ellipse prompts, ready to draw rectangles."""
+    layer = viewer.add_shapes(ndim=image_layer.ndim, name=name, edge_color="yellow", edge_width=2,
+                              face_color="transparent", **image_transforms(image_layer))
+    layer.mode = "add_rectangle"
+    return layer
+
+
+def add_labels_layer(viewer, image_layer, name: str = "SAM labels"):
+    """An empty uint32 Labels layer over the whole image (every slice), with the image's transforms."""
+    return viewer.add_labels(np.zeros(spatial_shape(image_layer), dtype=np.uint32), name=name,
+                             **image_transforms(image_layer))
+
+
+def add_preview_layer(viewer, image_layer, name: str = "SAM preview"):
+    """A Labels layer that shows the previewed masks; it never holds committed results."""
+    layer = viewer.add_labels(np.zeros(spatial_shape(image_layer), dtype=np.uint8), name=name, opacity=0.55,
+                              **image_transforms(image_layer))
+    layer.editable = False
+    return layer

@@ -1,0 +1,326 @@
+"""Prompt mode in a real napari viewer (Xvfb): clicks and boxes, live preview, commit, undo, transforms, nD.
+
+Uses the bundled tiny-cells model on synthetic cells, so a click inside a cell must give that cell.
+"""
+
+import time
+
+import numpy as np
+import pytest
+from napari.utils import notifications as napari_notifications
+
+from napari_sam.demo import synthetic_cells
+
+WIDGET = ("napari-sam", "Segment Anything")
+
+
+def iou(a, b) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+@pytest.fixture()
+def cells():
+    return synthetic_cells((200, 240), seed=777_001)
+
+
+@pytest.fixture()
+def session(make_napari_viewer, qtbot):
+    """Start a viewer with the widget and tiny-cells loaded; yields a function that opens an image."""
+    widgets = []
+
+    def start(image, show=False, **layer_kwargs):
+        viewer = make_napari_viewer(show=show)
+        layer = viewer.add_image(image, name="image", **layer_kwargs)
+        _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
+        widgets.append(widget)
+        widget.model_picker.native.setCurrentText("tiny-cells")
+        widget.load_model()
+        qtbot.waitUntil(lambda: widget.predictor is not None and widget.points_picker.value is not None,
+                        timeout=60_000)
+        settle(qtbot, widget)
+        return viewer, layer, widget
+
+    yield start
+    for widget in widgets:
+        qtbot.waitUntil(lambda w=widget: not w.busy, timeout=60_000)
+
+
+def settle(qtbot, widget):
+    """Wait until every worker has finished and the newest request's result is shown."""
+    qtbot.waitUntil(lambda: not widget.busy and widget.shown_request == widget.predict_request, timeout=60_000)
+
+
+def cell_point(labels, cell):
+    rows, cols = np.nonzero(labels == cell)
+    centre = np.array([rows.mean(), cols.mean()])
+    nearest = np.argmin((rows - centre[0]) ** 2 + (cols - centre[1]) ** 2)
+    return np.array([rows[nearest], cols[nearest]], dtype=float)
+
+
+def cell_box(labels, cell):
+    rows, cols = np.nonzero(labels == cell)
+    return np.array([[rows.min(), cols.min()], [rows.max(), cols.max()]], dtype=float)
+
+
+def big_cells(labels, count):
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return list(np.argsort(-sizes)[:count])
+
+
+def test_a_click_shows_the_cell_in_the_preview(session, qtbot, cells):
+    image, labels = cells
+    viewer, _, widget = session(image)
+    cell = big_cells(labels, 1)[0]
+    widget.points_picker.value.add(cell_point(labels, cell))
+    settle(qtbot, widget)
+    assert widget.preview is not None
+    assert iou(widget.preview_layer.data > 0, labels == cell) > 0.7
+    assert widget.shown_masks().shape == (1, *labels.shape)
+
+
+def test_commit_gives_a_fresh_id_and_undo_redo_are_exact(session, qtbot, cells):
+    image, labels = cells
+    viewer, _, widget = session(image)
+    first, second = big_cells(labels, 2)
+    target = viewer.add_labels(np.zeros(labels.shape, dtype=np.uint32), name="annotations")
+    target.data[0:3, 0:3] = 7  # an existing object
+    widget.labels_picker.value = target
+    before = target.data.copy()
+    widget.points_picker.value.add(cell_point(labels, first))
+    settle(qtbot, widget)
+    assert widget.commit() == [8]
+    after = target.data.copy()
+    assert iou(after == 8, labels == first) > 0.7
+    assert len(widget.points_picker.value.data) == 0  # prompts cleared
+    settle(qtbot, widget)
+    assert not (widget.preview_layer.data > 0).any()
+    target.undo()
+    assert np.array_equal(target.data, before)
+    target.redo()
+    assert np.array_equal(target.data, after)
+    widget.points_picker.value.add(cell_point(labels, second))
+    settle(qtbot, widget)
+    assert widget.commit() == [9]
+
+
+def test_existing_labels_are_kept_unless_overwrite_is_ticked(session, qtbot, cells):
+    image, labels = cells
+    viewer, _, widget = session(image)
+    cell = big_cells(labels, 1)[0]
+    target = viewer.add_labels(np.where(labels == cell, 5, 0).astype(np.uint32), name="existing")
+    widget.labels_picker.value = target
+    widget.points_picker.value.add(cell_point(labels, cell))
+    settle(qtbot, widget)
+    ids = widget.commit()
+    assert (target.data[labels == cell] == 5).all()  # untouched
+    assert ids == [] or (target.data == ids[0]).sum() < 0.3 * (labels == cell).sum()
+    widget.overwrite.value = True
+    widget.points_picker.value.add(cell_point(labels, cell))
+    settle(qtbot, widget)
+    (new,) = widget.commit()
+    assert iou(target.data == new, labels == cell) > 0.7
+
+
+def test_stale_results_are_dropped(session, qtbot, cells):
+    image, labels = cells
+    viewer, _, widget = session(image)
+    points = widget.points_picker.value
+    chosen = big_cells(labels, 4)
+    for cell in chosen:  # four changes in a row, without waiting
+        points.add(cell_point(labels, cell))
+    final_request = widget.predict_request
+    settle(qtbot, widget)
+    assert widget.shown_request == final_request
+    expected = widget.predictor.predict(points=points.data, point_labels=[1] * 4)
+    shown = widget.shown_masks()[0]
+    assert any(np.array_equal(shown, candidate) for candidate in expected.masks[0]) or \
+        iou(shown, expected.best_masks()[0]) > 0.95
+
+
+def test_three_boxes_make_three_objects(session, qtbot, cells):
+    image, labels = cells
+    viewer, _, widget = session(image)
+    chosen = big_cells(labels, 3)
+    shapes = widget.shapes_picker.value
+    shapes.add_rectangles([cell_box(labels, cell) for cell in chosen])
+    settle(qtbot, widget)
+    assert widget.shown_masks().shape[0] == 3
+    ids = widget.commit()
+    assert len(ids) == 3
+    committed = widget.labels_picker.value.data
+    for new_id, cell in zip(ids, chosen):
+        assert iou(committed == new_id, labels == cell) > 0.7
+
+
+def test_scale_and_translate_give_the_same_mask(session, qtbot, cells):
+    image, labels = cells
+    cell = big_cells(labels, 1)[0]
+    point = cell_point(labels, cell)
+
+    viewer, _, widget = session(image)
+    widget.points_picker.value.add(point)
+    settle(qtbot, widget)
+    plain = widget.shown_masks()[0].copy()
+
+    viewer, layer, widget = session(image, scale=(2.0, 0.5), translate=(10.0, -5.0))
+    # a prompt layer of its own, with no transform: its data are world coordinates
+    world = viewer.add_points(np.zeros((0, 2)), name="world clicks")
+    widget.points_picker.value = world
+    world.add(np.asarray(layer.data_to_world(point)))
+    settle(qtbot, widget)
+    assert np.array_equal(widget.shown_masks()[0], plain)
+    ids = widget.commit()
+    committed = widget.labels_picker.value
+    assert np.allclose(committed.scale, (2.0, 0.5)) and np.allclose(committed.translate, (10.0, -5.0))
+    assert np.array_equal(committed.data == ids[0], plain)
+
+
+def test_a_stack_segments_the_shown_slice_only(session, qtbot):
+    stack, stack_labels = synthetic_cells((12, 160, 160), seed=777_002, ndim=3)
+    viewer, _, widget = session(stack, scale=(3.0, 1.0, 1.0))
+    z = 6
+    viewer.dims.set_point(0, z * 3.0)
+    settle(qtbot, widget)
+    cell = big_cells(stack_labels[z], 1)[0]
+    points = widget.points_picker.value
+    assert points.ndim == 3
+    points.add(np.r_[z, cell_point(stack_labels[z], cell)])
+    points.add(np.r_[z + 3, cell_point(stack_labels[z + 3], big_cells(stack_labels[z + 3], 1)[0])])  # elsewhere
+    settle(qtbot, widget)
+    assert len(widget.preview.masks) == 1 and widget.preview.index == (z,)
+    (new,) = widget.commit()
+    committed = widget.labels_picker.value.data
+    assert committed.shape == stack.shape
+    assert set(np.nonzero(committed == new)[0]) == {z}
+    assert iou(committed[z] == new, stack_labels[z] == cell) > 0.7
+    assert len(points.data) == 1  # the prompt on the other slice stays
+
+
+def test_rgb_and_uint16_images(session, qtbot, cells):
+    image, labels = cells
+    cell = big_cells(labels, 1)[0]
+    low, high = np.percentile(image, [0.5, 99.5])
+    rgb = (np.clip((image - low) / (high - low), 0, 1) * 255).astype(np.uint8)
+    rgb = np.stack([rgb, rgb, rgb], axis=-1)
+    viewer, layer, widget = session(rgb, rgb=True)
+    assert widget.points_picker.value.ndim == 2
+    widget.points_picker.value.add(cell_point(labels, cell))
+    settle(qtbot, widget)
+    assert iou(widget.shown_masks()[0], labels == cell) > 0.7
+
+    viewer, layer, widget = session(image, contrast_limits=(float(low), float(high)))
+    widget.points_picker.value.add(cell_point(labels, cell))
+    settle(qtbot, widget)
+    assert iou(widget.shown_masks()[0], labels == cell) > 0.7
+
+
+def test_toggle_polarity_makes_negative_red_points(session, qtbot, cells):
+    image, labels = cells
+    viewer, _, widget = session(image)
+    points = widget.points_picker.value
+    points.add(cell_point(labels, big_cells(labels, 1)[0]))
+    assert widget.toggle_polarity() is False
+    points.add([5.0, 5.0])
+    settle(qtbot, widget)
+    assert points.features["positive"].tolist() == [True, False]
+    assert np.allclose(points.face_color[1], [0.95, 0.1, 0.1, 1.0])
+    assert widget.toggle_polarity() is True
+
+
+def test_errors_notify_and_leave_labels_untouched(session, qtbot, cells):
+    image, labels = cells
+    viewer, _, widget = session(image)
+    manager = napari_notifications.notification_manager
+    seen = len(manager.records)
+    target = viewer.add_labels(np.zeros(labels.shape, dtype=np.uint32), name="annotations")
+    widget.labels_picker.value = target
+    assert widget.commit() == []  # nothing previewed yet
+    widget.points_picker.value.add([-40.0, 30.0])  # outside the image
+    settle(qtbot, widget)
+    qtbot.waitUntil(lambda: any("outside" in n.message for n in manager.records[seen:]), timeout=10_000)
+    assert not target.data.any()
+    widget.points_picker.value.data = np.zeros((0, 2))
+    widget.points_picker.value.add(cell_point(labels, big_cells(labels, 1)[0]))
+    settle(qtbot, widget)
+    assert widget.commit()  # still usable
+
+
+def test_a_commit_is_drawn_where_the_mask_is(session, qtbot, cells):
+    image, labels = cells
+    viewer, layer, widget = session(image, show=True)
+    cell = big_cells(labels, 1)[0]
+    widget.points_picker.value.add(cell_point(labels, cell))
+    settle(qtbot, widget)
+    (new,) = widget.commit()
+    settle(qtbot, widget)
+    target = widget.labels_picker.value
+    target.opacity = 1.0
+    viewer.reset_view()
+    qtbot.wait(200)
+    with_labels = viewer.screenshot(canvas_only=True, flash=False).astype(int)
+    target.visible = False
+    qtbot.wait(200)
+    without = viewer.screenshot(canvas_only=True, flash=False).astype(int)
+    drawn = np.abs(with_labels - without)[..., :3].sum(axis=-1) > 30
+    assert drawn.any()
+    # where the committed object should appear on the canvas: data -> world -> canvas pixels
+    rows, cols = np.nonzero(target.data == new)
+    height, width = drawn.shape
+    centre = np.asarray(viewer.camera.center[-2:])
+    zoom = viewer.camera.zoom  # screen pixels per world unit (Xvfb has a device pixel ratio of 1)
+    canvas = (np.stack([rows, cols], axis=1) - centre) * zoom + np.array([height, width]) / 2
+    drawn_rows, drawn_cols = np.nonzero(drawn)
+    assert np.abs(np.array([drawn_rows.mean(), drawn_cols.mean()]) - canvas.mean(axis=0)).max() < 3
+    assert 0.8 < drawn.sum() / (len(rows) * zoom**2) < 1.25
+
+
+@pytest.mark.slow
+def test_the_viewer_stays_responsive_while_embedding(make_napari_viewer, qtbot, tmp_path):
+    """A QTimer keeps ticking while a ViT encoder (about a second of work) runs on the worker."""
+    from qtpy.QtCore import QTimer
+
+    from napari_sam.core.random_weights import random_sam, sam_config
+
+    folder = tmp_path / "medium"
+    random_sam(sam_config(image_size=1024, hidden_size=256, depth=4, heads=8, global_attn_indexes=(1, 3)),
+               seed=0).save_pretrained(folder)
+    viewer = make_napari_viewer()
+    viewer.add_image(synthetic_cells((400, 400), seed=3)[0], name="image")
+    _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
+    widget.model_picker.native.setCurrentText(str(folder))
+    widget.load_model()
+    qtbot.waitUntil(lambda: widget.predictor is not None, timeout=60_000)
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(10)
+    settle(qtbot, widget)
+    widget.viewer.layers["image"].contrast_limits = (0, 3000)  # another display: a new embedding
+    start = time.perf_counter()
+    widget.embed_current_plane()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    elapsed = time.perf_counter() - start
+    timer.stop()
+    during = [t for t in ticks if t >= start]
+    gaps = np.diff(during)
+    assert elapsed > 0.3, "the encoder was too fast to tell"
+    assert len(gaps) > 5 and gaps.max() < 0.15, (elapsed, gaps.max())
+
+
+def test_alt_click_adds_a_negative_point(session, qtbot, cells):
+    from napari.utils._proxies import ReadOnlyWrapper
+    from napari.utils.events import Event
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    image, labels = cells
+    viewer, _, widget = session(image)
+    points = widget.points_picker.value
+    for modifiers, where in (([], (50.0, 60.0)), (["Alt"], (80.0, 90.0))):
+        common = {"modifiers": modifiers, "position": where, "pos": np.array([0, 0]), "is_dragging": False,
+                  "view_direction": None, "dims_displayed": [0, 1], "dims_point": where}
+        mouse_press_callbacks(points, ReadOnlyWrapper(Event("mouse_press", **common)))
+        mouse_release_callbacks(points, ReadOnlyWrapper(Event("mouse_release", **common)))
+    settle(qtbot, widget)
+    np.testing.assert_allclose(points.data, [[50, 60], [80, 90]])
+    assert points.features["positive"].tolist() == [True, False]
