@@ -1,4 +1,4 @@
-"""The "Segment Anything" dock widget: choose an image and a SAM checkpoint, load it, embed the image.
+"""The model part of the "Segment Anything" widget: choose an image and a SAM checkpoint, load it, embed.
 
 Model loading and image embedding run on worker threads (``napari.qt.threading``); the viewer stays
 responsive. Results of a request that a newer one superseded are dropped. Failures show a napari notification and

@@ -87,6 +87,8 @@ class SegmentWidget(ModelWidget):
         self.viewer.dims.events.current_step.disconnect(self.update_preview)
         for layer in self._watched:
             layer.events.data.disconnect(self._on_prompt_data)
+            if self._note_modifiers in layer.mouse_drag_callbacks:
+                layer.mouse_drag_callbacks.remove(self._note_modifiers)
 
     # --- layers -------------------------------------------------------------------------------------------
 
@@ -151,8 +153,8 @@ class SegmentWidget(ModelWidget):
         points = self.points_picker.value
         if points is None:
             return True
-        positive = not bool(points.feature_defaults["positive"].iloc[0]) if "positive" in points.feature_defaults \
-            else False
+        defaults = points.feature_defaults
+        positive = not (bool(defaults["positive"].iloc[0]) if "positive" in defaults else True)
         points.feature_defaults["positive"] = positive
         self._show(f"New points are {'positive' if positive else 'negative'}.")
         return positive
