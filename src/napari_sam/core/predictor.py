@@ -138,6 +138,33 @@ class Predictor:
         with self._lock:
             self._current = None
 
+    def point_grid_logits(self, points_rc: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode each of ``points_rc`` as a one-point positive prompt of its own, without upsampling.
+
+        Args:
+            points_rc: (b, 2) (row, col) in the current image's data pixels.
+
+        Returns:
+            ``(logits, scores)`` on the model's device: (b, 3, m, m) float32 low-res logits and (b, 3) scores.
+        """
+        with self._lock:
+            current = self._current
+            if current is None:
+                raise RuntimeError("No image set: call set_image(image) before point_grid_logits().")
+            xy = points_to_model(np.asarray(points_rc, dtype=np.float64), current.original_size,
+                                 current.resized_size)
+            points = torch.tensor(xy, device=self.device)[:, None, None]
+            labels = torch.ones(points.shape[:3], dtype=torch.long, device=self.device)
+            with torch.inference_mode():
+                output = self.model(image_embeddings=current.embedding.expand(len(points), -1, -1, -1),
+                                    input_points=points, input_labels=labels, multimask_output=True)
+            return output.pred_masks[:, 0].float(), output.iou_scores[:, 0].float()
+
+    @property
+    def current(self) -> CachedEmbedding | None:
+        """The current image's embedding and sizes, or None."""
+        return self._current
+
     def mask_logits(self, masks: np.ndarray, eps: float = 1e-3) -> np.ndarray:
         """Low-res logits for ``mask_input`` from binary masks drawn on the current image.
 

@@ -1,0 +1,1 @@
+"""Helpers of the core, in the style of segment-anything's ``utils``."""

@@ -1,0 +1,127 @@
+"""Building blocks of automatic mask generation, in torch (no torchvision), as in Meta's ``utils/amg.py``.
+
+Boxes are (row_min, col_min, row_max, col_max) in data pixels, inclusive. Points are (row, col).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def build_point_grid(n_per_side: int) -> np.ndarray:
+    """(n², 2) (row, col) points evenly spaced in [0, 1]², column running fastest (Meta's order)."""
+    offset = 1 / (2 * n_per_side)
+    side = np.linspace(offset, 1 - offset, n_per_side)
+    rows = np.repeat(side, n_per_side)
+    cols = np.tile(side, n_per_side)
+    return np.stack([rows, cols], axis=1)
+
+
+def generate_crop_boxes(size: tuple[int, int], n_layers: int, overlap_ratio: float):
+    """Crop boxes (row0, col0, row1, col1), end-exclusive, and their layer index: the whole image, then
+    (2^(i+1))² overlapping crops for layer i+1 (Meta's and transformers' rule)."""
+    height, width = size
+    boxes, layers = [[0, 0, height, width]], [0]
+    short_side = min(height, width)
+    for layer in range(n_layers):
+        per_side = 2 ** (layer + 1)
+        overlap = int(overlap_ratio * short_side * (2 / per_side))
+        crop_w = int(math.ceil((overlap * (per_side - 1) + width) / per_side))
+        crop_h = int(math.ceil((overlap * (per_side - 1) + height) / per_side))
+        lefts = [int((crop_w - overlap) * i) for i in range(per_side)]
+        tops = [int((crop_h - overlap) * i) for i in range(per_side)]
+        for left in lefts:  # x outer, y inner, as Meta's itertools.product(x0, y0)
+            for top in tops:
+                boxes.append([top, left, min(top + crop_h, height), min(left + crop_w, width)])
+                layers.append(layer + 1)
+    return boxes, layers
+
+
+def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
+    """IoU between the masks at ``threshold + offset`` and ``threshold - offset``; logits (n, H, W) -> (n,)."""
+    intersections = (logits > threshold + offset).sum(dim=(-2, -1), dtype=torch.int32)
+    unions = (logits > threshold - offset).sum(dim=(-2, -1), dtype=torch.int32)
+    return intersections / unions.clamp(min=1)
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """(n, H, W) bool -> (n, 4) inclusive (row_min, col_min, row_max, col_max); empty masks give zeros."""
+    if masks.numel() == 0:
+        return torch.zeros((*masks.shape[:-2], 4), dtype=torch.float32, device=masks.device)
+    height, width = masks.shape[-2:]
+    any_row, any_col = masks.any(dim=-1), masks.any(dim=-2)
+    rows = torch.arange(height, device=masks.device)
+    cols = torch.arange(width, device=masks.device)
+    row_max = torch.where(any_row, rows, -1).amax(dim=-1)
+    row_min = torch.where(any_row, rows, height).amin(dim=-1)
+    col_max = torch.where(any_col, cols, -1).amax(dim=-1)
+    col_min = torch.where(any_col, cols, width).amin(dim=-1)
+    boxes = torch.stack([row_min, col_min, row_max, col_max], dim=-1).float()
+    empty = (row_max < row_min) | (col_max < col_min)
+    return torch.where(empty[..., None], torch.zeros_like(boxes), boxes)
+
+
+def box_near_crop_edge(boxes: torch.Tensor, crop_box, image_box, atol: float = 20.0) -> torch.Tensor:
+    """(n,) bool: boxes (in image coordinates) that touch the crop's edge where it is not the image's edge.
+
+    ``crop_box`` and ``image_box`` are end-exclusive (row0, col0, row1, col1), as Meta compares them."""
+    crop = torch.as_tensor(crop_box, dtype=torch.float32, device=boxes.device)
+    image = torch.as_tensor(image_box, dtype=torch.float32, device=boxes.device)
+    near_crop = torch.isclose(boxes, crop[None], atol=atol, rtol=0)
+    near_image = torch.isclose(boxes, image[None], atol=atol, rtol=0)
+    return (near_crop & ~near_image).any(dim=1)
+
+
+def box_area(boxes: torch.Tensor) -> torch.Tensor:
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def box_iou(boxes: torch.Tensor) -> torch.Tensor:
+    """(n, n) IoU of boxes with each other, as torchvision's ``box_iou`` (no +1 on sides)."""
+    area = box_area(boxes)
+    low = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    high = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    overlap = (high - low).clamp(min=0).prod(dim=-1)
+    return overlap / (area[:, None] + area[None, :] - overlap).clamp(min=1e-12)
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Greedy non-maximum suppression, as torchvision's ``nms``: indices kept, by decreasing score.
+
+    The IoU matrix is computed at once on the boxes' device; the greedy pass walks it on the CPU.
+    """
+    if len(boxes) == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    order = torch.argsort(scores, descending=True, stable=True)
+    overlaps = (box_iou(boxes[order].float()) > threshold).cpu().numpy()
+    suppressed = np.zeros(len(order), dtype=bool)
+    kept = []
+    for index in range(len(order)):
+        if suppressed[index]:
+            continue
+        kept.append(index)
+        suppressed |= overlaps[index]
+    return order[torch.as_tensor(kept, dtype=torch.long, device=order.device)]
+
+
+def remove_small_regions(mask: np.ndarray, area: int, mode: str) -> tuple[np.ndarray, bool]:
+    """Remove islands (``mode="islands"``) or fill holes (``"holes"``) smaller than ``area`` pixels, with
+    8-connectivity. Returns the mask and whether it changed (Meta's ``remove_small_regions``)."""
+    from scipy import ndimage
+
+    holes = mode == "holes"
+    working = mask ^ holes  # the holes are the regions of the inverted mask
+    regions, count = ndimage.label(working, structure=np.ones((3, 3)))
+    sizes = np.bincount(regions.ravel(), minlength=count + 1)[1:]
+    small = np.nonzero(sizes < area)[0] + 1
+    if len(small) == 0:
+        return mask, False
+    if holes:
+        return ~np.isin(regions, np.setdiff1d(np.arange(1, count + 1), small)), True
+    keep = np.setdiff1d(np.arange(1, count + 1), small)
+    if len(keep) == 0:
+        keep = np.array([int(np.argmax(sizes)) + 1])
+    return np.isin(regions, keep), True

@@ -1,0 +1,129 @@
+"""Segment everything: equivalence with transformers' mask-generation pipeline, recovery of synthetic cells."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import SamModel, pipeline
+from transformers.models.sam import image_processing_pil_sam
+from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+from napari_sam import Predictor
+from napari_sam.core.model_loading import BUNDLED_DIR
+from napari_sam.core.automatic_mask_generator import SegmentationCancelled, segment_everything
+from napari_sam.demo import synthetic_cells
+
+
+def greedy_nms(boxes, scores, threshold):
+    """A plain greedy NMS, as torchvision's (written here independently of napari_sam's)."""
+    order = torch.argsort(scores, descending=True).tolist()
+    keep = []
+    while order:
+        best = order.pop(0)
+        keep.append(best)
+        rest = []
+        for other in order:
+            a, b = boxes[best].tolist(), boxes[other].tolist()
+            width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+            height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+            overlap = width * height
+            union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - overlap
+            if union <= 0 or overlap / union <= threshold:
+                rest.append(other)
+        order = rest
+    return torch.tensor(keep, dtype=torch.long)
+
+
+def torch_post_process(rle_masks, iou_scores, mask_boxes, amg_crops_nms_thresh=0.7):
+    """The pipeline's post-processing with torchvision's batched_nms replaced by ``greedy_nms``."""
+    keep = greedy_nms(mask_boxes.float(), iou_scores, amg_crops_nms_thresh)
+    masks = [image_processing_pil_sam._rle_to_mask(rle_masks[i]) for i in keep]
+    return masks, iou_scores[keep], [rle_masks[i] for i in keep], mask_boxes[keep]
+
+
+def partner_rate(ours, theirs, threshold=0.9):
+    """Fraction of masks on either side with a partner on the other side at IoU >= threshold."""
+    if not len(ours) and not len(theirs):
+        return 1.0
+    a = torch.from_numpy(np.asarray(ours)).flatten(1).float()
+    b = torch.from_numpy(np.asarray(theirs)).flatten(1).float()
+    intersection = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None] - intersection
+    iou = intersection / union.clamp(min=1)
+    matched = (iou.max(dim=1).values >= threshold).sum() + (iou.max(dim=0).values >= threshold).sum()
+    return float(matched) / (len(a) + len(b))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """transformers' pipeline on the bundled tiny-cells checkpoint.
+
+    Re-randomised tiny models give masks that cover most of the image, so every grid point yields about the
+    same mask and NMS leaves one: nothing to compare. tiny-cells gives one mask per cell.
+    """
+    processor = SamImageProcessorPil(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256})
+    return pipeline("mask-generation", model=SamModel.from_pretrained(str(BUNDLED_DIR / "tiny-cells")),
+                    image_processor=processor, device="cpu")
+
+
+@pytest.mark.parametrize("crop_n_layers", [0, 1])
+def test_matches_the_transformers_pipeline(reference, monkeypatch, crop_n_layers):
+    monkeypatch.setattr(reference.image_processor, "post_process_for_mask_generation", torch_post_process)
+    cells, _ = synthetic_cells((230, 300), seed=900_020)
+    low, high = np.percentile(cells, [0.5, 99.5])
+    gray = (np.clip((cells - low) / (high - low), 0, 1) * 255).round().astype(np.uint8)
+    image = np.stack([gray] * 3, axis=-1)
+    settings = {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.85, "stability_score_offset": 1.0}
+    theirs = reference(Image.fromarray(image), points_per_batch=64, points_per_crop=8,
+                       crops_n_layers=crop_n_layers, crops_nms_thresh=0.7, **settings)
+    predictor = Predictor.from_pretrained("tiny-cells", device="cpu")
+    ours = segment_everything(predictor, image, points_per_side=8, crop_n_layers=crop_n_layers,
+                              box_nms_thresh=0.7, crop_nms_thresh=0.7, prefer_smaller_crops=False, **settings)
+    assert len(ours.masks) >= 3 and len(theirs["masks"]) >= 3
+    rate = partner_rate(ours.masks, np.stack(theirs["masks"]))
+    assert rate >= 0.95, (rate, len(ours.masks), len(theirs["masks"]))
+    if crop_n_layers:  # Meta's rule keeps the crop's version of some duplicates: the same objects still
+        meta = segment_everything(predictor, image, points_per_side=8, crop_n_layers=crop_n_layers, **settings)
+        assert len(meta.masks) == len(ours.masks)
+        assert partner_rate(meta.masks, ours.masks, threshold=0.8) >= 0.95
+
+
+def test_finds_the_synthetic_cells():
+    predictor = Predictor.from_pretrained("tiny-cells", device="cpu")
+    recovered, total = 0, 0
+    for seed in (900_001, 900_002, 900_003):
+        image, labels = synthetic_cells((256, 256), seed=seed)
+        result = segment_everything(predictor, image, points_per_side=16, pred_iou_thresh=0.8,
+                                    stability_score_thresh=0.9)
+        masks = torch.from_numpy(result.masks).flatten(1).float()
+        for cell in range(1, int(labels.max()) + 1):
+            target = torch.from_numpy(labels == cell).flatten().float()
+            if target.sum() < 30:
+                continue
+            total += 1
+            iou = (masks @ target) / (masks.sum(1) + target.sum() - masks @ target).clamp(min=1)
+            recovered += bool(len(iou) and iou.max() >= 0.7)
+    assert recovered >= 0.8 * total, (recovered, total)
+
+
+def test_result_layout_progress_and_cancel():
+    predictor = Predictor.from_pretrained("tiny-cells", device="cpu")
+    image, _ = synthetic_cells((180, 220), seed=900_010)
+    calls = []
+    result = segment_everything(predictor, image, points_per_side=12, points_per_batch=40, pred_iou_thresh=0.8,
+                                stability_score_thresh=0.9, min_mask_region_area=30,
+                                progress=lambda done, total: calls.append((done, total)))
+    n = len(result.masks)
+    assert n > 5 and result.masks.shape == (n, 180, 220) and result.masks.dtype == bool
+    assert result.scores.shape == result.stability_scores.shape == (n,)
+    assert (np.diff(result.scores) <= 0).all()  # best first
+    assert result.boxes.shape == (n, 4) and result.point_coords.shape == (n, 2)
+    rows, cols = np.nonzero(result.masks[0])
+    np.testing.assert_allclose(result.boxes[0], [rows.min(), cols.min(), rows.max(), cols.max()])
+    assert result.labels.dtype == np.uint32 and result.labels.shape == (180, 220)
+    smallest = int(np.argmin(result.masks.sum(axis=(1, 2))))
+    assert (result.labels[result.masks[smallest]] == smallest + 1).mean() > 0.5  # small objects stay visible
+    assert calls == [(i, 4) for i in range(1, 5)]  # 144 points in batches of 40
+    with pytest.raises(SegmentationCancelled):
+        segment_everything(predictor, image, points_per_side=12, points_per_batch=40,
+                           cancel=lambda: len(calls) > 5, progress=lambda d, t: calls.append(d))
