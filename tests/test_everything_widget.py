@@ -1,0 +1,73 @@
+"""The Segment everything widget under Xvfb: result layer with features, cancel, stacks."""
+
+import numpy as np
+import pytest
+
+from napari_sam.demo import synthetic_cells
+
+WIDGET = ("napari-sam", "Segment everything")
+
+
+@pytest.fixture()
+def everything(make_napari_viewer, qtbot):
+    docked = []
+
+    def start(image, **layer_kwargs):
+        viewer = make_napari_viewer()
+        layer = viewer.add_image(image, name="cells", **layer_kwargs)
+        _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
+        docked.append(widget)
+        widget.model_picker.native.setCurrentText("tiny-cells")
+        widget.load_model()
+        qtbot.waitUntil(lambda: widget.predictor is not None and not widget.busy, timeout=60_000)
+        widget.settings["points_per_side"].value = 16
+        widget.settings["pred_iou_thresh"].value = 0.8
+        widget.settings["stability_score_thresh"].value = 0.9
+        return viewer, layer, widget
+
+    yield start
+    for widget in docked:
+        qtbot.waitUntil(lambda w=widget: not w.busy, timeout=120_000)
+
+
+def test_run_adds_a_labels_layer_with_features(everything, qtbot):
+    image, truth = synthetic_cells((200, 240), seed=910_001)
+    viewer, layer, widget = everything(image, scale=(2.0, 2.0), translate=(5.0, 0.0))
+    assert widget.settings["box_nms_thresh"].tooltip
+    widget.run()
+    qtbot.waitUntil(lambda: widget.result_layer is not None and not widget.busy, timeout=120_000)
+    result = widget.result_layer
+    assert result.data.shape == (200, 240) and np.allclose(result.scale, (2.0, 2.0))
+    features = result.features
+    assert {"label", "area", "score", "stability", "box_row_min", "box_col_max"} <= set(features.columns)
+    assert len(features) == result.data.max() >= 0.6 * truth.max()
+    label = int(features["label"].iloc[0])
+    assert (result.data == label).sum() <= features["area"].iloc[0]
+
+
+def test_cancel_adds_nothing(everything, qtbot):
+    image, _ = synthetic_cells((200, 240), seed=910_002)
+    viewer, layer, widget = everything(image)
+    widget.settings["points_per_side"].value = 64
+    widget.settings["points_per_batch"].value = 8
+    layers_before = len(viewer.layers)
+    widget.run()
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert widget.result_layer is None and len(viewer.layers) == layers_before
+    assert "Cancelled" in widget.status.value
+    assert widget.run_button.enabled
+
+
+def test_every_plane_of_a_stack(everything, qtbot):
+    stack, _ = synthetic_cells((3, 128, 128), seed=910_003, ndim=3)
+    viewer, layer, widget = everything(stack)
+    widget.whole_stack.value = True
+    widget.run()
+    qtbot.waitUntil(lambda: widget.result_layer is not None and not widget.busy, timeout=120_000)
+    result = widget.result_layer
+    assert result.data.shape == stack.shape
+    features = result.features
+    assert len(set(features["plane"])) >= 2 and set(features["plane"]) <= {(0,), (1,), (2,)}
+    for plane, label in zip(features["plane"], features["label"]):  # ids are unique across planes
+        assert set(np.nonzero(result.data == label)[0]) <= {plane[0]}
