@@ -10,7 +10,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .core.embedding_cache import EmbeddingCache
 from .core.model_loading import DEFAULT_CHECKPOINT, KNOWN_CHECKPOINTS, ModelLoadError
+from .core.automatic_mask_generator import segment_everything
 from .core.predictor import Prediction, Predictor
+from .core.propagation import propagate
 
 try:
     __version__ = version("napari-sam")
@@ -25,4 +27,6 @@ __all__ = [
     "Prediction",
     "Predictor",
     "__version__",
+    "propagate",
+    "segment_everything",
 ]
