@@ -403,3 +403,46 @@ def test_without_an_image_nothing_happens(make_napari_viewer, qtbot):
     assert widget.commit() == []
     widget.clear_prompts()
     assert widget.points_picker.value is None and len(viewer.layers) == 0
+
+
+def test_propagate_through_a_stack_is_one_undoable_object(session, qtbot):
+    stack, truth = synthetic_cells((24, 160, 160), seed=777_020, ndim=3)
+    viewer, _, widget = session(stack, scale=(3.0, 0.5, 0.5))
+    sizes = np.bincount(truth.ravel())
+    sizes[0] = 0
+    cell = int(np.argmax(sizes))
+    middle = int(np.argmax((truth == cell).sum(axis=(1, 2))))
+    viewer.dims.set_point(0, middle * 3.0)
+    settle(qtbot, widget)
+    widget.points_picker.value.add(np.r_[middle, cell_point(truth[middle], cell)])
+    settle(qtbot, widget)
+    target = viewer.add_labels(np.zeros(stack.shape, dtype=np.uint32), name="annotations",
+                               scale=(3.0, 0.5, 0.5))
+    widget.labels_picker.value = target
+    assert "P" in {str(key) for key in widget.points_picker.value.keymap}
+    widget.propagate()
+    qtbot.waitUntil(lambda: widget.propagated_id is not None and not widget.busy, timeout=120_000)
+    new = widget.propagated_id
+    obj = target.data == new
+    assert (obj & (truth == cell)).sum() / (obj | (truth == cell)).sum() >= 0.75
+    cell_slices = np.nonzero((truth == cell).any(axis=(1, 2)))[0]
+    labelled = np.nonzero(obj.any(axis=(1, 2)))[0]
+    assert labelled.min() >= cell_slices.min() - 2 and labelled.max() <= cell_slices.max() + 2
+    assert len(labelled) > 3
+    target.undo()
+    assert not target.data.any()  # the whole object in one undo step
+
+
+def test_propagation_can_be_cancelled(session, qtbot):
+    stack, truth = synthetic_cells((24, 160, 160), seed=777_021, ndim=3)
+    viewer, _, widget = session(stack)
+    cell = int(np.argmax(np.bincount(truth.ravel())[1:])) + 1
+    middle = int(np.argmax((truth == cell).sum(axis=(1, 2))))
+    viewer.dims.set_point(0, middle)
+    settle(qtbot, widget)
+    widget.points_picker.value.add(np.r_[middle, cell_point(truth[middle], cell)])
+    settle(qtbot, widget)
+    widget.propagate()
+    widget.cancel_propagation_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert widget.propagated_id is None and widget.labels_picker.value is None

@@ -44,12 +44,40 @@ def _plane_indices(mask: np.ndarray, plane_index: tuple[int, ...], matrix: np.nd
     return tuple(candidates[hit].T)
 
 
+def _grid_matrix(labels_layer, image_layer) -> np.ndarray | None:
+    """Image data -> labels data matrix, or None when both share one grid."""
+    if labels_layer.ndim != image_layer.ndim:
+        raise ValueError(f"the labels layer has {labels_layer.ndim} dimensions and the image "
+                         f"{image_layer.ndim}: choose or create a labels layer that matches the image.")
+    matrix = layer_to_layer(image_layer, labels_layer)
+    return None if np.allclose(matrix, np.eye(len(matrix))) else matrix
+
+
+def _write(labels_layer, matrix, planes, new_id: int, overwrite: bool) -> bool:
+    """Write ``new_id`` over every (plane_index, mask) of ``planes``; whether any pixel was written."""
+    data, written = labels_layer.data, False
+    for plane_index, mask in planes:
+        indices = _plane_indices(np.asarray(mask, dtype=bool), tuple(plane_index), matrix, data.shape)
+        if not overwrite and len(indices) and indices[0].size:
+            free = np.asarray(data[indices]) == 0
+            indices = tuple(axis[free] for axis in indices)
+        if len(indices) and indices[0].size:
+            labels_layer.data_setitem(indices, new_id)
+            written = True
+    return written
+
+
+def _next_id(labels_layer) -> int:
+    data = labels_layer.data
+    return int(np.max(data)) + 1 if data.size else 1
+
+
 def commit_masks(labels_layer, image_layer, masks: np.ndarray, plane_index: tuple[int, ...] = (),
                  overwrite: bool = False) -> list[int]:
     """Write each (H, W) mask of ``masks`` as a new object of ``labels_layer``: one undo step for all.
 
     Args:
-        labels_layer: the target napari Labels layer (any transform; its data must be writable).
+        labels_layer: the target napari Labels layer (any transform, same dimensionality as the image).
         image_layer: the layer whose data pixels the masks are in.
         masks: (k, H, W) bool, in the image's data pixels of the plane at ``plane_index``.
         plane_index: the index of the image's non-displayed leading axes ((), for 2D images).
@@ -58,24 +86,21 @@ def commit_masks(labels_layer, image_layer, masks: np.ndarray, plane_index: tupl
     Returns:
         The new label ids, one per mask (max + 1, max + 2, ...); masks that write nothing get no id.
     """
-    if labels_layer.ndim != image_layer.ndim:
-        raise ValueError(f"the labels layer has {labels_layer.ndim} dimensions and the image "
-                         f"{image_layer.ndim}: choose or create a labels layer that matches the image.")
-    matrix = layer_to_layer(image_layer, labels_layer)
-    if np.allclose(matrix, np.eye(len(matrix))):
-        matrix = None  # same grid: write the pixels as they are
-    data = labels_layer.data
-    next_id = int(np.max(data)) + 1 if data.size else 1
-    ids = []
+    matrix = _grid_matrix(labels_layer, image_layer)
+    next_id, ids = _next_id(labels_layer), []
     with labels_layer.block_history():
         for mask in np.asarray(masks, dtype=bool).reshape(-1, *np.shape(masks)[-2:]):
-            indices = _plane_indices(mask, tuple(plane_index), matrix, data.shape)
-            if not overwrite and len(indices) and indices[0].size:
-                free = np.asarray(data[indices]) == 0
-                indices = tuple(axis[free] for axis in indices)
-            if not len(indices) or indices[0].size == 0:
-                continue
-            labels_layer.data_setitem(indices, next_id)
-            ids.append(next_id)
-            next_id += 1
+            if _write(labels_layer, matrix, [(plane_index, mask)], next_id, overwrite):
+                ids.append(next_id)
+                next_id += 1
     return ids
+
+
+def commit_object(labels_layer, image_layer, planes, overwrite: bool = False) -> int | None:
+    """Write one object spanning several planes (``[(plane_index, (H, W) mask), ...]``) under one new id, in
+    one undo step. Returns the id, or None when nothing could be written."""
+    matrix = _grid_matrix(labels_layer, image_layer)
+    new_id = _next_id(labels_layer)
+    with labels_layer.block_history():
+        written = _write(labels_layer, matrix, planes, new_id, overwrite)
+    return new_id if written else None

@@ -4,7 +4,8 @@ Clicks in a Points layer (positive or negative) and rectangles, polygons or elli
 read in world coordinates and mapped into the image's data pixels of the shown plane. Every change re-predicts
 on a worker thread; a result that a newer change superseded is dropped. ``C`` commits the previewed objects to
 the Labels layer (one undo step), ``Shift+C`` clears the prompts, ``N`` shows the next candidate mask and ``T``
-toggles the polarity of new points. Holding Alt while clicking adds a negative point.
+toggles the polarity of new points. Holding Alt while clicking adds a negative point. ``P`` propagates the
+previewed object through a stack (see ``propagation_controls``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..bridge.prompt_objects import group_objects, predict_objects
 from ..bridge.slicing import current_plane
 from ..bridge.transforms import to_target_data
 from .model_widget import ModelWidget
+from .propagation_controls import PropagationControls
 from .prompt_layers import (
     add_labels_layer,
     add_points_layer,
@@ -49,7 +51,7 @@ class Preview:
     logits: list
 
 
-class SegmentWidget(ModelWidget):
+class SegmentWidget(PropagationControls, ModelWidget):
     """Model, image and prompt-layer pickers, live preview, commit and clear."""
 
     def __init__(self, napari_viewer):
@@ -64,6 +66,7 @@ class SegmentWidget(ModelWidget):
         for offset, widget in enumerate([self.points_picker, self.shapes_picker, self.labels_picker]):
             self.insert(1 + offset, widget)
         self.extend([self.overwrite, self.commit_button, self.clear_button])
+        self._add_propagation_controls()
 
         self.preview_layer = None
         self.preview: Preview | None = None
@@ -145,6 +148,7 @@ class SegmentWidget(ModelWidget):
         layer.bind_key("c", lambda _layer: self.commit(), overwrite=True)
         layer.bind_key("Shift-C", lambda _layer: self.clear_prompts(), overwrite=True)
         layer.bind_key("n", lambda _layer: self.next_candidate(), overwrite=True)
+        layer.bind_key("p", lambda _layer: self.propagate(), overwrite=True)
         if isinstance(layer, Points):
             layer.bind_key("t", lambda _layer: self.toggle_polarity(), overwrite=True)
 
