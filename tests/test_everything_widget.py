@@ -55,7 +55,7 @@ def test_cancel_adds_nothing(everything, qtbot):
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     assert widget.result_layer is None and len(viewer.layers) == layers_before
-    assert "Cancelled" in widget.status.value
+    assert "cancelled" in widget.status.value
     assert widget.run_button.enabled
 
 

@@ -12,13 +12,10 @@ import threading
 import numpy as np
 import pandas as pd
 from magicgui.widgets import CheckBox, FloatSpinBox, PushButton, SpinBox
-from napari.qt.threading import create_worker
-from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QTimer
+from napari.utils.notifications import show_info
 
 from ..bridge.slicing import current_plane
-from ..core.automatic_mask_generator import SegmentationCancelled, segment_everything
+from ..core.automatic_mask_generator import segment_everything
 from .model_widget import ModelWidget
 from .prompt_layers import image_transforms
 
@@ -69,7 +66,6 @@ class EverythingWidget(ModelWidget):
         self.cancel_button.changed.connect(self.cancel)
         self.result_layer = None
         self._cancel = threading.Event()
-        self._done = [0, 1]
 
     def model_ready(self) -> None:
         self._show(self.status.value + " Ready to segment everything.")
@@ -95,50 +91,21 @@ class EverythingWidget(ModelWidget):
         else:
             indices = [index]
         settings, limits, rgb = self.values(), tuple(image.contrast_limits), image.rgb
-        self._cancel.clear()
-        self._done = [0, 1]
-        bar = progress(total=0, desc="Segment everything")
-        timer = QTimer()
-        timer.timeout.connect(lambda: self._update_bar(bar))
-        timer.start(100)
-        self.run_button.enabled, self.cancel_button.enabled = False, True
 
-        def work():
+        def work(report):
             planes = []
             for number, plane_index in enumerate(indices):
                 plane_data = np.asarray(data[plane_index]) if plane_index else plane
 
-                def report(done, total, number=number):
-                    self._done = [number * total + done, len(indices) * total]
+                def plane_report(done, total, number=number):
+                    report(number * total + done, len(indices) * total)
 
                 planes.append(segment_everything(predictor, plane_data, contrast_limits=limits, rgb=rgb,
-                                                 progress=report, cancel=self._cancel.is_set, **settings))
+                                                 progress=plane_report, cancel=self._cancel.is_set, **settings))
             return indices, planes
 
-        def finished() -> None:
-            timer.stop()
-            bar.close()
-            if not self._closed:
-                self.run_button.enabled, self.cancel_button.enabled = True, False
-
-        def failed(error: Exception) -> None:
-            if isinstance(error, SegmentationCancelled):
-                self._show("Cancelled: nothing was added.")
-            else:
-                self._show("Segment everything failed.")
-                show_error(f"Segment everything failed: {error}")
-
-        worker = create_worker(work, _start_thread=False,
-                               _connect={"returned": lambda result: self._add_layer(image, data.shape, result),
-                                         "errored": failed, "finished": finished})
-        self._start(worker)
-
-    def _update_bar(self, bar) -> None:
-        done, total = self._done
-        if bar.total != total:
-            bar.total = total
-        bar.n = done
-        bar.refresh()
+        self.run_cancellable(work, "Segment everything", lambda result: self._add_layer(image, data.shape, result),
+                             self.run_button, self.cancel_button, self._cancel)
 
     def _add_layer(self, image, shape, result) -> None:
         indices, planes = result

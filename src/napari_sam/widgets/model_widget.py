@@ -12,8 +12,10 @@ from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error
+from qtpy.QtCore import QTimer
 
 from ..bridge.slicing import current_plane
+from ..core.automatic_mask_generator import SegmentationCancelled
 from ..core.model_loading import DEFAULT_CHECKPOINT, KNOWN_CHECKPOINTS
 from ..core.predictor import Predictor
 
@@ -82,6 +84,48 @@ class ModelWidget(Container):
         self._workers.add(worker)
         worker.finished.connect(lambda: self._workers.discard(worker))
         worker.start()
+
+    def run_cancellable(self, work, description: str, on_result, run_button, cancel_button, cancel_event) -> None:
+        """Run ``work(report)`` on a worker with a progress bar, ``cancel_button`` setting ``cancel_event``.
+
+        ``work`` calls ``report(done, total)`` from its thread; a QTimer moves the bar on the UI thread.
+        ``on_result`` gets the return value on the UI thread. Cancelling (``SegmentationCancelled``) or a failure
+        is reported and changes nothing else.
+        """
+        cancel_event.clear()
+        bar = progress(total=0, desc=description)
+        counts = [0, 0]
+
+        def report(done: int, total: int) -> None:
+            counts[:] = [done, total]
+
+        def move_bar() -> None:
+            if counts[1] and bar.total != counts[1]:
+                bar.total = counts[1]
+            bar.n = counts[0]
+            bar.refresh()
+
+        timer = QTimer()
+        timer.timeout.connect(move_bar)
+        timer.start(100)
+        run_button.enabled, cancel_button.enabled = False, True
+
+        def finished() -> None:
+            timer.stop()
+            bar.close()
+            if not self._closed:
+                run_button.enabled, cancel_button.enabled = True, False
+
+        def failed(error: Exception) -> None:
+            if isinstance(error, SegmentationCancelled):
+                self._show(f"{description} cancelled: nothing was changed.")
+            else:
+                self._show(f"{description} failed.")
+                show_error(f"{description} failed: {error}")
+
+        worker = create_worker(work, report, _start_thread=False,
+                               _connect={"returned": on_result, "errored": failed, "finished": finished})
+        self._start(worker)
 
     def load_model(self) -> None:
         """Load the chosen checkpoint on a worker thread; a failure shows a notification."""

@@ -11,13 +11,9 @@ import threading
 
 import numpy as np
 from magicgui.widgets import CheckBox, PushButton
-from napari.qt.threading import create_worker
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QTimer
 
 from ..bridge.labels_writer import commit_object
-from ..core.automatic_mask_generator import SegmentationCancelled
 from ..core.propagation import propagate
 from .prompt_layers import add_labels_layer
 
@@ -52,39 +48,14 @@ class PropagationControls:
         selection = tuple(slice(None) if a == axis else i for a, i in enumerate(preview.index))
         volume = np.asarray(data[selection])
         index, first = preview.index, self.shown_masks()[0]
-        self._stop_propagation.clear()
-        bar = progress(total=volume.shape[0], desc="Propagating")
-        done = [0]
-        timer = QTimer()  # the bar is a Qt widget: update it from the UI thread
-        timer.timeout.connect(lambda: (setattr(bar, "n", done[0]), bar.refresh()))
-        timer.start(100)
-        self.propagate_button.enabled, self.cancel_propagation_button.enabled = False, True
 
-        def report(count, total):
-            done[0] = count
-
-        def work():
+        def work(report):
             return propagate(predictor, volume, index[axis], 0, first, contrast_limits=tuple(image.contrast_limits),
                              rgb=image.rgb, use_mask_input=self.use_mask_input.value, progress=report,
                              cancel=self._stop_propagation.is_set)
 
-        def finished() -> None:
-            timer.stop()
-            bar.close()
-            if not self._closed:
-                self.propagate_button.enabled, self.cancel_propagation_button.enabled = True, False
-
-        def failed(error: Exception) -> None:
-            if isinstance(error, SegmentationCancelled):
-                self._show("Propagation cancelled: nothing was written.")
-            else:
-                show_error(f"Propagation failed: {error}")
-
-        worker = create_worker(work, _start_thread=False,
-                               _connect={"returned": lambda result: self._commit_propagation(image, index, axis,
-                                                                                             result),
-                                         "errored": failed, "finished": finished})
-        self._start(worker)
+        self.run_cancellable(work, "Propagation", lambda result: self._commit_propagation(image, index, axis, result),
+                             self.propagate_button, self.cancel_propagation_button, self._stop_propagation)
 
     def _commit_propagation(self, image, index, axis, result) -> None:
         if self._closed:
