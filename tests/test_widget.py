@@ -92,3 +92,19 @@ def test_a_hub_model_offline_explains_how_to_go_on(make_napari_viewer, qtbot, no
     if widget.predictor is None:  # offline, not in the local cache: a notification says how to go on
         messages = [n.message for n in notifications()]
         assert any("facebook/sam-vit-base" in m and "folder" in m for m in messages), messages
+
+
+def test_neighbouring_planes_are_prefetched_within_the_budget(make_napari_viewer, qtbot, tiny_checkpoint, dock):
+    viewer = make_napari_viewer()
+    stack = np.stack([blob_image((50, 60), seed=s) for s in range(6)])
+    layer = viewer.add_image(stack, name="stack")
+    widget = dock(viewer)
+    load(qtbot, widget, tiny_checkpoint)
+    widget.cache_megabytes.value = 64
+    assert widget.predictor.cache.max_bytes == 64 << 20
+    viewer.dims.set_point(0, 3)
+    qtbot.waitUntil(lambda: widget.embedded_index == ("stack", (3,)) and not widget.busy, timeout=60_000)
+    limits = tuple(layer.contrast_limits)
+    for z in (2, 4):  # already embedded in the background: no encoder run now
+        assert widget.predictor.precompute(stack[z], contrast_limits=limits, rgb=False) is False
+    assert widget.predictor.precompute(stack[0], contrast_limits=limits, rgb=False) is True

@@ -164,9 +164,10 @@ def segment_everything(predictor: Predictor, image: np.ndarray, *, contrast_limi
     kept_parts = []
     for crop_index, (crop, layer) in enumerate(zip(crops, layers)):
         row0, col0, row1, col1 = crop
-        predictor.set_image(image[row0:row1, col0:col1], contrast_limits=limits, rgb=has_channels)
         points = grids[layer] * np.array([row1 - row0, col1 - col0])
-        found = _crop_batches(predictor, crop, points, settings, cancel, progress, counter).cat()
+        with predictor.locked():  # the crop stays the current image for all its batches
+            predictor.set_image(image[row0:row1, col0:col1], contrast_limits=limits, rgb=has_channels)
+            found = _crop_batches(predictor, crop, points, settings, cancel, progress, counter).cat()
         if found is None:
             continue
         logits, scores, stability, boxes, coords = found
@@ -194,12 +195,13 @@ def _assemble(predictor, image, limits, has_channels, crops, kept_parts, crop_nm
     masks = np.zeros((len(logits), height, width), dtype=bool)
     for crop_index in torch.unique(crop_of).tolist():  # one embedding per crop: its sizes map the logits
         row0, col0, row1, col1 = crops[crop_index]
-        predictor.set_image(image[row0:row1, col0:col1], contrast_limits=limits, rgb=has_channels)
+        with predictor.locked():
+            predictor.set_image(image[row0:row1, col0:col1], contrast_limits=limits, rgb=has_channels)
+            sizes = predictor.current.resized_size, predictor.current.original_size
         rows = torch.nonzero(crop_of == crop_index).flatten()
         for chunk in range(0, len(rows), UPSAMPLE_CHUNK):
             part = rows[chunk: chunk + UPSAMPLE_CHUNK]
-            full = upscale_logits(logits[part].float(), predictor.geometry, predictor.current.resized_size,
-                                  predictor.current.original_size)
+            full = upscale_logits(logits[part].float(), predictor.geometry, *sizes)
             masks[part.cpu().numpy(), row0:row1, col0:col1] = (full > 0).cpu().numpy()
     scores, stability, boxes, coords = (t.cpu().numpy() for t in (scores, stability, boxes, coords))
     if min_area > 0:

@@ -116,27 +116,42 @@ class Predictor:
         Raises:
             ValueError: for images of unsupported dtype or shape, or bad contrast limits.
         """
+        with self._lock:
+            entry, computed = self._embedding(image, contrast_limits, rgb)
+            self._current = entry
+            return computed
+
+    def precompute(self, image: np.ndarray, contrast_limits=None, rgb: bool | None = None) -> bool:
+        """Put ``image``'s embedding into the cache without making it the current image (for prefetching).
+
+        Returns True when the encoder ran."""
+        with self._lock:
+            return self._embedding(image, contrast_limits, rgb)[1]
+
+    def locked(self):
+        """A context manager that keeps other threads from changing the current image meanwhile, e.g. around
+        ``set_image`` followed by several ``predict`` calls."""
+        return self._lock
+
+    def _embedding(self, image, contrast_limits, rgb) -> tuple[CachedEmbedding, bool]:
         image = np.asarray(image)
         has_channels = image_layout(image, rgb)
         limits = None if contrast_limits is None else tuple(float(v) for v in contrast_limits)
         key = EmbeddingKey(self.name, content_signature(image), limits, has_channels)
-        with self._lock:
-            cached = self.cache.get(key)
-            if cached is not None:
-                self._current = cached
-                return False
-            rgb01 = display_rgb(image, limits, has_channels, device=self.device)
-            pixels = model_input(rgb01, self.geometry, dtype=self.dtype)
-            with torch.inference_mode():
-                embedding = self.model.get_image_embeddings(pixels)
-            entry = CachedEmbedding(
-                embedding=embedding,
-                original_size=(int(image.shape[0]), int(image.shape[1])),
-                resized_size=resized_shape((image.shape[0], image.shape[1]), self.geometry.longest_edge),
-            )
-            self.cache.put(key, entry)
-            self._current = entry
-            return True
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached, False
+        rgb01 = display_rgb(image, limits, has_channels, device=self.device)
+        pixels = model_input(rgb01, self.geometry, dtype=self.dtype)
+        with torch.inference_mode():
+            embedding = self.model.get_image_embeddings(pixels)
+        entry = CachedEmbedding(
+            embedding=embedding,
+            original_size=(int(image.shape[0]), int(image.shape[1])),
+            resized_size=resized_shape((image.shape[0], image.shape[1]), self.geometry.longest_edge),
+        )
+        self.cache.put(key, entry)
+        return entry, True
 
     def reset_image(self) -> None:
         """Forget the current image (cached embeddings stay cached)."""

@@ -107,18 +107,21 @@ def propagate(predictor: Predictor, volume: np.ndarray, start_index: int, axis: 
     scores[start_index] = 1.0
     done, total = 1, n_slices
     bounds = [start_index, start_index]
-    predictor.set_image(volume[start_index], contrast_limits=contrast_limits, rgb=has_channels)
-    first_logits = predictor.mask_logits(first_mask)[0] if use_mask_input else None
+    with predictor.locked():
+        predictor.set_image(volume[start_index], contrast_limits=contrast_limits, rgb=has_channels)
+        first_logits = predictor.mask_logits(first_mask)[0] if use_mask_input else None
     for step in (-1, 1):
         previous, logits = first_mask, first_logits
         index = start_index + step
         while 0 <= index < n_slices:
             if cancel is not None and cancel():
                 raise SegmentationCancelled()
-            predictor.set_image(volume[index], contrast_limits=contrast_limits, rgb=has_channels)
-            prediction = predictor.predict(points=interior_points(previous, n_points),
-                                           boxes=[_box(previous)],
-                                           mask_input=None if logits is None else logits[None], multimask=False)
+            with predictor.locked():  # the slice stays current for its prediction
+                predictor.set_image(volume[index], contrast_limits=contrast_limits, rgb=has_channels)
+                prediction = predictor.predict(points=interior_points(previous, n_points),
+                                               boxes=[_box(previous)],
+                                               mask_input=None if logits is None else logits[None],
+                                               multimask=False)
             mask, score = prediction.masks[0, 0], float(prediction.scores[0, 0])
             done += 1
             if progress is not None:

@@ -7,7 +7,9 @@ leave the widget usable.
 
 from __future__ import annotations
 
-from magicgui.widgets import ComboBox, Container, Label, PushButton, create_widget
+import numpy as np
+
+from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox, create_widget
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils import progress
@@ -45,9 +47,14 @@ class ModelWidget(Container):
         self.model_picker.native.setEditable(True)
         self.device_picker = ComboBox(label="device", choices=DEVICES, value="auto",
                                       tooltip="auto: CUDA GPU, then Apple MPS, then CPU.")
+        self.cache_megabytes = SpinBox(label="embedding cache (MB)", value=1024, min=16, max=1 << 20, step=64,
+                                       tooltip="Memory for the embeddings of recently shown planes; the "
+                                               "least recently used ones are dropped beyond it.")
         self.load_button = PushButton(text="Load model")
         self.status = Label(value="No model loaded.")
-        self.extend([self.image_picker, self.model_picker, self.device_picker, self.load_button, self.status])
+        self.extend([self.image_picker, self.model_picker, self.device_picker, self.cache_megabytes,
+                     self.load_button, self.status])
+        self.cache_megabytes.changed.connect(self._apply_cache_budget)
 
         self.load_button.changed.connect(self.load_model)
         self.image_picker.changed.connect(self.embed_current_plane)
@@ -153,9 +160,31 @@ class ModelWidget(Container):
                                _connect={"returned": loaded, "errored": failed, "finished": done})
         self._start(worker)
 
+    def _apply_cache_budget(self, event=None) -> None:
+        if self.predictor is not None:
+            self.predictor.cache.max_bytes = int(self.cache_megabytes.value) << 20
+
     def model_ready(self) -> None:
         """Called on the UI thread once a model is loaded."""
+        self._apply_cache_budget()
         self.embed_current_plane()
+
+    def prefetch_neighbours(self, layer, index: tuple[int, ...]) -> None:
+        """Embed the planes before and after the shown one (last leading axis) in the background."""
+        predictor = self.predictor
+        if not index or predictor is None or self._closed:
+            return
+        data = layer.data[0] if layer.multiscale else layer.data
+        depth = data.shape[len(index) - 1]
+        neighbours = [index[:-1] + (z,) for z in (index[-1] + 1, index[-1] - 1) if 0 <= z < depth]
+        limits, rgb = tuple(layer.contrast_limits), layer.rgb
+
+        def work():
+            for neighbour in neighbours:
+                predictor.precompute(np.asarray(data[neighbour]), contrast_limits=limits, rgb=rgb)
+
+        self._start(create_worker(work, _start_thread=False,
+                                  _connect={"errored": lambda error: None}))  # a failed prefetch costs nothing
 
     def embed_current_plane(self, event=None) -> None:
         """Embed the shown plane of the chosen image on a worker thread (a cached embedding returns at once)."""
@@ -173,6 +202,7 @@ class ModelWidget(Container):
                 return  # a newer request superseded this one
             self.embedded_index = (layer.name, index)
             self._show(f"Ready: {layer.name} {index or ''}" + ("" if ran_encoder else " (cached)"))
+            self.prefetch_neighbours(layer, index)
 
         def failed(error: Exception) -> None:
             if request == self._request:

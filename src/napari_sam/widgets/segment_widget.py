@@ -230,9 +230,9 @@ class SegmentWidget(PropagationControls, ModelWidget):
         """Worker: embed (usually cached) and predict; returns None for a request already superseded."""
         if request != self.predict_request:
             return None
-        self.predictor.set_image(plane, contrast_limits=limits, rgb=rgb)
-        objects = group_objects(prompts)
-        return request, prompts, predict_objects(self.predictor, objects, mask_input)
+        with self.predictor.locked():  # no other worker may switch the image between these calls
+            self.predictor.set_image(plane, contrast_limits=limits, rgb=rgb)
+            return request, prompts, predict_objects(self.predictor, group_objects(prompts), mask_input)
 
     def _on_predict_error(self, error: Exception, request: int) -> None:
         show_error(f"Prediction failed: {error}")
