@@ -5,6 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 
+def current_index(layer, dims_point) -> tuple[int, ...]:
+    """The integer data index of ``layer``'s non-displayed leading axes at the viewer's position, without
+    reading any data (() for 2D layers)."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    leading = layer.ndim - 2
+    if leading <= 0:
+        return ()
+    world = np.asarray(dims_point, dtype=float)[-layer.ndim:]
+    position = np.asarray(layer.world_to_data(world), dtype=float)
+    return tuple(int(np.clip(np.round(position[axis]), 0, data.shape[axis] - 1)) for axis in range(leading))
+
+
 def current_plane(layer, dims_point) -> tuple[np.ndarray, tuple[int, ...]]:
     """The displayed 2D plane of an Image layer at the viewer's current position.
 
@@ -17,12 +29,5 @@ def current_plane(layer, dims_point) -> tuple[np.ndarray, tuple[int, ...]]:
         of every non-displayed axis (empty for 2D layers). The last two spatial axes are the displayed ones.
     """
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    spatial_ndim = layer.ndim
-    leading = spatial_ndim - 2
-    if leading <= 0:
-        return np.asarray(data), ()
-    world = np.asarray(dims_point, dtype=float)[-spatial_ndim:]
-    data_position = np.asarray(layer.world_to_data(world), dtype=float)
-    shape = data.shape[:leading]
-    index = tuple(int(np.clip(np.round(data_position[axis]), 0, shape[axis] - 1)) for axis in range(leading))
-    return np.asarray(data[index]), index
+    index = current_index(layer, dims_point)
+    return np.asarray(data[index] if index else data), index

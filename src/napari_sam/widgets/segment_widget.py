@@ -21,7 +21,7 @@ from napari.utils.notifications import show_error, show_info
 from ..bridge.labels_writer import commit_masks
 from ..bridge.layer_prompts import PlanePrompts, read_prompts
 from ..bridge.prompt_objects import group_objects, predict_objects
-from ..bridge.slicing import current_plane
+from ..bridge.slicing import current_index, current_plane
 from ..bridge.transforms import to_target_data
 from .model_widget import ModelWidget
 from .propagation_controls import PropagationControls
@@ -209,8 +209,8 @@ class SegmentWidget(PropagationControls, ModelWidget):
             self._draw(None, request)
             return
         mask_input = self._reusable_logits(index, prompts)
-        worker = create_worker(self._predict, request, plane, tuple(image.contrast_limits), image.rgb, prompts,
-                               mask_input, _start_thread=False,
+        worker = create_worker(self._predict, request, index, plane, tuple(image.contrast_limits), image.rgb,
+                               prompts, mask_input, _start_thread=False,
                                _connect={"returned": self._on_predicted,
                                          "errored": lambda error: self._on_predict_error(error, request)})
         self._start(worker)
@@ -226,13 +226,13 @@ class SegmentWidget(PropagationControls, ModelWidget):
         same = np.allclose(prompts.points[:n], old_points) and np.array_equal(prompts.labels[:n], old_labels)
         return logits if same else None
 
-    def _predict(self, request, plane, limits, rgb, prompts: PlanePrompts, mask_input):
+    def _predict(self, request, index, plane, limits, rgb, prompts: PlanePrompts, mask_input):
         """Worker: embed (usually cached) and predict; returns None for a request already superseded."""
         if request != self.predict_request:
             return None
         with self.predictor.locked():  # no other worker may switch the image between these calls
             self.predictor.set_image(plane, contrast_limits=limits, rgb=rgb)
-            return request, prompts, predict_objects(self.predictor, group_objects(prompts), mask_input)
+            return request, index, prompts, predict_objects(self.predictor, group_objects(prompts), mask_input)
 
     def _on_predict_error(self, error: Exception, request: int) -> None:
         show_error(f"Prediction failed: {error}")
@@ -242,10 +242,9 @@ class SegmentWidget(PropagationControls, ModelWidget):
     def _on_predicted(self, result) -> None:
         if result is None or self._closed:
             return
-        request, prompts, (masks, scores, logits) = result
+        request, index, prompts, (masks, scores, logits) = result
         if request != self.predict_request:
             return  # superseded by a newer prompt change
-        _, index = current_plane(self.image_picker.value, self.viewer.dims.point)
         self.candidate = 0
         self._history = None
         if len(prompts.boxes) == 0 and len(masks) == 1:
@@ -314,7 +313,7 @@ class SegmentWidget(PropagationControls, ModelWidget):
         image = self.image_picker.value
         if image is None:
             return
-        _, index = current_plane(image, self.viewer.dims.point)
+        index = current_index(image, self.viewer.dims.point)
         for layer in (self.points_picker.value, self.shapes_picker.value):
             if layer is None or len(layer.data) == 0:
                 continue
