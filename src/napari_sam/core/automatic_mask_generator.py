@@ -104,6 +104,7 @@ def _crop_batches(predictor: Predictor, crop, points_rc, settings, cancel, progr
             rough = stability_score(logits[:, :valid_rows, :valid_cols], 0.0, settings["stability_score_offset"])
             keep &= rough > settings["stability_score_thresh"] - STABILITY_MARGIN
         logits, scores, point_index = logits[keep], scores[keep], point_index[keep]
+        grid = torch.as_tensor(points, dtype=torch.float32, device=logits.device)
         for chunk in range(0, len(logits), UPSAMPLE_CHUNK):
             part = logits[chunk: chunk + UPSAMPLE_CHUNK]
             full = upscale_logits(part, geometry, current.resized_size, size)
@@ -118,7 +119,6 @@ def _crop_batches(predictor: Predictor, crop, points_rc, settings, cancel, progr
             found.scores.append(scores[chunk: chunk + UPSAMPLE_CHUNK][chosen])
             found.stability.append(stability[chosen])
             found.boxes.append(boxes[chosen])
-            grid = torch.as_tensor(points, dtype=torch.float32, device=logits.device)
             found.points.append(grid[point_index[chunk: chunk + UPSAMPLE_CHUNK][chosen]] + offset[:2])
         counter[0] += 1
         if progress is not None:

@@ -168,9 +168,7 @@ class Predictor:
             ``(logits, scores)`` on the model's device: (b, 3, m, m) float32 low-res logits and (b, 3) scores.
         """
         with self._lock:
-            current = self._current
-            if current is None:
-                raise RuntimeError("No image set: call set_image(image) before point_grid_logits().")
+            current = self._require_image("point_grid_logits")
             xy = points_to_model(np.asarray(points_rc, dtype=np.float64), current.original_size,
                                  current.resized_size)
             points = torch.tensor(xy, device=self.device)[:, None, None]
@@ -185,6 +183,11 @@ class Predictor:
                     logits.append(output.pred_masks[:, 0].float())
                     scores.append(output.iou_scores[:, 0].float())
             return torch.cat(logits), torch.cat(scores)
+
+    def _require_image(self, caller: str) -> CachedEmbedding:
+        if self._current is None:
+            raise RuntimeError(f"No image set: call set_image(image) before {caller}().")
+        return self._current
 
     @property
     def current(self) -> CachedEmbedding | None:
@@ -202,9 +205,7 @@ class Predictor:
             (objects, m, m) float32 logits in the model's frame (resized, padded, at the mask size).
         """
         with self._lock:
-            current = self._current
-            if current is None:
-                raise RuntimeError("No image set: call set_image(image) before mask_logits().")
+            current = self._require_image("mask_logits")
         masks = np.asarray(masks, dtype=bool)
         masks = masks[None] if masks.ndim == 2 else masks
         if masks.shape[1:] != current.original_size:
@@ -255,9 +256,7 @@ class Predictor:
             ValueError: empty, malformed or outside prompts; see :func:`check_prompts`.
         """
         with self._lock:
-            current = self._current
-            if current is None:
-                raise RuntimeError("No image set: call set_image(image) before predict().")
+            current = self._require_image("predict")
             prompts = check_prompts(points, point_labels, boxes, mask_input, current.original_size,
                                     self.geometry.mask_size)
             inputs = self._model_prompts(prompts, current)
