@@ -96,9 +96,9 @@ def _crop_batches(predictor: Predictor, crop, points_rc, settings, cancel, progr
         if cancel is not None and cancel():
             raise SegmentationCancelled()
         points = points_rc[start: start + settings["points_per_batch"]]
-        logits, scores = predictor.point_grid_logits(points)
-        logits, scores = logits.flatten(0, 1), scores.flatten()
-        point_index = torch.arange(len(points), device=logits.device).repeat_interleave(logits.shape[0] // len(points))
+        logits, scores, kept = predictor.point_grid_logits(points, min_score=settings["pred_iou_thresh"])
+        point_index = kept.repeat_interleave(scores.shape[1])  # the point of each candidate
+        logits, scores = logits.flatten(0, 1), scores[kept].flatten()
         keep = scores > settings["pred_iou_thresh"]
         if settings["stability_score_thresh"] > 0:  # cheap pre-filter on the valid low-res region
             rough = stability_score(logits[:, :valid_rows, :valid_cols], 0.0, settings["stability_score_offset"])
