@@ -95,3 +95,22 @@ def test_interior_points_lie_deep_inside():
     points = interior_points(mask, 3)
     assert len(points) == 3 and mask[tuple(points.astype(int).T)].all()
     assert len(interior_points(np.zeros((5, 5), bool))) == 0
+
+
+def test_one_direction_only(predictor):
+    """Re-propagating from a corrected slice goes one way: the other side is left alone."""
+    volume, labels = synthetic_cells((20, 160, 160), seed=920_004, ndim=3)
+    cell = largest_cells(labels, 1)[0]
+    middle, first = clicked_cell(predictor, volume, labels, cell)
+    both = propagate(predictor, volume, middle, 0, first, use_mask_input=False)
+    calls = []
+    forward = propagate(predictor, volume, middle, 0, first, use_mask_input=False, directions=(1,),
+                        progress=lambda d, t: calls.append((d, t)))
+    assert forward.start == middle and forward.stop == both.stop
+    assert not forward.masks[:middle].any()
+    assert np.array_equal(forward.masks[middle:], both.masks[middle:])
+    assert calls[-1] == (20 - middle, 20 - middle)
+    backward = propagate(predictor, volume, middle, 0, first, use_mask_input=False, directions=(-1,))
+    assert backward.stop == middle and backward.start == both.start
+    with pytest.raises(ValueError, match="directions"):
+        propagate(predictor, volume, middle, 0, first, directions=(2,))

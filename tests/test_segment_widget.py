@@ -446,3 +446,47 @@ def test_propagation_can_be_cancelled(session, qtbot):
     widget.cancel_propagation_button.clicked.emit()
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert widget.propagated_id is None and widget.labels_picker.value is None
+
+
+def test_a_corrected_slice_re_propagates_into_the_same_object(session, qtbot):
+    """After propagating, the object is truncated to a sliver on the upper planes; a click there and P again
+    restore it under the same id from that plane on, leave the lower planes untouched, and one undo brings the
+    damage back."""
+    stack, truth = synthetic_cells((24, 160, 160), seed=777_020, ndim=3)
+    viewer, _, widget = session(stack)
+    sizes = np.bincount(truth.ravel())
+    sizes[0] = 0
+    cell = int(np.argmax(sizes))
+    middle = int(np.argmax((truth == cell).sum(axis=(1, 2))))
+    viewer.dims.set_point(0, middle)
+    settle(qtbot, widget)
+    widget.points_picker.value.add(np.r_[middle, cell_point(truth[middle], cell)])
+    settle(qtbot, widget)
+    widget.propagate()
+    qtbot.waitUntil(lambda: widget.propagated_id is not None and not widget.busy, timeout=120_000)
+    labels, new = widget.labels_picker.value, widget.propagated_id
+    first_run = labels.data.copy()
+    corrected = middle + 2
+    assert (first_run[corrected] == new).any()
+    # damage: on the corrected plane and above, the object shrinks to a sliver
+    damaged = first_run.copy()
+    sliver = np.zeros_like(first_run[0], dtype=bool)
+    rows, cols = np.nonzero(first_run[corrected] == new)
+    sliver[rows.min(): rows.min() + 3, :] = True
+    for z in range(corrected, len(stack)):
+        damaged[z][(first_run[z] == new) & ~sliver] = 0
+    labels.data = damaged
+    viewer.dims.set_point(0, corrected)
+    settle(qtbot, widget)
+    widget.points_picker.value.add(np.r_[corrected, cell_point(truth[corrected], cell)])
+    settle(qtbot, widget)
+    widget.propagated_id = None
+    widget.propagate()
+    qtbot.waitUntil(lambda: widget.propagated_id is not None and not widget.busy, timeout=120_000)
+    after = labels.data
+    assert widget.propagated_id == new and after.max() == first_run.max()  # no new object
+    assert np.array_equal(after[:corrected], first_run[:corrected])  # the anchor side is untouched
+    above = after[corrected:] == new
+    assert iou(above, truth[corrected:] == cell) >= 0.7
+    labels.undo()
+    assert np.array_equal(labels.data[corrected + 1:], damaged[corrected + 1:])

@@ -104,3 +104,46 @@ def commit_object(labels_layer, image_layer, planes, overwrite: bool = False) ->
     with labels_layer.block_history():
         written = _write(labels_layer, matrix, planes, new_id, overwrite)
     return new_id if written else None
+
+
+def object_under(labels_layer, image_layer, plane_index: tuple[int, ...], mask: np.ndarray,
+                 min_fraction: float = 0.5) -> int | None:
+    """The object a corrected prompt belongs to: the label id on the plane at ``plane_index`` (of the image)
+    that covers at least ``min_fraction`` of ``mask``, or has at least that fraction of its pixels on the plane
+    inside ``mask`` (a truncated object); the one overlapping most when several do. None when there is none."""
+    matrix = _grid_matrix(labels_layer, image_layer)
+    data, mask = labels_layer.data, np.asarray(mask, dtype=bool)
+    under = _plane_indices(mask, tuple(plane_index), matrix, data.shape)
+    if not len(under) or not under[0].size:
+        return None
+    ids, overlap = np.unique(np.asarray(data[under]), return_counts=True)
+    overlap, ids = overlap[ids != 0], ids[ids != 0]
+    if not ids.size:
+        return None
+    plane = np.asarray(data[_plane_indices(np.ones_like(mask), tuple(plane_index), matrix, data.shape)])
+    sizes = np.array([(plane == value).sum() for value in ids])
+    fraction = np.maximum(overlap / under[0].size, overlap / sizes)
+    candidates = np.nonzero(fraction >= min_fraction)[0]
+    return int(ids[candidates[np.argmax(overlap[candidates])]]) if candidates.size else None
+
+
+def replace_object(labels_layer, image_layer, object_id: int, planes, cleared_planes,
+                   overwrite: bool = False) -> bool:
+    """Replace object ``object_id`` on some planes, in one undo step: its pixels on every plane index of
+    ``cleared_planes`` go back to 0, then ``planes`` (``[(plane_index, (H, W) mask), ...]``) are written under
+    the same id. Returns whether anything changed."""
+    matrix = _grid_matrix(labels_layer, image_layer)
+    data, changed = labels_layer.data, False
+    image = image_layer.data[0] if image_layer.multiscale else image_layer.data
+    everything = np.ones(image.shape[-3:-1] if image_layer.rgb else image.shape[-2:], dtype=bool)
+    with labels_layer.block_history():
+        for plane_index in cleared_planes:
+            indices = _plane_indices(everything, tuple(plane_index), matrix, data.shape)
+            if not len(indices) or not indices[0].size:
+                continue
+            own = np.asarray(data[indices]) == object_id
+            if own.any():
+                labels_layer.data_setitem(tuple(axis[own] for axis in indices), 0)
+                changed = True
+        changed |= _write(labels_layer, matrix, planes, object_id, overwrite)
+    return changed

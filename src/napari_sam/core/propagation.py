@@ -66,7 +66,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def propagate(predictor: Predictor, volume: np.ndarray, start_index: int, axis: int, first_mask: np.ndarray, *,
               contrast_limits=None, rgb: bool | None = None, score_threshold: float = 0.6,
               iou_threshold: float = 0.3, min_area: int = 10, n_points: int = 3, use_mask_input: bool = True,
-              progress: Callable[[int, int], None] | None = None,
+              directions: tuple[int, ...] = (-1, 1), progress: Callable[[int, int], None] | None = None,
               cancel: Callable[[], bool] | None = None) -> PropagationResult:
     """Extend ``first_mask`` (the object on slice ``start_index``) through ``volume`` along ``axis``.
 
@@ -84,6 +84,8 @@ def propagate(predictor: Predictor, volume: np.ndarray, start_index: int, axis: 
         min_area: stop when the mask has fewer pixels.
         n_points: positive points sampled inside the previous mask.
         use_mask_input: pass the previous slice's low-res logits as ``mask_input``.
+        directions: -1 towards lower slice indices, 1 towards higher ones (both by default; one of them to
+            re-propagate from a corrected slice away from the first one).
         progress: ``progress(done, total)`` after each slice; cancel: checked before each slice, returning True
             raises :class:`SegmentationCancelled`.
     """
@@ -97,6 +99,8 @@ def propagate(predictor: Predictor, volume: np.ndarray, start_index: int, axis: 
     has_channels = image_layout(volume[start_index], rgb)
     if first_mask.shape != volume.shape[1:3]:
         raise ValueError(f"first_mask has shape {first_mask.shape}, the slices {volume.shape[1:3]}.")
+    if not directions or set(directions) - {-1, 1}:
+        raise ValueError(f"directions must be -1, 1 or both, not {directions!r}.")
     if first_mask.sum() < min_area:
         raise ValueError("first_mask is empty (or smaller than min_area): segment the object first.")
     if contrast_limits is None:
@@ -105,12 +109,13 @@ def propagate(predictor: Predictor, volume: np.ndarray, start_index: int, axis: 
     masks[start_index] = first_mask
     scores = np.full(n_slices, np.nan, dtype=np.float32)
     scores[start_index] = 1.0
-    done, total = 1, n_slices
+    done = 1
+    total = 1 + sum(start_index if step < 0 else n_slices - 1 - start_index for step in set(directions))
     bounds = [start_index, start_index]
     with predictor.locked():
         predictor.set_image(volume[start_index], contrast_limits=contrast_limits, rgb=has_channels)
         first_logits = predictor.mask_logits(first_mask)[0] if use_mask_input else None
-    for step in (-1, 1):
+    for step in sorted(set(directions)):
         previous, logits = first_mask, first_logits
         index = start_index + step
         while 0 <= index < n_slices:

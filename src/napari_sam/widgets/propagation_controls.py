@@ -3,6 +3,11 @@
 Mixed into the segment widget. The object previewed on the shown plane is propagated along the last
 non-displayed axis (z of a (t, z, y, x) image, t of a (t, y, x) one) on a worker thread with a progress bar and
 a Cancel button; a cancelled or failed run writes nothing.
+
+Correcting: go to a plane where the propagated object is wrong, prompt it again there (its preview should cover
+mostly that object) and propagate again. With "re-propagate into the object under the prompts" ticked, the
+object keeps its id: it is replaced from that plane on, away from the plane it was first propagated from (both
+ways when that plane is unknown), in one undo step.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, PushButton
 from napari.utils.notifications import show_error, show_info
 
-from ..bridge.labels_writer import commit_object
+from ..bridge.labels_writer import commit_object, object_under, replace_object
 from ..core.propagation import propagate
 from .prompt_layers import add_labels_layer
 
@@ -26,13 +31,18 @@ class PropagationControls:
             text="prompt with the previous slice's mask", value=False,
             tooltip="Also pass each slice's low-res logits to the next (helps checkpoints trained with mask "
                     "prompts, such as Meta's SAM; the bundled tiny-cells model was not).")
+        self.correct_object = CheckBox(
+            text="re-propagate into the object under the prompts", value=True,
+            tooltip="When the previewed mask lies mostly on an existing object, propagating replaces that object "
+                    "from this plane on (away from where it was first propagated) instead of adding a new one.")
         self.propagate_button = PushButton(text="Propagate through the stack (P)")
         self.cancel_propagation_button = PushButton(text="Cancel propagation", enabled=False)
-        self.extend([self.use_mask_input, self.propagate_button, self.cancel_propagation_button])
+        self.extend([self.use_mask_input, self.correct_object, self.propagate_button, self.cancel_propagation_button])
         self.propagate_button.changed.connect(self.propagate)
         self.cancel_propagation_button.changed.connect(lambda: self._stop_propagation.set())
         self._stop_propagation = threading.Event()
         self.propagated_id = None
+        self._propagation_anchors: dict[int, int] = {}  # object id -> the plane it was first propagated from
 
     def propagate(self) -> None:
         """Propagate the single previewed object along the stack axis and commit it under one id."""
@@ -48,16 +58,38 @@ class PropagationControls:
         selection = tuple(slice(None) if a == axis else i for a, i in enumerate(preview.index))
         volume = np.asarray(data[selection])
         index, first = preview.index, self.shown_masks()[0]
+        target, directions = self._correction_target(image, index, axis, first)
 
         def work(report):
             return propagate(predictor, volume, index[axis], 0, first, contrast_limits=tuple(image.contrast_limits),
-                             rgb=image.rgb, use_mask_input=self.use_mask_input.value, progress=report,
-                             cancel=self._stop_propagation.is_set)
+                             rgb=image.rgb, use_mask_input=self.use_mask_input.value, directions=directions,
+                             progress=report, cancel=self._stop_propagation.is_set)
 
-        self.run_cancellable(work, "Propagation", lambda result: self._commit_propagation(image, index, axis, result),
-                             self.propagate_button, self.cancel_propagation_button, self._stop_propagation)
+        self.run_cancellable(
+            work, "Propagation", lambda result: self._commit_propagation(image, index, axis, result, target,
+                                                                        directions),
+            self.propagate_button, self.cancel_propagation_button, self._stop_propagation)
 
-    def _commit_propagation(self, image, index, axis, result) -> None:
+    def _correction_target(self, image, index, axis, mask) -> tuple[int | None, tuple[int, ...]]:
+        """(the object id to re-propagate into or None for a new object, the directions to propagate)."""
+        labels = self.labels_picker.value
+        if labels is None or not self.correct_object.value:
+            return None, (-1, 1)
+        plane, target = index[axis], None
+        n_planes = labels.data.shape[axis]
+        try:  # this plane, else a neighbouring one (the object stopped just short of this plane)
+            for other in (plane, plane - 1, plane + 1):
+                if target is None and 0 <= other < n_planes:
+                    target = object_under(labels, image, index[:axis] + (other,), mask)
+        except ValueError:
+            return None, (-1, 1)
+        if target is None:
+            return None, (-1, 1)
+        anchor = self._propagation_anchors.get(target)
+        directions = (-1, 1) if anchor is None or anchor == plane else ((1,) if plane > anchor else (-1,))
+        return target, directions
+
+    def _commit_propagation(self, image, index, axis, result, target=None, directions=(-1, 1)) -> None:
         if self._closed:
             return
         labels = self.labels_picker.value
@@ -67,9 +99,20 @@ class PropagationControls:
             self.labels_picker.value = labels
         planes = [(index[:axis] + (z,), result.masks[z]) for z in range(result.start, result.stop + 1)]
         try:
-            self.propagated_id = commit_object(labels, image, planes, self.overwrite.value)
+            if target is None:
+                self.propagated_id = commit_object(labels, image, planes, self.overwrite.value)
+                if self.propagated_id is not None:
+                    self._propagation_anchors[self.propagated_id] = index[axis]
+            else:
+                plane, n_planes = index[axis], len(result.masks)
+                cleared = [z for z in range(n_planes) if (z >= plane and 1 in directions)
+                           or (z <= plane and -1 in directions)]
+                replace_object(labels, image, target, planes, [index[:axis] + (z,) for z in cleared],
+                               self.overwrite.value)
+                self.propagated_id = target
         except (ValueError, IndexError) as error:
             show_error(f"Could not write into {labels.name!r}: {error}")
             return
-        self._show(f"Object {self.propagated_id} spans planes {result.start}..{result.stop}.")
+        verb = "now spans" if target is not None else "spans"
+        self._show(f"Object {self.propagated_id} {verb} planes {result.start}..{result.stop}.")
         self.clear_prompts()
