@@ -1,4 +1,5 @@
-"""SAM models with seeded random weights, for tests and benchmarks that cannot download a checkpoint.
+"""SAM models (and SAM2-family video models) with seeded random weights, for tests and benchmarks that cannot
+download a checkpoint.
 
 transformers' default initialisation of ``SamModel`` gives image embeddings of norm ~1e-17, so masks would not
 depend on the image at all. :func:`randomize_weights` redraws every parameter from a seeded normal distribution
@@ -87,3 +88,50 @@ def random_sam(config, seed: int = 0):
     from transformers import SamModel
 
     return randomize_weights(SamModel(config), seed).eval()
+
+
+def tiny_video_config(kind: str = "sam2_video", image_size: int = 64):
+    """A SAM2 (or EdgeTAM) video config of about 1 M parameters with a ``image_size`` square input.
+
+    Hiera with 4 stages of 1-2 blocks (a stage's first block may not be global), FPN of 128 channels. The memory
+    attention's cross-attention takes 64-channel memories (hard-coded in transformers), and object pointers are
+    split into memory-sized tokens, so the memory has 64 channels and the hidden size must be a larger multiple.
+    """
+    from transformers import EdgeTamVideoConfig, Sam2VideoConfig
+
+    hidden, feature = 128, image_size // 16
+    hiera = dict(model_type="sam2_hiera_det_model", hidden_size=8, num_attention_heads=1,
+                 image_size=[image_size, image_size], blocks_per_stage=[1, 1, 2, 1],
+                 embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 1, 1],
+                 window_size_per_stage=[4, 4, 4, 2], global_attention_blocks=[3],
+                 window_positional_embedding_background_size=[4, 4])
+    vision = dict(model_type="sam2_vision_model", backbone_config=hiera, backbone_channel_list=[64, 32, 16, 8],
+                  backbone_feature_sizes=[[4 * feature] * 2, [2 * feature] * 2, [feature] * 2], fpn_hidden_size=hidden)
+    common = dict(
+        vision_config=vision, image_size=image_size, num_maskmem=3, max_object_pointers_in_encoder=4,
+        prompt_encoder_config=dict(hidden_size=hidden, image_size=image_size, patch_size=16, mask_input_channels=8),
+        mask_decoder_config=dict(hidden_size=hidden, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+        memory_attention_hidden_size=hidden, memory_attention_num_layers=1,
+        memory_attention_rope_feat_sizes=[feature, feature], memory_encoder_hidden_size=hidden,
+        memory_encoder_output_channels=64, mask_downsampler_embed_dim=hidden, memory_fuser_num_layers=1,
+        memory_fuser_embed_dim=hidden, memory_fuser_intermediate_dim=64)
+    if kind == "edgetam_video":
+        return EdgeTamVideoConfig(**common, memory_attention_mlp_hidden_size=64, memory_attention_rope_k_sizes=[2, 2],
+                                  perceiver_resampler_num_latents=4, perceiver_resampler_num_latents_2d=4,
+                                  perceiver_resampler_mlp_intermediate_size=64, perceiver_resampler_num_layers=1)
+    return Sam2VideoConfig(**common, memory_attention_feed_forward_hidden_size=64)
+
+
+def random_video_model(kind: str = "sam2_video", seed: int = 1, object_bias: float = 2.0):
+    """A tiny video model with :func:`randomize_weights`, in eval mode.
+
+    A random object-score head says "present" or "absent" by chance (logits near 0) and an absent object's mask is
+    wiped, so ``object_bias`` is added to its output: positive keeps the object present, negative makes it absent.
+    """
+    from transformers import EdgeTamVideoModel, Sam2VideoModel
+
+    model_class = EdgeTamVideoModel if kind == "edgetam_video" else Sam2VideoModel
+    model = randomize_weights(model_class(tiny_video_config(kind)), seed).eval()
+    with torch.no_grad():
+        model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(object_bias)
+    return model

@@ -1,0 +1,320 @@
+"""Propagation with SAM2-family video models (core, no Qt), on tiny randomised Sam2VideoModel/EdgeTamVideoModel.
+
+Random weights make the masks meaningless, so results are compared with the model itself: with transformers' own
+inference session fed the whole stack, and with the model run on the prompted frame alone.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_sam.core.automatic_mask_generator import SegmentationCancelled
+from napari_sam.core.image_preparation import default_contrast_limits
+from napari_sam.core.model_loading import ModelLoadError
+from napari_sam.core.random_weights import random_video_model, tiny_sam_config, tiny_video_config
+from napari_sam.core.video_propagation import (
+    VideoGeometry,
+    frame_pixels,
+    is_video_checkpoint,
+    load_video_model,
+    propagate_video,
+)
+from napari_sam.demo import synthetic_cells
+
+SIZE = 64  # model input side; the slices are 70 x 90
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and do not stall when other processes hold the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_video_model()
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """(16, 70, 90) uint16 synthetic cells, and a (row, col) click at the centre of the largest cell on slice 5."""
+    volume, labels = synthetic_cells((16, 70, 90), seed=3, ndim=3, n_cells=3)
+    cell = np.bincount(labels[5].ravel())[1:].argmax() + 1
+    rows, cols = np.nonzero(labels[5] == cell)
+    return volume, labels[5] == cell, (float(rows.mean()), float(cols.mean()))
+
+
+def recording(model, monkeypatch):
+    """Record every frame the model segments: a list of (frame_idx, session, output) in call order."""
+    calls, forward = [], model.forward
+
+    def record(inference_session, frame_idx=None, **kwargs):
+        output = forward(inference_session, frame_idx=frame_idx, **kwargs)
+        calls.append((frame_idx, inference_session, output))
+        return output
+
+    monkeypatch.setattr(model, "forward", record)
+    return calls
+
+
+def stock_session(frames, frame_idx, point_coords, point_labels, shape=(70, 90), session_class=None):
+    """transformers' own session holding all ``frames``, prompted on ``frame_idx`` with (x, y) model points."""
+    from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
+
+    session = (session_class or Sam2VideoInferenceSession)(
+        video=frames, video_height=shape[0], video_width=shape[1],
+        dtype=torch.float32)  # the default dtype, the string "float32", breaks the frames' .to()
+    session.add_point_inputs(session.obj_id_to_idx(1), frame_idx, {
+        "point_coords": torch.tensor(point_coords, dtype=torch.float32)[None, None],
+        "point_labels": torch.tensor(point_labels, dtype=torch.int32)[None, None]})
+    session.obj_with_new_inputs = [1]
+    return session
+
+
+def stack_frames(volume):
+    """All slices as model frames, prepared with the whole volume's default contrast limits."""
+    limits = default_contrast_limits(volume, False)
+    return torch.stack([frame_pixels(image, VideoGeometry((SIZE, SIZE)), limits) for image in volume])
+
+
+def to_mask(output, shape=(70, 90)):
+    """The post-processed mask of a video output: low-res logits resized bilinearly to ``shape``, above 0."""
+    logits = F.interpolate(output.pred_masks.float(), size=shape, mode="bilinear", align_corners=False)
+    return (logits[0, 0] > 0).numpy()
+
+
+def xy(row, col, shape=(70, 90)):
+    """(row, col) in a 70 x 90 slice as (x, y) in the model's square input, as transformers' processor maps it."""
+    return [col * SIZE / shape[1], row * SIZE / shape[0]]
+
+
+def test_propagates_through_a_non_square_stack(model, stack):
+    volume, _, point = stack
+    calls = []
+    result = propagate_video(model, volume, 5, 0, points=[point], progress=lambda d, t: calls.append((d, t)))
+    assert result.masks.shape == (16, 70, 90) and result.masks.dtype == bool
+    assert result.scores.shape == (16,) and result.scores.dtype == np.float32
+    assert 0 <= result.start <= 5 <= result.stop < 16 and result.masks[5].any()
+    kept = np.zeros(16, dtype=bool)
+    kept[result.start:result.stop + 1] = True
+    assert np.isfinite(result.scores[kept]).all() and np.isnan(result.scores[~kept]).all()
+    assert not result.masks[~kept].any() and result.masks[kept].any(axis=(1, 2)).all()
+    assert calls[-1] == (16, 16) and all(t == 16 for _, t in calls)
+    assert [d for d, _ in calls[:-1]] == list(range(1, len(calls)))
+
+
+@pytest.mark.parametrize("start", [3, 12])
+def test_matches_transformers_own_session(model, stack, monkeypatch, start):
+    """Forward then backward from the start slice, same masks as the stock session with the whole stack in memory,
+    and the start slice as the model segments that frame alone. Starting at 3 and 12 makes the propagation forget
+    old slices in either direction (memory of 3 frames, pointers of 4), which must not change anything."""
+    volume, _, point = stack
+    calls, kept = recording(model, monkeypatch), []
+    result = propagate_video(model, volume, start, 0, points=[point], score_threshold=0.0, min_area=0,
+                             on_slice=lambda i, m, s: kept.append(i))
+    order = [start, *range(start + 1, 16), *range(start - 1, -1, -1)]
+    assert [index for index, _, _ in calls] == order and kept == order
+    session = calls[-1][1]
+    assert len(session.output_dict_per_obj[0]["non_cond_frame_outputs"]) < 15  # old slices were forgotten
+    assert (result.start, result.stop) == (0, 15)
+
+    monkeypatch.undo()
+    frames = stack_frames(volume)
+    session = stock_session(frames, start, [xy(*point)], [1])
+    stock = {start: model(session, frame_idx=start)}
+    for reverse in (False, True):
+        for output in model.propagate_in_video_iterator(session, start_frame_idx=start, reverse=reverse):
+            stock.setdefault(output.frame_idx, output)
+    for index in range(16):
+        assert np.array_equal(result.masks[index], to_mask(stock[index])), index
+        assert np.isclose(result.scores[index], torch.sigmoid(stock[index].object_score_logits).item(), atol=1e-6)
+
+    alone = stock_session(frames[start:start + 1], 0, [xy(*point)], [1])
+    assert np.array_equal(result.masks[start], to_mask(model(alone, frame_idx=0)))
+
+
+def test_the_stack_axis_can_be_any_axis(model, stack):
+    volume, _, point = stack
+    along_z = propagate_video(model, volume, 5, 0, points=[point])
+    for axis in (1, 2, -1):
+        moved = propagate_video(model, np.moveaxis(volume, 0, axis), 5, axis, points=[point])
+        assert np.array_equal(moved.masks, along_z.masks)
+        assert np.array_equal(moved.scores, along_z.scores, equal_nan=True)
+        assert (moved.start, moved.stop) == (along_z.start, along_z.stop)
+
+
+@pytest.mark.parametrize("rule", ["score", "area"])
+def test_a_direction_stops_at_the_first_slice_without_the_object(model, stack, monkeypatch, rule):
+    """Each direction keeps the slices before the first one whose object score or mask area fails, and segments
+    none beyond it. The limit is set from a free run so that both directions get cut."""
+    volume, _, point = stack
+    free = propagate_video(model, volume, 5, 0, points=[point], score_threshold=0.0, min_area=0)
+    values = free.scores.astype(float) if rule == "score" else free.masks.sum(axis=(1, 2))
+    limit = max(values[6:].min(), values[:5].min()) + (1e-4 if rule == "score" else 1)
+    limits = dict(score_threshold=limit, min_area=0) if rule == "score" else dict(score_threshold=0.0, min_area=limit)
+    calls = recording(model, monkeypatch)
+    result = propagate_video(model, volume, 5, 0, points=[point], **limits)
+
+    seen = {index: (to_mask(output), torch.sigmoid(output.object_score_logits).item()) for index, _, output in calls}
+    fails = {index: mask.sum() < limits["min_area"] or score < limits["score_threshold"]
+             for index, (mask, score) in seen.items()}
+    indices = [index for index, _, _ in calls]
+    forward, backward = [i for i in indices if i > 5], [i for i in indices if i < 5]
+    assert indices == [5, *forward, *backward]
+    assert forward == list(range(6, 6 + len(forward))) and backward == list(range(4, 4 - len(backward), -1))
+    for direction in (forward, backward):
+        assert fails[direction[-1]] and not any(fails[i] for i in direction[:-1])
+    assert (result.start, result.stop) == (backward[-1] + 1, forward[-1] - 1)
+    for index in range(16):
+        if result.start <= index <= result.stop:
+            assert np.array_equal(result.masks[index], seen[index][0]) and result.scores[index] == seen[index][1]
+        else:
+            assert not result.masks[index].any() and np.isnan(result.scores[index])
+
+
+@pytest.mark.parametrize("directions, order", [((1,), [5, *range(6, 16)]), ((-1,), [5, 4, 3, 2, 1, 0])])
+def test_one_direction_only(model, stack, monkeypatch, directions, order):
+    """To re-propagate from a corrected slice away from the first one; the forward masks are the full run's."""
+    volume, _, point = stack
+    full = propagate_video(model, volume, 5, 0, points=[point], score_threshold=0.0, min_area=0)
+    calls, progress = recording(model, monkeypatch), []
+    result = propagate_video(model, volume, 5, 0, points=[point], score_threshold=0.0, min_area=0,
+                             directions=directions, progress=lambda d, t: progress.append((d, t)))
+    assert [index for index, _, _ in calls] == order and progress[-1] == (len(order), len(order))
+    assert (result.start, result.stop) == (min(order), max(order))
+    if directions == (1,):
+        assert np.array_equal(result.masks, full.masks * (np.arange(16) >= 5)[:, None, None])
+    with pytest.raises(ValueError, match="directions"):
+        propagate_video(model, volume, 5, 0, points=[point], directions=(2,))
+
+
+def test_an_object_absent_from_the_start_slice_is_not_propagated(stack, monkeypatch):
+    volume, _, point = stack
+    absent = random_video_model(object_bias=-5.0)
+    calls = recording(absent, monkeypatch)
+    result = propagate_video(absent, volume, 5, 0, points=[point])
+    assert [index for index, _, _ in calls] == [5]
+    assert (result.start, result.stop) == (5, 5) and not result.masks.any()
+    assert result.scores[5] < 0.5 and np.isnan(np.delete(result.scores, 5)).all()
+
+
+def test_cancel(model, stack):
+    volume, _, point = stack
+    with pytest.raises(SegmentationCancelled):
+        propagate_video(model, volume, 5, 0, points=[point], cancel=lambda: True)
+    asked, kept = [], []
+    with pytest.raises(SegmentationCancelled):
+        propagate_video(model, volume, 5, 0, points=[point], score_threshold=0.0, min_area=0,
+                        cancel=lambda: asked.append(1) or len(asked) > 3, on_slice=lambda i, m, s: kept.append(i))
+    assert kept == [5, 6, 7]
+
+
+def test_box_mask_and_combined_prompts(model, stack):
+    volume, cell, point = stack
+    rows, cols = np.nonzero(cell)
+    box = [rows.min(), cols.min(), rows.max(), cols.max()]
+    frame = stack_frames(volume)[5:6]
+    corners = [xy(box[0], box[1]), xy(box[2], box[3])]
+    for prompt, coords, labels in [
+        (dict(box=box), corners, [2, 3]),
+        (dict(box=box, points=[point, (2, 3)], point_labels=[1, 0]), [*corners, xy(*point), xy(2, 3)], [2, 3, 1, 0]),
+    ]:
+        result = propagate_video(model, volume, 5, 0, **prompt)
+        assert result.masks.shape == (16, 70, 90)
+        assert np.array_equal(result.masks[5], to_mask(model(stock_session(frame, 0, coords, labels), frame_idx=0)))
+    by_mask = propagate_video(model, volume, 5, 0, mask=cell)
+    assert np.array_equal(by_mask.masks[5], cell) and by_mask.scores[5] > 0.99
+    assert by_mask.masks.shape == (16, 70, 90)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(start_index=16), "outside"),
+    (dict(start_index=-1), "outside"),
+    (dict(points=None), "No prompt"),
+    (dict(points=np.zeros((0, 2))), "No prompt"),
+    (dict(points=[[1, 2, 3]]), "points"),
+    (dict(point_labels=[2]), "point_labels"),
+    (dict(point_labels=[1, 1]), "point_labels"),
+    (dict(points=None, box=[10, 10, 5, 20]), "box"),
+    (dict(mask=np.ones((70, 90), bool)), "either"),
+    (dict(points=None, mask=np.zeros((70, 90), bool)), "empty"),
+    (dict(points=None, mask=np.ones((90, 70), bool)), "shape"),
+])
+def test_bad_input_is_named(model, stack, arguments, message):
+    volume, _, point = stack
+    call = dict(start_index=5, points=[point]) | arguments
+    with pytest.raises(ValueError, match=message):
+        propagate_video(model, volume, axis=0, **call)
+
+
+def test_frames_are_prepared_like_the_reference_processor():
+    """Square resize without keeping the aspect ratio (as Meta's SAM2 and transformers do with Pillow/torchvision
+    bilinear), then ImageNet normalisation; rows stay rows."""
+    from PIL import Image
+
+    rows, cols = np.mgrid[0:70, 0:90]
+    image = np.stack([rows * 255 // 69, cols * 255 // 89, (rows + cols) % 256], axis=-1).astype(np.uint8)
+    geometry = VideoGeometry((SIZE, SIZE))
+    pixels = frame_pixels(image, geometry)
+    assert pixels.shape == (3, SIZE, SIZE) and pixels.dtype == torch.float32
+    reference = np.asarray(Image.fromarray(image).resize((SIZE, SIZE), Image.Resampling.BILINEAR)) / 255.0
+    reference = (reference - np.array(geometry.mean)) / np.array(geometry.std)
+    difference = np.abs(pixels.permute(1, 2, 0).numpy() - reference)
+    assert np.median(difference) < 1e-6 and difference.max() < 1.01 / 255 / min(geometry.std)  # rounding only
+
+
+def test_is_video_checkpoint(tmp_path):
+    from transformers import SamConfig
+
+    assert is_video_checkpoint(tiny_video_config()) and is_video_checkpoint(tiny_video_config("edgetam_video"))
+    assert not is_video_checkpoint(tiny_sam_config())
+    assert is_video_checkpoint({"model_type": "sam2_video"}) and not is_video_checkpoint({"model_type": "sam"})
+    tiny_video_config().save_pretrained(tmp_path / "video")
+    SamConfig().save_pretrained(tmp_path / "sam")
+    assert is_video_checkpoint(tmp_path / "video") and is_video_checkpoint(str(tmp_path / "video"))
+    assert not is_video_checkpoint(tmp_path / "sam") and not is_video_checkpoint(tmp_path / "missing")
+
+
+def test_load_video_model(tmp_path):
+    from transformers import Sam2Config, Sam2Model, SamConfig
+
+    saved = random_video_model(seed=4)
+    saved.save_pretrained(tmp_path / "video")
+    (tmp_path / "video" / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3,
+                                                                             "image_std": [0.25] * 3}))
+    model, geometry, device = load_video_model(tmp_path / "video", device="cpu")
+    assert type(model).__name__ == "Sam2VideoModel" and not model.training and device == torch.device("cpu")
+    assert geometry == VideoGeometry((SIZE, SIZE), (0.5,) * 3, (0.25,) * 3)
+    loaded = model.state_dict()
+    assert all(torch.equal(value, loaded[name]) for name, value in saved.state_dict().items())
+
+    SamConfig().save_pretrained(tmp_path / "sam")
+    with pytest.raises(ModelLoadError, match="not a SAM2-family"):
+        load_video_model(tmp_path / "sam", device="cpu")
+    video = tiny_video_config()
+    image_only = Sam2Config(vision_config=video.vision_config.to_dict(),
+                            prompt_encoder_config=video.prompt_encoder_config.to_dict(),
+                            mask_decoder_config=video.mask_decoder_config.to_dict())
+    Sam2Model(image_only).save_pretrained(tmp_path / "image-only")
+    with pytest.raises(ModelLoadError, match="image-only"):
+        load_video_model(tmp_path / "image-only", device="cpu")
+    with pytest.raises(ModelLoadError):
+        load_video_model(tmp_path / "missing", device="cpu")
+
+
+def test_edgetam_video_models_propagate_too(stack):
+    volume, _, point = stack
+    model = random_video_model("edgetam_video")
+    result = propagate_video(model, volume, 5, 0, points=[point])
+    assert result.masks.shape == (16, 70, 90) and result.masks[5].any()
+    from transformers.models.edgetam_video.modeling_edgetam_video import EdgeTamVideoInferenceSession
+
+    alone = stock_session(stack_frames(volume)[5:6], 0, [xy(*point)], [1],
+                          session_class=EdgeTamVideoInferenceSession)
+    assert np.array_equal(result.masks[5], to_mask(model(alone, frame_idx=0)))
