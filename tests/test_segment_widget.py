@@ -490,3 +490,31 @@ def test_a_corrected_slice_re_propagates_into_the_same_object(session, qtbot):
     assert iou(above, truth[corrected:] == cell) >= 0.7
     labels.undo()
     assert np.array_equal(labels.data[corrected + 1:], damaged[corrected + 1:])
+
+
+def test_propagate_with_a_sam2_video_checkpoint(session, qtbot, tmp_path):
+    """A SAM2 video checkpoint typed into "propagate with" is loaded on first use and tracks the previewed mask;
+    the result is one undoable object whose start plane is the previewed mask."""
+    from napari_sam.core.random_weights import random_video_model
+
+    random_video_model().save_pretrained(tmp_path / "sam2-video")
+    stack, truth = synthetic_cells((10, 96, 120), seed=777_022, ndim=3)
+    viewer, _, widget = session(stack)
+    cell = int(np.argmax(np.bincount(truth.ravel())[1:])) + 1
+    middle = int(np.argmax((truth == cell).sum(axis=(1, 2))))
+    viewer.dims.set_point(0, middle)
+    settle(qtbot, widget)
+    widget.points_picker.value.add(np.r_[middle, cell_point(truth[middle], cell)])
+    settle(qtbot, widget)
+    previewed = widget.shown_masks()[0].copy()
+    widget.video_model_picker.native.setEditText(str(tmp_path / "sam2-video"))
+    widget.propagate()
+    qtbot.waitUntil(lambda: widget.propagated_id is not None and not widget.busy, timeout=120_000)
+    assert type(widget._video_model[2]).__name__ == "Sam2VideoModel"
+    labels, new = widget.labels_picker.value, widget.propagated_id
+    assert np.array_equal(labels.data[middle] == new, previewed)
+    planes = np.nonzero((labels.data == new).any(axis=(1, 2)))[0]
+    assert middle in planes and np.array_equal(planes, np.arange(planes.min(), planes.max() + 1))
+    assert len(planes) > 1  # the random model's object-score head is biased to "present"
+    labels.undo()
+    assert not labels.data.any()

@@ -39,6 +39,16 @@ VIDEO_MODEL_CLASSES = MappingProxyType({
 })
 
 
+#: SAM2-family video checkpoints offered for propagation, with a short description. Any other works too.
+VIDEO_CHECKPOINTS = MappingProxyType({
+    "facebook/sam2.1-hiera-tiny": "SAM 2.1 Hiera-T (Meta), 39 M parameters: fastest SAM2",
+    "facebook/sam2.1-hiera-small": "SAM 2.1 Hiera-S (Meta), 46 M parameters",
+    "facebook/sam2.1-hiera-base-plus": "SAM 2.1 Hiera-B+ (Meta), 81 M parameters",
+    "facebook/sam2.1-hiera-large": "SAM 2.1 Hiera-L (Meta), 224 M parameters: best, slowest",
+    "yonigozlan/EdgeTAM-hf": "EdgeTAM (Meta), a SAM2 for small devices",
+})
+
+
 @dataclass(frozen=True)
 class VideoGeometry:
     """Input size and normalisation of a SAM2-family video checkpoint.

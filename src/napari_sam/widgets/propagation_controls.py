@@ -2,7 +2,9 @@
 
 Mixed into the segment widget. The object previewed on the shown plane is propagated along the last
 non-displayed axis (z of a (t, z, y, x) image, t of a (t, y, x) one) on a worker thread with a progress bar and
-a Cancel button; a cancelled or failed run writes nothing.
+a Cancel button; a cancelled or failed run writes nothing. It uses the prompt model (any SAM-1 checkpoint:
+each slice prompted from the previous one), or a SAM2-family video checkpoint chosen in "propagate with" (loaded
+on first use; the previewed mask is its prompt on the shown plane).
 
 Correcting: go to a plane where the propagated object is wrong, prompt it again there (its preview should cover
 mostly that object) and propagate again. With "re-propagate into the object under the prompts" ticked, the
@@ -15,18 +17,29 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-from magicgui.widgets import CheckBox, PushButton
+from magicgui.widgets import CheckBox, ComboBox, PushButton
 from napari.utils.notifications import show_error, show_info
 
 from ..bridge.labels_writer import commit_object, object_under, replace_object
+from ..core.model_loading import resolve_device
 from ..core.propagation import propagate
+from ..core.video_propagation import VIDEO_CHECKPOINTS, load_video_model, propagate_video
 from .prompt_layers import add_labels_layer
+
+
+#: The "propagate with" choice that uses the prompt model itself.
+PROMPT_MODEL = "the prompt model (SAM)"
 
 
 class PropagationControls:
     """The Propagate button, its options and its worker (for a widget with image, labels and preview)."""
 
     def _add_propagation_controls(self) -> None:
+        self.video_model_picker = ComboBox(
+            label="propagate with", choices=[PROMPT_MODEL, *VIDEO_CHECKPOINTS], value=PROMPT_MODEL,
+            tooltip="The prompt model prompts each slice from the previous one. A SAM2-family video checkpoint "
+                    "(choose or type a hub id or folder) tracks the object with its memory of the slices seen.")
+        self.video_model_picker.native.setEditable(True)
         self.use_mask_input = CheckBox(
             text="prompt with the previous slice's mask", value=False,
             tooltip="Also pass each slice's low-res logits to the next (helps checkpoints trained with mask "
@@ -37,12 +50,13 @@ class PropagationControls:
                     "from this plane on (away from where it was first propagated) instead of adding a new one.")
         self.propagate_button = PushButton(text="Propagate through the stack (P)")
         self.cancel_propagation_button = PushButton(text="Cancel propagation", enabled=False)
-        self.extend([self.use_mask_input, self.correct_object, self.propagate_button, self.cancel_propagation_button])
+        self.extend([self.video_model_picker, self.use_mask_input, self.correct_object, self.propagate_button, self.cancel_propagation_button])
         self.propagate_button.changed.connect(self.propagate)
         self.cancel_propagation_button.changed.connect(lambda: self._stop_propagation.set())
         self._stop_propagation = threading.Event()
         self.propagated_id = None
         self._propagation_anchors: dict[int, int] = {}  # object id -> the plane it was first propagated from
+        self._video_model = None  # (name, device, model, geometry) once a video checkpoint was loaded
 
     def propagate(self) -> None:
         """Propagate the single previewed object along the stack axis and commit it under one id."""
@@ -60,15 +74,29 @@ class PropagationControls:
         index, first = preview.index, self.shown_masks()[0]
         target, directions = self._correction_target(image, index, axis, first)
 
+        limits, video_name = tuple(image.contrast_limits), self.video_model_picker.native.currentText().strip()
+        options = dict(contrast_limits=limits, rgb=image.rgb, directions=directions, cancel=self._stop_propagation.is_set)
+
         def work(report):
-            return propagate(predictor, volume, index[axis], 0, first, contrast_limits=tuple(image.contrast_limits),
-                             rgb=image.rgb, use_mask_input=self.use_mask_input.value, directions=directions,
-                             progress=report, cancel=self._stop_propagation.is_set)
+            if not video_name or video_name == PROMPT_MODEL:
+                return propagate(predictor, volume, index[axis], 0, first, use_mask_input=self.use_mask_input.value,
+                                 progress=report, **options)
+            model, geometry = self._load_video_model(video_name, predictor.device)
+            return propagate_video(model, volume, index[axis], 0, mask=first, geometry=geometry, progress=report,
+                                   **options)
 
         self.run_cancellable(
             work, "Propagation", lambda result: self._commit_propagation(image, index, axis, result, target,
                                                                         directions),
             self.propagate_button, self.cancel_propagation_button, self._stop_propagation)
+
+    def _load_video_model(self, name: str, device):
+        """(model, geometry) of the video checkpoint ``name`` on ``device``, loaded once (on the worker)."""
+        device = resolve_device(device)
+        if self._video_model is None or self._video_model[:2] != (name, device):
+            model, geometry, _ = load_video_model(name, device=device)
+            self._video_model = (name, device, model, geometry)
+        return self._video_model[2:]
 
     def _correction_target(self, image, index, axis, mask) -> tuple[int | None, tuple[int, ...]]:
         """(the object id to re-propagate into or None for a new object, the directions to propagate)."""
