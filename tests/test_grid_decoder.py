@@ -70,6 +70,8 @@ def test_min_score_skips_only_prompts_without_a_good_candidate():
     assert kept.tolist() == expected.tolist()
     assert torch.equal(kept_scores, scores)
     assert torch.allclose(kept_logits, logits[kept], atol=1e-5)
+    none_logits, _, none_kept = decoder.decode(prepared, points, min_score=2.0)  # predicted IoUs are below 2
+    assert none_kept.numel() == 0 and none_logits.shape == (0, 3, *logits.shape[-2:])
 
 
 def test_bfloat16_weights_agree_with_the_float32_model():

@@ -2,21 +2,24 @@
 
 Segment everything decodes a grid of ~1000 one-point prompts on the same image embedding. transformers'
 ``SamMaskDecoder`` treats each prompt on its own: it copies the image embedding and its positional encoding per
-prompt and projects them again, and runs the two-way transformer and the upscaling in channels-first layout with
-permutes in between. On a CPU most of that time is memory traffic. :class:`GridDecoder` computes the same function
-(the same weights, the same operations up to floating-point rounding):
+prompt, projects every image token to keys, values and queries in every block, and runs the upscaling
+channels-first with permutes in between. :class:`GridDecoder` computes the same function (the same weights, the
+same operations up to floating-point rounding and their order) with far less work per prompt:
 
-- the image side of the first two-way block (its keys, values and image queries) and the positional encoding's
-  projections of the later blocks are computed once per image (:meth:`GridDecoder.prepare`);
-- the image tokens' update from the tokens is computed as attention weights times the per-head out-projected
-  token values, a (tokens x heads)-rank product instead of a projection of every image token;
-- the later projections of the image tokens are fused into one matrix product each;
+- the first two-way block's image side (keys, values, image queries) and the positional encoding's projections
+  are computed once per image (:meth:`GridDecoder.prepare`);
+- attention between the ~7 prompt tokens and the N image tokens never projects the image tokens: a token's query
+  is moved through the key projection instead (q . W x = (W^T q) . x), and the values are projected after the
+  attention-weighted sum (sum_n p_n W x_n = W sum_n p_n x_n), since the weights of a head sum to 1;
+- the image tokens' update from the tokens is the attention weights times each head's out-projected token values,
+  a (heads x tokens)-rank product;
+- softmaxes over the tokens run over a middle axis, not a last axis of ~7 (much faster on CPUs);
 - the upscaling works channels-last: each transposed convolution (kernel 2, stride 2) is one matrix product, the
   layer norm needs no permute, and the mask logits are assembled once at the end;
 - prompts whose candidates all score below ``min_score`` (the caller's predicted-IoU filter) skip the upscaling.
 
-Matrix products run in the model's dtype (bf16 on CPUs with AMX is much faster); normalisation, softmax and GELU
-run in float32.
+The image tokens stay in the model's dtype (bf16 weights: bf16 products, much faster on CPUs with AMX); the few
+prompt tokens, the softmaxes and the per-image precomputation run in float32.
 """
 
 from __future__ import annotations
@@ -29,23 +32,25 @@ import torch.nn.functional as F
 
 @dataclass
 class PreparedImage:
-    """The prompt-independent part of the decoder for one image embedding (all (N, ·) rows in row-major order
-    over the e x e embedding grid, N = e²).
+    """The prompt-independent part of the decoder for one image embedding, in the model's dtype. N = e² image
+    tokens in row-major order over the e x e embedding grid; H heads of d channels in the cross-attentions.
 
     Attributes:
-        keys: (N, C) float32, the image embedding plus the no-mask embedding (the first block's image tokens).
-        first_kv: (N, 2 * D) the first block's token-to-image keys and values (D = the attention's inner size).
-        first_q: (N, D) the first block's image-to-token queries.
-        later_bias: per later block, (N, 3 * D): positional-encoding key projection + key bias, value bias,
-            positional-encoding query projection + query bias (added to the fused product of the image tokens).
-        final_bias: (N, 2 * D) the same for the final token-to-image attention's keys and values.
+        keys: (N, C) the image embedding plus the no-mask embedding (the first block's image tokens).
+        first_keys: (H, d, N) the first block's token-to-image keys, per head, transposed.
+        first_values: (H, N, d) its values.
+        image_queries: per block, (H, d, N): the image-to-token queries of the first block's image tokens
+            (the whole projection), then for each later block the positional encoding's part (its projection plus
+            the bias), to which the image tokens' part is added per prompt.
+        position_keys: per later block and the final attention, (H, d, N): the positional encoding's part of the
+            token-to-image keys (its projection plus the bias).
     """
 
     keys: torch.Tensor
-    first_kv: torch.Tensor
-    first_q: torch.Tensor
-    later_bias: list
-    final_bias: torch.Tensor
+    first_keys: torch.Tensor
+    first_values: torch.Tensor
+    image_queries: list
+    position_keys: list
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -53,9 +58,14 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.unflatten(-1, (heads, -1)).transpose(-3, -2)
 
 
-def _linear(x: torch.Tensor, layer: torch.nn.Linear, dtype: torch.dtype) -> torch.Tensor:
-    """``layer(x)`` with the product in ``dtype`` and a float32 result."""
-    return F.linear(x.to(dtype), layer.weight, layer.bias).float()
+def _linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+    """``layer(x)`` for float32 tokens: the product in the layer's dtype, a float32 result."""
+    return F.linear(x.to(layer.weight.dtype), layer.weight, layer.bias).float()
+
+
+def _per_head(layer: torch.nn.Linear, heads: int) -> torch.Tensor:
+    """(H, d, C) float32: the projection's weight, one (d, C) block per head."""
+    return layer.weight.float().unflatten(0, (heads, -1))
 
 
 class GridDecoder:
@@ -76,62 +86,81 @@ class GridDecoder:
         self.dtype = decoder.iou_token.weight.dtype
         self.heads = self.transformer.layers[0].cross_attn_token_to_image.num_attention_heads
         self.mask_tokens = decoder.num_mask_tokens
+        with torch.no_grad():  # transposed convolutions (kernel 2, stride 2) as products: (C_in, (i, j, C_out))
+            self.upscale = [(conv.weight.permute(0, 2, 3, 1).flatten(1), conv.bias.repeat(4))
+                            for conv in (decoder.upscale_conv1, decoder.upscale_conv2)]
 
     @torch.inference_mode()
     def prepare(self, embedding: torch.Tensor) -> PreparedImage:
         """The prompt-independent tensors of ``embedding`` ((1, C, e, e), the encoder's output)."""
-        model, dtype = self.model, self.dtype
+        model, dtype, heads = self.model, self.dtype, self.heads
         position = model.get_image_wide_positional_embeddings()[0].flatten(1).T.float()  # (N, C)
-        no_mask = model.prompt_encoder.no_mask_embed.weight.float()  # (1, C)
-        keys = embedding[0].flatten(1).T.float() + no_mask
+        keys = embedding[0].flatten(1).T.float() + model.prompt_encoder.no_mask_embed.weight.float()
+
+        def per_head(x, layer):  # (N, C) -> (H, d, N): projected in float32, stored in the model's dtype
+            projected = F.linear(x, layer.weight.float(), layer.bias.float())
+            return _heads(projected, heads).transpose(-1, -2).contiguous().to(dtype)
+
         first = self.transformer.layers[0]
-        token_to_image, image_to_token = first.cross_attn_token_to_image, first.cross_attn_image_to_token
-        first_kv = torch.cat([_linear(keys + position, token_to_image.k_proj, dtype),
-                              _linear(keys, token_to_image.v_proj, dtype)], dim=1)
-        first_q = _linear(keys + position, image_to_token.q_proj, dtype)
-        later_bias = []
-        for layer in self.transformer.layers[1:]:
-            to_image, to_token = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
-            later_bias.append(torch.cat([_linear(position, to_image.k_proj, dtype),
-                                         to_image.v_proj.bias.float().expand(len(keys), -1),
-                                         _linear(position, to_token.q_proj, dtype)], dim=1))
-        final = self.transformer.final_attn_token_to_image
-        final_bias = torch.cat([_linear(position, final.k_proj, dtype),
-                                final.v_proj.bias.float().expand(len(keys), -1)], dim=1)
-        return PreparedImage(keys, first_kv, first_q, later_bias, final_bias)
+        later = self.transformer.layers[1:]
+        image_queries = [per_head(keys + position, first.cross_attn_image_to_token.q_proj)]
+        image_queries += [per_head(position, layer.cross_attn_image_to_token.q_proj) for layer in later]
+        attentions = [layer.cross_attn_token_to_image for layer in later] + [self.transformer.final_attn_token_to_image]
+        return PreparedImage(
+            keys=keys.to(dtype),
+            first_keys=per_head(keys + position, first.cross_attn_token_to_image.k_proj),
+            first_values=per_head(keys, first.cross_attn_token_to_image.v_proj).transpose(-1, -2).contiguous(),
+            image_queries=image_queries,
+            position_keys=[per_head(position, attention.k_proj) for attention in attentions])
 
-    def _fused_weight(self, *layers) -> torch.Tensor:
-        """(C, sum of outputs): the layers' weights side by side, in the model's dtype."""
-        return torch.cat([layer.weight for layer in layers], dim=0).T.to(self.dtype)
+    def _token_to_image(self, attention, queries, query_position, keys, position_keys) -> torch.Tensor:
+        """The tokens attend to the image tokens; returns the attention output after ``out_proj``, (B, T, C)
+        float32.
 
-    def _token_to_image(self, attention, queries, query_position, keys, values) -> torch.Tensor:
-        """Tokens attend to the image tokens. queries: (B, T, C); keys/values: (B or 1, N, D) projected already.
-        Returns the attention output after ``out_proj``, (B, T, C) float32."""
-        q = _heads(_linear(queries + query_position, attention.q_proj, self.dtype), self.heads)
-        k, v = _heads(keys, self.heads), _heads(values, self.heads)
-        weights = torch.softmax((q.to(self.dtype) @ k.transpose(-1, -2).to(self.dtype)).float() * attention.scaling,
-                                dim=-1)
-        out = (weights.to(self.dtype) @ v.to(self.dtype)).float()  # (B, H, T, d)
-        return _linear(out.transpose(1, 2).flatten(2), attention.out_proj, self.dtype)
-
-    def _image_update(self, attention, image_queries, queries, query_position) -> torch.Tensor:
-        """The image tokens attend to the tokens. image_queries: (B or 1, N, D) projected already; queries:
-        (B, T, C). Returns (B, N, C) float32 without the out-projection's bias: the attention weights times the
-        per-head out-projected token values."""
+        queries: (B, T, C) float32 tokens; keys: (B, N, C) image tokens, whose key projection is folded into the
+        queries and whose value projection is applied after the weighted sum; position_keys: (H, d, N)."""
         heads, dtype = self.heads, self.dtype
-        k = _heads(_linear(queries + query_position, attention.k_proj, dtype), heads)  # (B, H, T, d)
-        v = _heads(_linear(queries, attention.v_proj, dtype), heads)
-        q = _heads(image_queries, heads)  # (B or 1, H, N, d)
-        weights = torch.softmax((q.to(dtype) @ k.transpose(-1, -2).to(dtype)).float() * attention.scaling, dim=-1)
-        out_weight = attention.out_proj.weight.float().T.unflatten(0, (heads, -1))  # (H, d, C)
-        projected = v @ out_weight  # (B, H, T, C): each head's token values, out-projected
-        batch, _, tokens, channels = projected.shape
-        weights = weights.permute(0, 2, 1, 3).flatten(2)  # (B, N, H * T)
-        return (weights.to(dtype) @ projected.reshape(batch, heads * tokens, channels).to(dtype)).float()
+        q = _heads(_linear(queries + query_position, attention.q_proj), heads)  # (B, H, T, d)
+        batch, _, tokens, _ = q.shape
+        moved = torch.einsum("bhtd,hdc->bhtc", q, _per_head(attention.k_proj, heads)).flatten(1, 2).to(dtype)
+        logits = torch.bmm(moved, keys.transpose(1, 2)).unflatten(1, (heads, tokens)).float()
+        logits += (q.to(dtype) @ position_keys).float()  # (B, H, T, N)
+        weights = torch.softmax(logits * attention.scaling, dim=-1).to(dtype)
+        summed = torch.bmm(weights.flatten(1, 2), keys).unflatten(1, (heads, tokens)).float()  # (B, H, T, C)
+        out = torch.einsum("bhtc,hdc->bhtd", summed, _per_head(attention.v_proj, heads))
+        out = out + attention.v_proj.bias.float().unflatten(0, (heads, 1, -1))
+        return _linear(out.transpose(1, 2).flatten(2), attention.out_proj)
 
-    def _image_norm(self, keys, update, attention, norm) -> torch.Tensor:
-        return F.layer_norm(keys + update + attention.out_proj.bias.float(), norm.normalized_shape,
-                            norm.weight.float(), norm.bias.float(), norm.eps)
+    def _first_token_to_image(self, attention, queries, query_position, prepared: PreparedImage) -> torch.Tensor:
+        """:meth:`_token_to_image` of the first block, whose keys and values were projected in :meth:`prepare`."""
+        q = _heads(_linear(queries + query_position, attention.q_proj), self.heads).to(self.dtype)
+        weights = torch.softmax((q @ prepared.first_keys).float() * attention.scaling, dim=-1).to(self.dtype)
+        out = (weights @ prepared.first_values).float()  # (B, H, T, d)
+        return _linear(out.transpose(1, 2).flatten(2), attention.out_proj)
+
+    def _image_update(self, attention, norm, keys, image_queries, queries, query_position, fold: bool):
+        """The image tokens attend to the tokens, then the residual and the layer norm.
+
+        keys: (B or 1, N, C) image tokens; image_queries: (H, d, N) their queries (``fold`` False) or only the
+        positional part (``fold`` True: the image tokens' part is folded into the token keys); queries: (B, T, C)
+        float32 tokens. The attention output is the attention weights times each head's out-projected token values
+        ((B, N, H * T) @ (B, H * T, C)); the out-projection's bias is spread over the heads (each head's weights sum
+        to 1). Returns the new image tokens, (B, N, C)."""
+        heads, dtype = self.heads, self.dtype
+        k = _heads(_linear(queries + query_position, attention.k_proj), heads)  # (B, H, T, d)
+        batch, _, tokens, _ = k.shape
+        logits = (k.to(dtype) @ image_queries).float()  # (B, H, T, N)
+        if fold:
+            moved = torch.einsum("bhtd,hdc->bhtc", k, _per_head(attention.q_proj, heads)).flatten(1, 2).to(dtype)
+            logits += torch.bmm(moved, keys.transpose(1, 2)).unflatten(1, (heads, tokens)).float()
+        # the softmax runs over the tokens, a middle axis (much faster than a last axis of ~7)
+        weights = torch.softmax(logits * attention.scaling, dim=2).to(dtype)
+        v = _heads(_linear(queries, attention.v_proj), heads)
+        out_weight = attention.out_proj.weight.float().T.unflatten(0, (heads, -1))  # (H, d, C)
+        projected = v @ out_weight + attention.out_proj.bias.float() / heads  # (B, H, T, C)
+        weights = weights.flatten(1, 2).transpose(1, 2)  # (B, N, H * T), a view
+        keys = torch.baddbmm(keys.expand(batch, -1, -1), weights, projected.flatten(1, 2).to(dtype))
+        return F.layer_norm(keys, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
     def _tokens(self, points_xy: torch.Tensor) -> torch.Tensor:
         """(B, T, C) float32 output tokens + prompt tokens for one positive point each ((B, 2) in the model's
@@ -158,75 +187,63 @@ class GridDecoder:
         transformer, decoder, dtype = self.transformer, self.decoder, self.dtype
         position = self._tokens(points_xy)
         batch = len(position)
-        queries = position
-        keys = prepared.keys
+        queries, keys = position, prepared.keys[None]
         for index, layer in enumerate(transformer.layers):
             if index == 0:  # skip_first_layer_pe: no positional term and no residual
-                queries = layer.self_attn(queries[:, None].to(dtype), queries[:, None].to(dtype),
-                                          queries[:, None].to(dtype))[0][:, 0].float()
-                kv, image_q = prepared.first_kv, prepared.first_q
+                tokens = queries[:, None].to(dtype)
+                queries = layer.self_attn(tokens, tokens, tokens)[0][:, 0].float()
+                queries = _layer_norm(queries, layer.layer_norm1)
+                attended = self._first_token_to_image(layer.cross_attn_token_to_image, queries, position, prepared)
             else:
                 query = (queries + position)[:, None].to(dtype)
                 queries = queries + layer.self_attn(query, query, queries[:, None].to(dtype))[0][:, 0].float()
-                to_image, to_token = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
-                fused = self._fused_weight(to_image.k_proj, to_image.v_proj, to_token.q_proj)
-                projected = (keys.to(dtype) @ fused).float() + prepared.later_bias[index - 1]
-                inner = projected.shape[-1] // 3
-                kv, image_q = projected[..., : 2 * inner], projected[..., 2 * inner:]
-            queries = self._layer_norm(queries, layer.layer_norm1)
-            inner = kv.shape[-1] // 2
-            queries = queries + self._token_to_image(layer.cross_attn_token_to_image, queries, position,
-                                                     kv[..., :inner], kv[..., inner:])
-            queries = self._layer_norm(queries, layer.layer_norm2)
-            queries = self._layer_norm(queries + _mlp(layer.mlp, queries, dtype), layer.layer_norm3)
-            update = self._image_update(layer.cross_attn_image_to_token, image_q, queries, position)
-            keys = self._image_norm(keys, update, layer.cross_attn_image_to_token, layer.layer_norm4)
+                queries = _layer_norm(queries, layer.layer_norm1)
+                attended = self._token_to_image(layer.cross_attn_token_to_image, queries, position,
+                                                keys, prepared.position_keys[index - 1])
+            queries = _layer_norm(queries + attended, layer.layer_norm2)
+            queries = _layer_norm(queries + _linear(layer.mlp.act(_linear(queries, layer.mlp.lin1)), layer.mlp.lin2),
+                                  layer.layer_norm3)
+            keys = self._image_update(layer.cross_attn_image_to_token, layer.layer_norm4, keys,
+                                      prepared.image_queries[index], queries, position, fold=index > 0)
         final = transformer.final_attn_token_to_image
-        kv = (keys.to(dtype) @ self._fused_weight(final.k_proj, final.v_proj)).float() + prepared.final_bias
-        inner = kv.shape[-1] // 2
-        queries = queries + self._token_to_image(final, queries, position, kv[..., :inner], kv[..., inner:])
-        queries = self._layer_norm(queries, transformer.layer_norm_final_attn)
+        queries = queries + self._token_to_image(final, queries, position, keys, prepared.position_keys[-1])
+        queries = _layer_norm(queries, transformer.layer_norm_final_attn)
 
-        scores = _mlp_stack(decoder.iou_prediction_head, queries[:, 0], dtype)[:, 1:]  # multimask candidates
+        scores = _feed_forward(decoder.iou_prediction_head, queries[:, 0])[:, 1:]  # the multimask candidates
         kept = torch.arange(batch, device=scores.device)
         if min_score is not None:
             kept = torch.nonzero((scores > min_score).any(dim=1)).flatten()
-        hyper = torch.stack([_mlp_stack(decoder.output_hypernetworks_mlps[i], queries[kept, i + 1], dtype)
+        hyper = torch.stack([_feed_forward(decoder.output_hypernetworks_mlps[i], queries[kept, i + 1])
                              for i in range(1, self.mask_tokens)], dim=-1)  # (K, C / 8, 3)
         return self._upscale(keys[kept], hyper), scores, kept
 
-    def _layer_norm(self, x, norm) -> torch.Tensor:
-        return F.layer_norm(x, norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps)
-
     def _upscale(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
-        """Mask logits (K, 3, 4e, 4e) from the final image tokens (K, N, C) and the hypernetwork outputs
-        (K, C / 8, 3), channels-last: each transposed convolution (kernel 2, stride 2) is a matrix product per
-        embedding pixel, giving its 2 x 2 sub-pixels."""
-        decoder, dtype = self.decoder, self.dtype
-        count, tokens, _ = keys.shape
+        """Mask logits (K, 3, 4e, 4e) float32 from the final image tokens (K, N, C) and the hypernetwork outputs
+        (K, C / 8, 3) float32, channels-last: each transposed convolution (kernel 2, stride 2) is one product per
+        embedding pixel giving its 2 x 2 sub-pixels, so the layer norm needs no permute."""
+        count, tokens, channels = keys.shape
         side = int(round(tokens ** 0.5))
-        conv1, conv2, norm = decoder.upscale_conv1, decoder.upscale_conv2, decoder.upscale_layer_norm
-        weight1 = conv1.weight.permute(0, 2, 3, 1).flatten(1).to(dtype)  # (C, 2 * 2 * C/4): (i, j, channel)
-        x = (keys.to(dtype) @ weight1).float().unflatten(-1, (4, -1)) + conv1.bias.float()  # (K, N, 4, C/4)
-        x = F.gelu(F.layer_norm(x, norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps))
-        weight2 = conv2.weight.permute(0, 2, 3, 1).flatten(1).to(dtype)  # (C/4, 2 * 2 * C/8): (k, l, channel)
-        x = F.gelu((x.to(dtype) @ weight2).float().unflatten(-1, (4, -1)) + conv2.bias.float())  # (K, N, 4, 4, C/8)
-        masks = (x.flatten(1, 3).to(dtype) @ hyper.to(dtype)).float()  # (K, N * 16, 3)
+        (weight1, bias1), (weight2, bias2) = self.upscale
+        norm = self.decoder.upscale_layer_norm
+        x = torch.addmm(bias1, keys.reshape(-1, channels), weight1).unflatten(-1, (4, -1))  # (K N, 4, C/4)
+        x = F.gelu(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
+        x = F.gelu(torch.addmm(bias2, x.flatten(0, 1), weight2))  # (K N 4, 4 * C/8)
+        masks = (x.reshape(count, tokens * 16, channels // 8) @ hyper.to(x.dtype)).float()  # (K, N * 16, 3)
         # (K, h, w, i, j, k, l, 3) -> (K, 3, h, i, k, w, j, l): output pixel (4h + 2i + k, 4w + 2j + l)
         candidates = hyper.shape[-1]
         masks = masks.reshape(count, side, side, 2, 2, 2, 2, candidates).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return masks.reshape(count, candidates, 4 * side, 4 * side)
 
 
-def _mlp(mlp, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """SAM's two-layer MLP block (lin1, activation, lin2) on float32 ``x``."""
-    return _linear(mlp.act(_linear(x, mlp.lin1, dtype)), mlp.lin2, dtype)
+def _layer_norm(x: torch.Tensor, norm) -> torch.Tensor:
+    """``norm`` on float32 tokens, in float32."""
+    return F.layer_norm(x, norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps)
 
 
-def _mlp_stack(feed_forward, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """SAM's ``SamFeedForward`` (ReLU between layers, optional sigmoid) on float32 ``x``."""
-    x = torch.relu(_linear(x, feed_forward.proj_in, dtype))
+def _feed_forward(feed_forward, x: torch.Tensor) -> torch.Tensor:
+    """SAM's ``SamFeedForward`` (ReLU between layers, optional sigmoid) on float32 tokens."""
+    x = torch.relu(_linear(x, feed_forward.proj_in))
     for layer in feed_forward.layers:
-        x = torch.relu(_linear(x, layer, dtype))
-    x = _linear(x, feed_forward.proj_out, dtype)
+        x = torch.relu(_linear(x, layer))
+    x = _linear(x, feed_forward.proj_out)
     return torch.sigmoid(x) if feed_forward.sigmoid_output else x
