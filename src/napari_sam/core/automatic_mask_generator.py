@@ -131,7 +131,8 @@ def segment_everything(predictor: Predictor, image: np.ndarray, *, contrast_limi
                        stability_score_thresh: float = 0.95, stability_score_offset: float = 1.0,
                        box_nms_thresh: float = 0.7, crop_n_layers: int = 0, crop_nms_thresh: float = 0.7,
                        crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
-                       prefer_smaller_crops: bool = True, min_mask_region_area: int = 0, progress: Callable[[int, int], None] | None = None,
+                       prefer_smaller_crops: bool = True, min_mask_region_area: int = 0,
+                       progress: Callable[[int, int], None] | None = None,
                        cancel: Callable[[], bool] | None = None) -> EverythingResult:
     """Find every object in a 2D image (gray, RGB or RGBA; any dtype), as SAM's automatic mask generator.
 

@@ -148,8 +148,8 @@ def model_input(rgb01: torch.Tensor, geometry: ModelGeometry, dtype: torch.dtype
 
     The image is taken as 8-bit levels, as the screen shows it and as SAM was trained. Its longest side is
     resized to ``geometry.longest_edge`` by Pillow's method, as transformers' reference processor does:
-    antialiased bilinear, one axis after the other in Pillow's order, rounding to whole levels after each pass. Then it is
-    normalised with ``geometry.mean``/``std`` and zero-padded bottom/right to ``geometry.pad_size``.
+    antialiased bilinear, one axis after the other in Pillow's order, rounding to whole levels after each pass.
+    Then it is normalised with ``geometry.mean``/``std`` and zero-padded bottom/right to ``geometry.pad_size``.
 
     Returns:
         Tensor of shape (1, 3, pad_h, pad_w) and dtype ``dtype``, on ``rgb01``'s device.

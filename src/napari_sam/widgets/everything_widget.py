@@ -117,8 +117,8 @@ class EverythingWidget(ModelWidget):
             labels[plane_index] = plane_labels
             areas = found.masks.sum(axis=(1, 2))
             for k in range(len(found.masks)):
-                row = {"index": offset + k + 1, "label": offset + k + 1, "area": int(areas[k]), "score": float(found.scores[k]),
-                       "stability": float(found.stability_scores[k])}
+                row = {"index": offset + k + 1, "label": offset + k + 1, "area": int(areas[k]),
+                       "score": float(found.scores[k]), "stability": float(found.stability_scores[k])}
                 row.update(dict(zip(("box_row_min", "box_col_min", "box_row_max", "box_col_max"),
                                     found.boxes[k].tolist())))
                 if plane_index:

@@ -50,7 +50,8 @@ class PropagationControls:
                     "from this plane on (away from where it was first propagated) instead of adding a new one.")
         self.propagate_button = PushButton(text="Propagate through the stack (P)")
         self.cancel_propagation_button = PushButton(text="Cancel propagation", enabled=False)
-        self.extend([self.video_model_picker, self.use_mask_input, self.correct_object, self.propagate_button, self.cancel_propagation_button])
+        self.extend([self.video_model_picker, self.use_mask_input, self.correct_object, self.propagate_button,
+                     self.cancel_propagation_button])
         self.propagate_button.changed.connect(self.propagate)
         self.cancel_propagation_button.changed.connect(lambda: self._stop_propagation.set())
         self._stop_propagation = threading.Event()
@@ -75,7 +76,8 @@ class PropagationControls:
         target, directions = self._correction_target(image, index, axis, first)
 
         limits, video_name = tuple(image.contrast_limits), self.video_model_picker.native.currentText().strip()
-        options = dict(contrast_limits=limits, rgb=image.rgb, directions=directions, cancel=self._stop_propagation.is_set)
+        options = dict(contrast_limits=limits, rgb=image.rgb, directions=directions,
+                       cancel=self._stop_propagation.is_set)
 
         def work(report):
             if not video_name or video_name == PROMPT_MODEL:
@@ -104,7 +106,7 @@ class PropagationControls:
         if labels is None or not self.correct_object.value:
             return None, (-1, 1)
         plane, target = index[axis], None
-        n_planes = labels.data.shape[axis]
+        n_planes = (image.data[0] if image.multiscale else image.data).shape[axis]
         try:  # this plane, else a neighbouring one (the object stopped just short of this plane)
             for other in (plane, plane - 1, plane + 1):
                 if target is None and 0 <= other < n_planes:
