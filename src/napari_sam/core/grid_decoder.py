@@ -228,11 +228,13 @@ class GridDecoder:
         x = torch.addmm(bias1, keys.reshape(-1, channels), weight1).unflatten(-1, (4, -1))  # (K N, 4, C/4)
         x = F.gelu(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
         x = F.gelu(torch.addmm(bias2, x.flatten(0, 1), weight2))  # (K N 4, 4 * C/8)
-        masks = (x.reshape(count, tokens * 16, channels // 8) @ hyper.to(x.dtype)).float()  # (K, N * 16, 3)
-        # (K, h, w, i, j, k, l, 3) -> (K, 3, h, i, k, w, j, l): output pixel (4h + 2i + k, 4w + 2j + l)
+        masks = x.reshape(count, tokens * 16, channels // 8) @ hyper.to(x.dtype)  # (K, N * 16, 3)
+        # (K, h, w, i, j, k, l, 3) -> (K, 3, h, i, k, w, j, l): output pixel (4h + 2i + k, 4w + 2j + l), in one copy
         candidates = hyper.shape[-1]
-        masks = masks.reshape(count, side, side, 2, 2, 2, 2, candidates).permute(0, 7, 1, 3, 5, 2, 4, 6)
-        return masks.reshape(count, candidates, 4 * side, 4 * side)
+        logits = torch.empty((count, candidates, 4 * side, 4 * side), dtype=torch.float32, device=keys.device)
+        logits.view(count, candidates, side, 2, 2, side, 2, 2).copy_(
+            masks.reshape(count, side, side, 2, 2, 2, 2, candidates).permute(0, 7, 1, 3, 5, 2, 4, 6))
+        return logits
 
 
 def _layer_norm(x: torch.Tensor, norm) -> torch.Tensor:

@@ -30,7 +30,7 @@ from .prompts import ObjectPrompts, check_prompts
 
 #: Prompts decoded at once in :meth:`Predictor.point_grid_logits`: each prompt has its own copy of the image
 #: tokens after the first block, and small chunks keep them in the CPU's caches (measured fastest on CPU).
-DECODER_CHUNK = 2
+DECODER_CHUNK = 1
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ def upscale_logits(low_res: torch.Tensor, geometry: ModelGeometry, resized_size:
     crop the padding away, then to the original size (bilinear both times)."""
     logits = F.interpolate(low_res[:, None].float(), size=geometry.pad_size, mode="bilinear", align_corners=False)
     logits = logits[..., : resized_size[0], : resized_size[1]]
+    if tuple(resized_size) == tuple(original_size):  # resizing to the same size is the identity
+        return logits[:, 0]
     return F.interpolate(logits, size=original_size, mode="bilinear", align_corners=False)[:, 0]
 
 
