@@ -34,8 +34,13 @@ from .utils.amg import (
     stability_score,
 )
 
-#: Survivors are upsampled this many at a time (bounds the full-resolution float memory).
-UPSAMPLE_CHUNK = 16
+#: Survivors are upsampled this many full-resolution pixels at a time (bounds the float memory: 64 MiB).
+UPSAMPLE_PIXELS = 16 * 1024 * 1024
+
+
+def _chunk(height: int, width: int) -> int:
+    """How many masks of (height, width) to upsample at once."""
+    return max(1, UPSAMPLE_PIXELS // max(1, height * width))
 #: The low-resolution stability pre-filter keeps candidates within this margin of the threshold.
 STABILITY_MARGIN = 0.1
 
@@ -105,8 +110,9 @@ def _crop_batches(predictor: Predictor, crop, points_rc, settings, cancel, progr
             keep &= rough > settings["stability_score_thresh"] - STABILITY_MARGIN
         logits, scores, point_index = logits[keep], scores[keep], point_index[keep]
         grid = torch.as_tensor(points, dtype=torch.float32, device=logits.device)
-        for chunk in range(0, len(logits), UPSAMPLE_CHUNK):
-            part = logits[chunk: chunk + UPSAMPLE_CHUNK]
+        step = _chunk(*size)
+        for chunk in range(0, len(logits), step):
+            part = logits[chunk: chunk + step]
             full = upscale_logits(part, geometry, current.resized_size, size)
             stability = stability_score(full, 0.0, settings["stability_score_offset"])
             passed = stability > settings["stability_score_thresh"] if settings["stability_score_thresh"] > 0 \
@@ -116,10 +122,10 @@ def _crop_batches(predictor: Predictor, crop, points_rc, settings, cancel, progr
             passed &= (full > 0).flatten(1).any(dim=1)
             chosen = torch.nonzero(passed).flatten()
             found.logits.append(part[chosen].to(torch.float16))
-            found.scores.append(scores[chunk: chunk + UPSAMPLE_CHUNK][chosen])
+            found.scores.append(scores[chunk: chunk + step][chosen])
             found.stability.append(stability[chosen])
             found.boxes.append(boxes[chosen])
-            found.points.append(grid[point_index[chunk: chunk + UPSAMPLE_CHUNK][chosen]] + offset[:2])
+            found.points.append(grid[point_index[chunk: chunk + step][chosen]] + offset[:2])
         counter[0] += 1
         if progress is not None:
             progress(counter[0], counter[1])
@@ -200,8 +206,9 @@ def _assemble(predictor, image, limits, has_channels, crops, kept_parts, crop_nm
             predictor.set_image(image[row0:row1, col0:col1], contrast_limits=limits, rgb=has_channels)
             sizes = predictor.current.resized_size, predictor.current.original_size
         rows = torch.nonzero(crop_of == crop_index).flatten()
-        for chunk in range(0, len(rows), UPSAMPLE_CHUNK):
-            part = rows[chunk: chunk + UPSAMPLE_CHUNK]
+        step = _chunk(row1 - row0, col1 - col0)
+        for chunk in range(0, len(rows), step):
+            part = rows[chunk: chunk + step]
             full = upscale_logits(logits[part].float(), predictor.geometry, *sizes)
             masks[part.cpu().numpy(), row0:row1, col0:col1] = (full > 0).cpu().numpy()
     scores, stability, boxes, coords = (t.cpu().numpy() for t in (scores, stability, boxes, coords))
