@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from napari_sam import Predictor
 from napari_sam.core.model_loading import BUNDLED_DIR, resolve_checkpoint
@@ -124,3 +125,28 @@ def test_stack_cross_sections_change_with_z():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         synthetic_cells(**kwargs)
+
+
+def test_bfloat16_gives_the_same_masks(predictor):
+    """bf16 weights (what precision "auto" picks on CPUs with AMX or AVX-512 BF16) keep the masks: clicks on
+    every cell give masks that overlap the float32 ones almost exactly."""
+    from napari_sam.core.model_loading import fast_bfloat16, resolve_dtype
+
+    half = Predictor.from_pretrained("tiny-cells", device="cpu", dtype="bfloat16")
+    assert half.dtype == torch.bfloat16
+    expected = torch.bfloat16 if fast_bfloat16(torch.device("cpu")) else torch.float32
+    assert resolve_dtype("auto", torch.device("cpu")) == expected
+    agreement = []
+    for seed in HELD_OUT_SEEDS[:3]:
+        image, labels = synthetic_cells((256, 256), seed=seed)
+        predictor.set_image(image)
+        half.set_image(image)
+        for cell in range(1, int(labels.max()) + 1):
+            rows, cols = np.nonzero(labels == cell)
+            if len(rows) < 30:
+                continue
+            centre = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
+            click = [[rows[centre], cols[centre]]]
+            agreement.append(iou(predictor.predict(points=click).best_masks()[0],
+                                 half.predict(points=click).best_masks()[0]))
+    assert np.median(agreement) >= 0.97 and np.percentile(agreement, 10) >= 0.9, agreement

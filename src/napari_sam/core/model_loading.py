@@ -82,12 +82,30 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return resolved
 
 
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """Return the torch dtype for ``dtype``: None means float32; 'bfloat16'/'float16' are accepted by name."""
+def fast_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 much faster than in float32: CUDA GPUs with bf16 support, and
+    x86 CPUs with AMX or AVX-512 BF16 instructions (read from ``/proc/cpuinfo``; other systems: no)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return bool({"amx_bf16", "avx512_bf16"} & set(flags))
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | None = None) -> torch.dtype:
+    """Return the torch dtype for ``dtype``: None means float32; 'bfloat16'/'float16' are accepted by name;
+    'auto' is bfloat16 where ``device`` computes it fast (:func:`fast_bfloat16`), else float32."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
+    if str(dtype) == "auto":
+        return torch.bfloat16 if fast_bfloat16(device or torch.device("cpu")) else torch.float32
     named = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if str(dtype) not in named:
@@ -181,7 +199,7 @@ def load_sam(name_or_path: str | os.PathLike, device: str | torch.device | None 
         name_or_path: a bundled name (``"tiny-cells"``), a hub id such as ``"facebook/sam-vit-base"``, or a folder
             saved by ``save_pretrained``.
         device: ``"auto"`` (CUDA > MPS > CPU), or any torch device string.
-        dtype: weights' dtype; None keeps float32.
+        dtype: weights' dtype; None keeps float32; "auto" is bfloat16 where the device computes it fast.
 
     Returns:
         ``(model, geometry, device)``: the model in eval mode on ``device``, its :class:`ModelGeometry`, and the
@@ -196,7 +214,7 @@ def load_sam(name_or_path: str | os.PathLike, device: str | torch.device | None 
     if not name:
         raise ModelLoadError("No SAM checkpoint given: pass a hub id such as 'facebook/sam-vit-base' or a folder.")
     resolved_device = resolve_device(device)
-    resolved_dtype = resolve_dtype(dtype)
+    resolved_dtype = resolve_dtype(dtype, resolved_device)
     try:
         config = SamConfig.from_pretrained(name)
         if getattr(config, "model_type", None) != "sam":

@@ -122,7 +122,8 @@ def load_video_model(name_or_path: str | os.PathLike, device: str | torch.device
     name = resolve_checkpoint(name_or_path)
     if not name:
         raise ModelLoadError("No checkpoint given: pass a hub id such as 'facebook/sam2.1-hiera-tiny' or a folder.")
-    resolved_device, resolved_dtype = resolve_device(device), resolve_dtype(dtype)
+    resolved_device = resolve_device(device)
+    resolved_dtype = resolve_dtype(dtype, resolved_device)
     try:
         import transformers
 

@@ -22,6 +22,7 @@ from ..core.model_loading import DEFAULT_CHECKPOINT, KNOWN_CHECKPOINTS
 from ..core.predictor import Predictor
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 class ModelWidget(Container):
@@ -47,13 +48,17 @@ class ModelWidget(Container):
         self.model_picker.native.setEditable(True)
         self.device_picker = ComboBox(label="device", choices=DEVICES, value="auto",
                                       tooltip="auto: CUDA GPU, then Apple MPS, then CPU.")
+        self.precision_picker = ComboBox(
+            label="precision", choices=PRECISIONS, value="auto",
+            tooltip="Weights and products in bfloat16 run 2-3x faster on CPUs with AMX or AVX-512 BF16 and on "
+                    "recent GPUs, with masks nearly identical to float32's. auto: bfloat16 where that is so.")
         self.cache_megabytes = SpinBox(label="embedding cache (MB)", value=1024, min=16, max=1 << 20, step=64,
                                        tooltip="Memory for the embeddings of recently shown planes; the "
                                                "least recently used ones are dropped beyond it.")
         self.load_button = PushButton(text="Load model")
         self.status = Label(value="No model loaded.")
-        self.extend([self.image_picker, self.model_picker, self.device_picker, self.cache_megabytes,
-                     self.load_button, self.status])
+        self.extend([self.image_picker, self.model_picker, self.device_picker, self.precision_picker,
+                     self.cache_megabytes, self.load_button, self.status])
         self.cache_megabytes.changed.connect(self._apply_cache_budget)
 
         self.load_button.changed.connect(self.load_model)
@@ -143,7 +148,7 @@ class ModelWidget(Container):
 
         def loaded(predictor: Predictor) -> None:
             self.predictor = predictor
-            self._show(f"Loaded {name} on {predictor.device}.")
+            self._show(f"Loaded {name} on {predictor.device} ({str(predictor.dtype).removeprefix('torch.')}).")
             self.model_ready()
 
         def failed(error: Exception) -> None:
@@ -155,7 +160,7 @@ class ModelWidget(Container):
             if not self._closed:
                 self.load_button.enabled = True
 
-        worker = create_worker(Predictor.from_pretrained, name, device=device,
+        worker = create_worker(Predictor.from_pretrained, name, device=device, dtype=self.precision_picker.value,
                                _start_thread=False,
                                _connect={"returned": loaded, "errored": failed, "finished": done})
         self._start(worker)
