@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import threading
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,32 +30,7 @@ from napari_sam.core.random_weights import random_sam, sam_config  # noqa: E402
 from napari_sam.core.utils.amg import nms  # noqa: E402
 from napari_sam.demo import synthetic_cells  # noqa: E402
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * PAGE
-
-
-def measured(function, *args, **kwargs):
-    """(seconds, peak resident bytes above the start, result) of one call."""
-    start_memory, peak, running = resident_bytes(), [0], [True]
-
-    def sample():
-        while running[0]:
-            peak[0] = max(peak[0], resident_bytes())
-            time.sleep(0.005)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    start = time.perf_counter()
-    result = function(*args, **kwargs)
-    elapsed = time.perf_counter() - start
-    running[0] = False
-    sampler.join()
-    return elapsed, max(peak[0], resident_bytes()) - start_memory, result
-
+from measuring import measured  # noqa: E402  (benchmarks/measuring.py)
 
 def pipeline_post_process(rle_masks, iou_scores, mask_boxes, crops_nms_thresh=0.7):
     keep = nms(mask_boxes.float(), iou_scores, crops_nms_thresh)
@@ -99,7 +72,7 @@ def main() -> None:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     ours_model = random_sam(config, seed=0).to(dtype)
     predictor = Predictor(ours_model, geometry_from_config(config), torch.device("cpu"), name="benchmark")
-    ours_time, ours_memory, ours = measured(segment_everything, predictor, image,
+    ours_time, ours_memory, _, ours = measured("cpu", segment_everything, predictor, image,
                                             points_per_side=args.points_per_side, **thresholds)
     print(f"ours ({args.dtype}): {ours_time:7.1f} s, peak +{ours_memory / 2**20:6.0f} MiB, "
           f"{len(ours.masks)} masks")
@@ -110,7 +83,7 @@ def main() -> None:
                                      pad_size={"height": args.image_size, "width": args.image_size})
     processor.post_process_for_mask_generation = pipeline_post_process
     generator = pipeline("mask-generation", model=model, image_processor=processor, device="cpu")
-    ref_time, ref_memory, theirs = measured(generator, Image.fromarray(image), points_per_batch=64,
+    ref_time, ref_memory, _, theirs = measured("cpu", generator, Image.fromarray(image), points_per_batch=64,
                                             points_per_crop=args.points_per_side, crops_nms_thresh=0.7,
                                             **thresholds)
     their_masks = np.stack(theirs["masks"]) if theirs["masks"] else np.zeros((0, args.size, args.size), bool)

@@ -64,6 +64,17 @@ def cell_box(labels, cell):
     return np.array([[rows.min(), cols.min()], [rows.max(), cols.max()]], dtype=float)
 
 
+def click_largest_cell(qtbot, viewer, widget, truth, z_scale=1.0):
+    """Show the plane where the largest cell of a stack is widest and click its centre; (cell, plane)."""
+    cell = int(np.argmax(np.bincount(truth.ravel())[1:])) + 1
+    middle = int(np.argmax((truth == cell).sum(axis=(1, 2))))
+    viewer.dims.set_point(0, middle * z_scale)
+    settle(qtbot, widget)
+    widget.points_picker.value.add(np.r_[middle, cell_point(truth[middle], cell)])
+    settle(qtbot, widget)
+    return cell, middle
+
+
 def big_cells(labels, count):
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
@@ -408,14 +419,7 @@ def test_without_an_image_nothing_happens(make_napari_viewer, qtbot):
 def test_propagate_through_a_stack_is_one_undoable_object(session, qtbot):
     stack, truth = synthetic_cells((24, 160, 160), seed=777_020, ndim=3)
     viewer, _, widget = session(stack, scale=(3.0, 0.5, 0.5))
-    sizes = np.bincount(truth.ravel())
-    sizes[0] = 0
-    cell = int(np.argmax(sizes))
-    middle = int(np.argmax((truth == cell).sum(axis=(1, 2))))
-    viewer.dims.set_point(0, middle * 3.0)
-    settle(qtbot, widget)
-    widget.points_picker.value.add(np.r_[middle, cell_point(truth[middle], cell)])
-    settle(qtbot, widget)
+    cell, middle = click_largest_cell(qtbot, viewer, widget, truth, z_scale=3.0)
     target = viewer.add_labels(np.zeros(stack.shape, dtype=np.uint32), name="annotations",
                                scale=(3.0, 0.5, 0.5))
     widget.labels_picker.value = target
@@ -436,12 +440,7 @@ def test_propagate_through_a_stack_is_one_undoable_object(session, qtbot):
 def test_propagation_can_be_cancelled(session, qtbot):
     stack, truth = synthetic_cells((24, 160, 160), seed=777_021, ndim=3)
     viewer, _, widget = session(stack)
-    cell = int(np.argmax(np.bincount(truth.ravel())[1:])) + 1
-    middle = int(np.argmax((truth == cell).sum(axis=(1, 2))))
-    viewer.dims.set_point(0, middle)
-    settle(qtbot, widget)
-    widget.points_picker.value.add(np.r_[middle, cell_point(truth[middle], cell)])
-    settle(qtbot, widget)
+    cell, middle = click_largest_cell(qtbot, viewer, widget, truth)
     widget.propagate()
     widget.cancel_propagation_button.clicked.emit()
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
@@ -454,14 +453,7 @@ def test_a_corrected_slice_re_propagates_into_the_same_object(session, qtbot):
     damage back."""
     stack, truth = synthetic_cells((24, 160, 160), seed=777_020, ndim=3)
     viewer, _, widget = session(stack)
-    sizes = np.bincount(truth.ravel())
-    sizes[0] = 0
-    cell = int(np.argmax(sizes))
-    middle = int(np.argmax((truth == cell).sum(axis=(1, 2))))
-    viewer.dims.set_point(0, middle)
-    settle(qtbot, widget)
-    widget.points_picker.value.add(np.r_[middle, cell_point(truth[middle], cell)])
-    settle(qtbot, widget)
+    cell, middle = click_largest_cell(qtbot, viewer, widget, truth)
     widget.propagate()
     qtbot.waitUntil(lambda: widget.propagated_id is not None and not widget.busy, timeout=120_000)
     labels, new = widget.labels_picker.value, widget.propagated_id
@@ -500,12 +492,7 @@ def test_propagate_with_a_sam2_video_checkpoint(session, qtbot, tmp_path):
     random_video_model().save_pretrained(tmp_path / "sam2-video")
     stack, truth = synthetic_cells((10, 96, 120), seed=777_022, ndim=3)
     viewer, _, widget = session(stack)
-    cell = int(np.argmax(np.bincount(truth.ravel())[1:])) + 1
-    middle = int(np.argmax((truth == cell).sum(axis=(1, 2))))
-    viewer.dims.set_point(0, middle)
-    settle(qtbot, widget)
-    widget.points_picker.value.add(np.r_[middle, cell_point(truth[middle], cell)])
-    settle(qtbot, widget)
+    cell, middle = click_largest_cell(qtbot, viewer, widget, truth)
     previewed = widget.shown_masks()[0].copy()
     widget.video_model_picker.native.setEditText(str(tmp_path / "sam2-video"))
     widget.propagate()

@@ -36,13 +36,13 @@ from .utils.amg import (
 
 #: Survivors are upsampled this many full-resolution pixels at a time (bounds the float memory: 64 MiB).
 UPSAMPLE_PIXELS = 16 * 1024 * 1024
+#: The low-resolution stability pre-filter keeps candidates within this margin of the threshold.
+STABILITY_MARGIN = 0.1
 
 
 def _chunk(height: int, width: int) -> int:
     """How many masks of (height, width) to upsample at once."""
     return max(1, UPSAMPLE_PIXELS // max(1, height * width))
-#: The low-resolution stability pre-filter keeps candidates within this margin of the threshold.
-STABILITY_MARGIN = 0.1
 
 
 class SegmentationCancelled(Exception):

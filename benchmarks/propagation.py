@@ -1,0 +1,225 @@
+"""Propagation through a z-stack: napari-sam against transformers' own ways, in one process.
+
+The stack is ``synthetic_cells`` (uint16, 3D); the object is the largest cell on the middle slice, clicked at its
+centre. Models have seeded random weights (no download), so masks mean nothing and every stopping rule is off to
+force propagation through every slice: only speed and memory are compared.
+
+- SAM-1 (ViT-B architecture), time to first mask on a new slice: ours ``Predictor.set_image`` (encoder, cold
+  cache) + one ``predict``; reference ``SamProcessor`` (PIL image processor) + ``SamModel`` + ``post_process_masks``
+  as in transformers' docs. Time per slice: ours ``propagate`` through the stack from the cell's true mask (no
+  prefetching); reference the naive way, that documented call per slice with the previous slice's box and interior
+  points, on ``--reference-slices`` slices (both run an encoder per slice).
+- SAM2 video (SAM2.1 hiera-tiny architecture; ``--sam2 test``: the tests' tiny config): ours ``propagate_video``
+  (frames prepared when the model asks for them); reference transformers' ``Sam2VideoInferenceSession`` holding
+  all frames, prepared up front on the device as ``init_video_session`` does (by our ``frame_pixels``: the video
+  processor needs torchvision), then ``propagate_in_video_iterator`` forward and in reverse. Time to the first mask,
+  time per further slice.
+
+Peak memory: resident memory above the start, sampled every 5 ms (and on CUDA the peak allocated GPU memory).
+
+    python benchmarks/propagation.py [--slices 64] [--size 512] [--device cpu] [--dtype float32] [--sam2 test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from transformers import Sam2VideoConfig, Sam2VideoModel, SamProcessor  # noqa: E402
+from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil  # noqa: E402
+from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession  # noqa: E402
+
+from napari_sam import Predictor  # noqa: E402
+from napari_sam.core.image_preparation import default_contrast_limits, display_rgb  # noqa: E402
+from napari_sam.core.model_loading import geometry_from_config, resolve_dtype  # noqa: E402
+from napari_sam.core.propagation import _box, interior_points, propagate  # noqa: E402
+from napari_sam.core.random_weights import random_sam, random_video_model, randomize_weights, sam_config  # noqa: E402
+from napari_sam.core.video_propagation import frame_pixels, propagate_video, video_geometry  # noqa: E402
+from napari_sam.demo import synthetic_cells  # noqa: E402
+
+from measuring import measured  # noqa: E402  (benchmarks/measuring.py)
+
+def span(seconds: float) -> str:
+    return f"{seconds:6.2f} s" if seconds >= 1 else f"{seconds * 1000:6.1f} ms"
+
+
+def memory(rss: int, gpu: int | None) -> str:
+    return f"peak +{rss / 2**20:5.0f} MiB RSS" + ("" if gpu is None else f", {gpu / 2**20:5.0f} MiB GPU")
+
+
+def hiera_tiny_model(seed: int = 1) -> Sam2VideoModel:
+    """SAM2.1 hiera-tiny's architecture (as transformers' conversion script builds it) with random weights.
+
+    The tiny Hiera is transformers' default backbone: embed dim 96, blocks per stage [1, 2, 7, 2], heads
+    [1, 2, 4, 8], windows [8, 4, 14, 7], global attention in blocks [5, 7, 9], window background 7 x 7; 1024 input.
+    The object-score head gets a +2 bias so that the object stays present (see ``random_video_model``).
+    """
+    backbone = dict(model_type="sam2_hiera_det_model", hidden_size=96, num_attention_heads=1,
+                    blocks_per_stage=[1, 2, 7, 2], embed_dim_per_stage=[96, 192, 384, 768],
+                    num_attention_heads_per_stage=[1, 2, 4, 8], window_size_per_stage=[8, 4, 14, 7],
+                    global_attention_blocks=[5, 7, 9], window_positional_embedding_background_size=[7, 7])
+    vision = dict(model_type="sam2_vision_model", backbone_config=backbone, backbone_channel_list=[768, 384, 192, 96])
+    config = Sam2VideoConfig(vision_config=vision, enable_temporal_pos_encoding_for_object_pointers=True,
+                             enable_occlusion_spatial_embedding=True)
+    model = randomize_weights(Sam2VideoModel(config), seed).eval()
+    with torch.no_grad():
+        model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(2.0)
+    return model
+
+
+def sam1(args, volume, start, click, cell, device) -> None:
+    config = sam_config(image_size=args.image_size)
+    geometry = geometry_from_config(config)
+    model = random_sam(config, seed=0).to(device=device, dtype=resolve_dtype(args.dtype))
+    reference_model = random_sam(config, seed=0).to(device)
+    processor = SamProcessor(image_processor=SamImageProcessorPil(
+        size={"longest_edge": args.image_size}, pad_size={"height": args.image_size, "width": args.image_size}))
+    limits = default_contrast_limits(volume[start], False)  # what propagate uses
+
+    def rgb8(image):  # the slice as napari shows it, which is what a user would hand the processor
+        return (display_rgb(image, limits, False) * 255 + 0.5).floor().byte().permute(1, 2, 0).numpy()
+
+    def reference_call(image, points_xy, box_xy=None):
+        inputs = processor(images=rgb8(image), input_points=[[points_xy]],
+                           input_boxes=None if box_xy is None else [[box_xy]], return_tensors="pt")
+        model_inputs = {key: inputs[key].to(device=device, dtype=torch.float32)
+                        for key in ("pixel_values", "input_points", "input_boxes") if key in inputs}
+        with torch.no_grad():
+            out = reference_model(**model_inputs, multimask_output=box_xy is None)
+        masks = processor.post_process_masks(out.pred_masks.cpu(), inputs["original_sizes"],
+                                             inputs["reshaped_input_sizes"])
+        return masks[0][0, int(out.iou_scores[0, 0].argmax())].cpu().numpy()
+
+    def first_mask(predictor, image):
+        predictor.set_image(image, contrast_limits=limits)
+        return predictor.predict(points=[click]).best_masks()[0]
+
+    def reference_propagation(first, count):  # forward from the start slice, then backward, as ours
+        done, previous = 0, first
+        for index in [*range(start + 1, len(volume)), *range(start - 1, -1, -1)][:count]:
+            previous = first if index == start - 1 else previous
+            row0, col0, row1, col1 = _box(previous)
+            previous = reference_call(volume[index], interior_points(previous)[:, ::-1].tolist(),
+                                      [col0, row0, col1, row1])
+            done += 1
+            if not previous.any():
+                break
+        return done
+
+    predictor = Predictor(model, geometry, device, name="benchmark")
+    first_mask(predictor, volume[0])  # warm-up: first runs pay for allocations and kernel selection
+    reference_call(volume[0], [list(click[::-1])])
+    ours_first = measured(device, first_mask, predictor, volume[start])[0]
+    reference_first = measured(device, reference_call, volume[start], [list(click[::-1])])[0]
+    print(f"SAM-1 time to first mask on a new slice: ours ({args.dtype}) {span(ours_first)}, "
+          f"transformers (fp32) {span(reference_first)}, ratio {reference_first / ours_first:5.2f} x")
+
+    calls = []
+    fresh = Predictor(model, geometry, device, name="benchmark-propagation")  # empty embedding cache
+    seconds, rss, gpu, result = measured(
+        device, propagate, fresh, volume, start, 0, cell, contrast_limits=limits, score_threshold=-1e9,
+        iou_threshold=0.0, min_area=1, use_mask_input=args.mask_input,
+        progress=lambda done, total: calls.append(done))
+    slices = len(calls)  # slices encoded: one call per slice after the start one, and a last one
+    reached = result.stop - result.start + 1
+    ours = seconds / slices
+    print(f"SAM-1 propagation per slice: ours {span(ours)} ({slices} slices, {reached} kept, "
+          f"mask input {'on' if args.mask_input else 'off'}, {memory(rss, gpu)})")
+    ref_seconds, ref_rss, ref_gpu, done = measured(device, reference_propagation, cell,
+                                                   min(args.reference_slices, len(volume) - 1))
+    reference = ref_seconds / max(done, 1)
+    print(f"SAM-1 propagation per slice: transformers, one documented call per slice {span(reference)} "
+          f"({done} slices, {memory(ref_rss, ref_gpu)})")
+    print(f"SAM-1 propagation ratio per slice (transformers / ours): {reference / ours:5.2f} x")
+
+
+def sam2(args, volume, start, click, device) -> None:
+    model = (hiera_tiny_model() if args.sam2 == "hiera-tiny" else random_video_model())
+    model = model.to(device=device, dtype=resolve_dtype(args.dtype))
+    geometry, shape = video_geometry(model.config), volume.shape[1:]
+    limits = default_contrast_limits(volume, False)  # what propagate_video uses; given to both sides
+    size = geometry.image_size
+
+    def ours():
+        stamps = [time.perf_counter()]
+        result = propagate_video(model, volume, start, 0, points=[click], contrast_limits=limits, score_threshold=0.0,
+                                 min_area=0, on_slice=lambda index, mask, score: stamps.append(time.perf_counter()))
+        return stamps, result
+
+    def reference():
+        stamps, masks = [time.perf_counter()], {}
+        session = Sam2VideoInferenceSession(
+            video=torch.stack([frame_pixels(image, geometry, limits, False, device) for image in volume]),
+            video_height=shape[0], video_width=shape[1], inference_device=device, inference_state_device=device,
+            video_storage_device=device, dtype=model.dtype)
+        session.add_point_inputs(session.obj_id_to_idx(1), start, {
+            "point_coords": torch.tensor([[[[click[1] * size[1] / shape[1], click[0] * size[0] / shape[0]]]]]),
+            "point_labels": torch.ones((1, 1, 1), dtype=torch.int32)})
+        session.obj_with_new_inputs = [1]
+        for reverse in (False, True):  # each pass yields the start frame (the reverse one from the cache)
+            for output in model.propagate_in_video_iterator(session, start_frame_idx=start, reverse=reverse):
+                if output.frame_idx not in masks:
+                    logits = F.interpolate(output.pred_masks[:1, :1].float(), size=shape, mode="bilinear",
+                                           align_corners=False)
+                    masks[output.frame_idx] = (logits[0, 0] > 0).cpu().numpy()
+                    stamps.append(time.perf_counter())
+        return stamps, masks
+
+    name = "SAM2.1 hiera-tiny" if args.sam2 == "hiera-tiny" else "SAM2 test-size"
+    propagate_video(model, volume[start:start + 1], 0, 0, points=[click])  # warm-up, one frame
+    per_slice = {}
+    for label, function in (("ours", ours), ("transformers", reference)):
+        seconds, rss, gpu, (stamps, _) = measured(device, function)
+        first, rest = stamps[1] - stamps[0], (stamps[-1] - stamps[1]) / max(len(stamps) - 2, 1)
+        per_slice[label] = rest
+        print(f"{name} video, {label:12s}: first mask {span(first)}, then {span(rest)} per slice "
+              f"({len(stamps) - 1} slices, {span(seconds)} in all, {memory(rss, gpu)})")
+    ratio = per_slice["transformers"] / per_slice["ours"]
+    print(f"{name} video ratio per slice (transformers / ours): {ratio:5.2f} x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slices", type=int, default=64, help="slices in the z-stack")
+    parser.add_argument("--size", type=int, default=512, help="slice side in pixels")
+    parser.add_argument("--image-size", type=int, default=1024, help="SAM-1 model input size (ViT-B: 1024)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="our SAM-1 weights' dtype, and the video model's (both sides)")
+    parser.add_argument("--sam1", default="vit-b", choices=["vit-b", "none"])
+    parser.add_argument("--sam2", default="hiera-tiny", choices=["hiera-tiny", "test", "none"],
+                        help="test: the tests' ~1 M-parameter video config with a 64-pixel input, for quick runs")
+    parser.add_argument("--reference-slices", type=int, default=3, help="slices the naive SAM-1 reference runs")
+    parser.add_argument("--mask-input", action=argparse.BooleanOptionalAction, default=True,
+                        help="ours: pass the previous slice's logits as mask_input")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    volume, labels = synthetic_cells((args.slices, args.size, args.size), seed=1, ndim=3,
+                                     radius_range=(args.size / 40, args.size / 12))
+    start = args.slices // 2
+    cell = np.bincount(labels[start].ravel())[1:].argmax() + 1
+    rows, cols = np.nonzero(labels[start] == cell)
+    click = (float(rows.mean()), float(cols.mean()))
+    print(f"stack {args.slices} x {args.size} x {args.size} uint16, start slice {start}, click "
+          f"({click[0]:.0f}, {click[1]:.0f}); SAM-1 {args.sam1} input {args.image_size}, SAM2 {args.sam2}; "
+          f"random weights; {args.dtype}; device {device}, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}")
+    print("random weights: the masks mean nothing, so every stopping rule is off and all slices are propagated")
+    if args.sam1 != "none":
+        sam1(args, volume, start, click, labels[start] == cell, device)
+    if args.sam2 != "none":
+        sam2(args, volume, start, click, device)
+
+
+if __name__ == "__main__":
+    main()
