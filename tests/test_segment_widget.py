@@ -505,3 +505,33 @@ def test_propagate_with_a_sam2_video_checkpoint(session, qtbot, tmp_path):
     assert len(planes) > 1  # the random model's object-score head is biased to "present"
     labels.undo()
     assert not labels.data.any()
+
+
+def test_a_time_lapse_propagates_through_time_and_stop_options_apply(session, qtbot):
+    """A (t, y, x) time-lapse of a drifting cell propagates along t like a z-stack does; "stop below area" set
+    above the cell's size keeps the object on the clicked frame only."""
+    image, labels = synthetic_cells((160, 200), seed=777_023)
+    frames = np.stack([np.roll(image, 3 * t, axis=1) for t in range(9)])  # drifts 3 px per frame
+    truth = np.stack([np.roll(labels, 3 * t, axis=1) for t in range(9)])
+    viewer, _, widget = session(frames)
+    viewer.dims.axis_labels = ("t", "y", "x")
+    cell = big_cells(labels, 1)[0]
+    viewer.dims.set_point(0, 4)
+    settle(qtbot, widget)
+    widget.points_picker.value.add(np.r_[4, cell_point(truth[4], cell)])
+    settle(qtbot, widget)
+    widget.propagate()
+    qtbot.waitUntil(lambda: widget.propagated_id is not None and not widget.busy, timeout=120_000)
+    obj = widget.labels_picker.value.data == widget.propagated_id
+    assert obj.any(axis=(1, 2)).all()  # every frame
+    assert np.median([iou(obj[t], truth[t] == cell) for t in range(9)]) >= 0.75
+    widget.labels_picker.value.undo()
+    widget.propagated_id = None
+    viewer.dims.set_point(0, 4)
+    widget.points_picker.value.add(np.r_[4, cell_point(truth[4], cell)])
+    settle(qtbot, widget)
+    widget.stop_area.value = int((truth[4] == cell).sum()) * 4
+    widget.propagate()
+    qtbot.waitUntil(lambda: widget.propagated_id is not None and not widget.busy, timeout=120_000)
+    obj = widget.labels_picker.value.data == widget.propagated_id
+    assert np.nonzero(obj.any(axis=(1, 2)))[0].tolist() == [4]

@@ -81,7 +81,7 @@ def propagate(predictor: Predictor, volume: np.ndarray, start_index: int, axis: 
             them, the start slice's defaults are used).
         score_threshold: stop when the predicted IoU falls below it.
         iou_threshold: stop when the IoU with the previous slice's mask falls below it.
-        min_area: stop when the mask has fewer pixels.
+        min_area: stop when the mask has fewer pixels (the start slice's mask is kept whatever its size).
         n_points: positive points sampled inside the previous mask.
         use_mask_input: pass the previous slice's low-res logits as ``mask_input``.
         directions: -1 towards lower slice indices, 1 towards higher ones (both by default; one of them to
@@ -101,8 +101,8 @@ def propagate(predictor: Predictor, volume: np.ndarray, start_index: int, axis: 
         raise ValueError(f"first_mask has shape {first_mask.shape}, the slices {volume.shape[1:3]}.")
     if not directions or set(directions) - {-1, 1}:
         raise ValueError(f"directions must be -1, 1 or both, not {directions!r}.")
-    if first_mask.sum() < min_area:
-        raise ValueError("first_mask is empty (or smaller than min_area): segment the object first.")
+    if not first_mask.any():
+        raise ValueError("first_mask is empty: segment the object first.")
     if contrast_limits is None:
         contrast_limits = default_contrast_limits(volume[start_index], has_channels)
     masks = np.zeros(volume.shape[:3], dtype=bool)

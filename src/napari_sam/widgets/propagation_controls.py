@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, PushButton
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton, SpinBox
 from napari.utils.notifications import show_error, show_info
 
 from ..bridge.labels_writer import commit_object, object_under, replace_object
@@ -48,10 +48,21 @@ class PropagationControls:
             text="re-propagate into the object under the prompts", value=True,
             tooltip="When the previewed mask lies mostly on an existing object, propagating replaces that object "
                     "from this plane on (away from where it was first propagated) instead of adding a new one.")
+        self.stop_score = FloatSpinBox(
+            label="stop below score", value=0.6, min=0.0, max=1.0, step=0.05,
+            tooltip="Stop in a direction at the first slice whose score is below this: the predicted IoU (prompt "
+                    "model) or the object score (SAM2 video checkpoints).")
+        self.stop_overlap = FloatSpinBox(
+            label="stop below overlap", value=0.3, min=0.0, max=1.0, step=0.05,
+            tooltip="Prompt model: stop at the first slice whose mask overlaps the previous slice's less than "
+                    "this (IoU): the object changed too much, or the prompt jumped to a neighbour.")
+        self.stop_area = SpinBox(
+            label="stop below area (px)", value=10, min=0, max=1 << 30,
+            tooltip="Stop at the first slice whose mask has fewer pixels: the object has ended.")
         self.propagate_button = PushButton(text="Propagate through the stack (P)")
         self.cancel_propagation_button = PushButton(text="Cancel propagation", enabled=False)
-        self.extend([self.video_model_picker, self.use_mask_input, self.correct_object, self.propagate_button,
-                     self.cancel_propagation_button])
+        self.extend([self.video_model_picker, self.use_mask_input, self.stop_score, self.stop_overlap,
+                     self.stop_area, self.correct_object, self.propagate_button, self.cancel_propagation_button])
         self.propagate_button.changed.connect(self.propagate)
         self.cancel_propagation_button.changed.connect(lambda: self._stop_propagation.set())
         self._stop_propagation = threading.Event()
@@ -77,12 +88,14 @@ class PropagationControls:
 
         limits, video_name = tuple(image.contrast_limits), self.video_model_picker.native.currentText().strip()
         options = dict(contrast_limits=limits, rgb=image.rgb, directions=directions,
+                       score_threshold=self.stop_score.value, min_area=self.stop_area.value,
                        cancel=self._stop_propagation.is_set)
+        overlap, mask_input = self.stop_overlap.value, self.use_mask_input.value
 
         def work(report):
             if not video_name or video_name == PROMPT_MODEL:
-                return propagate(predictor, volume, index[axis], 0, first, use_mask_input=self.use_mask_input.value,
-                                 progress=report, **options)
+                return propagate(predictor, volume, index[axis], 0, first, use_mask_input=mask_input,
+                                 iou_threshold=overlap, progress=report, **options)
             model, geometry = self._load_video_model(video_name, predictor.device)
             return propagate_video(model, volume, index[axis], 0, mask=first, geometry=geometry, progress=report,
                                    **options)
