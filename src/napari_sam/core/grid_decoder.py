@@ -30,6 +30,10 @@ import torch
 import torch.nn.functional as F
 
 
+#: Bytes of upscaling work done at once (SAM ViT-B at 1024: one prompt at a time).
+UPSCALE_BYTES = 4 << 20
+
+
 @dataclass
 class PreparedImage:
     """The prompt-independent part of the decoder for one image embedding, in the model's dtype. N = e² image
@@ -215,7 +219,13 @@ class GridDecoder:
             kept = torch.nonzero((scores > min_score).any(dim=1)).flatten()
         hyper = torch.stack([_feed_forward(decoder.output_hypernetworks_mlps[i], queries[kept, i + 1])
                              for i in range(1, self.mask_tokens)], dim=-1)  # (K, C / 8, 3)
-        return self._upscale(keys[kept], hyper), scores, kept
+        # a few prompts at a time: their upscaled tensors (~2 x the image tokens) stay in the CPU's caches
+        group = max(1, UPSCALE_BYTES // (2 * keys[0].numel() * keys.element_size()))
+        keys = keys[kept]
+        if len(kept) <= group:
+            return self._upscale(keys, hyper), scores, kept
+        return torch.cat([self._upscale(keys[i: i + group], hyper[i: i + group])
+                          for i in range(0, len(kept), group)]), scores, kept
 
     def _upscale(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """Mask logits (K, 3, 4e, 4e) float32 from the final image tokens (K, N, C) and the hypernetwork outputs
