@@ -113,6 +113,15 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | None =
     return named[str(dtype)]
 
 
+def resolve_load_arguments(name_or_path, device, dtype, example: str) -> tuple[str, torch.device, torch.dtype]:
+    """(checkpoint, device, dtype) resolved for loading; ``example`` is a hub id named when no checkpoint is given."""
+    name = resolve_checkpoint(name_or_path)
+    if not name:
+        raise ModelLoadError(f"No checkpoint given: pass a hub id such as {example!r} or a folder.")
+    resolved_device = resolve_device(device)
+    return name, resolved_device, resolve_dtype(dtype, resolved_device)
+
+
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
     """The folder of a bundled checkpoint called ``name_or_path``, else ``name_or_path`` unchanged.
 
@@ -210,11 +219,7 @@ def load_sam(name_or_path: str | os.PathLike, device: str | torch.device | None 
     """
     from transformers import SamConfig, SamModel
 
-    name = resolve_checkpoint(name_or_path)
-    if not name:
-        raise ModelLoadError("No SAM checkpoint given: pass a hub id such as 'facebook/sam-vit-base' or a folder.")
-    resolved_device = resolve_device(device)
-    resolved_dtype = resolve_dtype(dtype, resolved_device)
+    name, resolved_device, resolved_dtype = resolve_load_arguments(name_or_path, device, dtype, DEFAULT_CHECKPOINT)
     try:
         config = SamConfig.from_pretrained(name)
         if getattr(config, "model_type", None) != "sam":

@@ -117,13 +117,10 @@ def load_video_model(name_or_path: str | os.PathLike, device: str | torch.device
     and the resolved ``torch.device``. Raises ModelLoadError when the checkpoint is missing or unreadable, not
     SAM2-family, or lacks the video weights.
     """
-    from .model_loading import ModelLoadError, _load_error, resolve_checkpoint, resolve_device, resolve_dtype
+    from .model_loading import ModelLoadError, _load_error, resolve_load_arguments
 
-    name = resolve_checkpoint(name_or_path)
-    if not name:
-        raise ModelLoadError("No checkpoint given: pass a hub id such as 'facebook/sam2.1-hiera-tiny' or a folder.")
-    resolved_device = resolve_device(device)
-    resolved_dtype = resolve_dtype(dtype, resolved_device)
+    name, resolved_device, resolved_dtype = resolve_load_arguments(name_or_path, device, dtype,
+                                                                   "facebook/sam2.1-hiera-tiny")
     try:
         import transformers
 
