@@ -156,6 +156,9 @@ class PropagationControls:
         except (ValueError, IndexError) as error:
             show_error(f"Could not write into {labels.name!r}: {error}")
             return
-        verb = "now spans" if target is not None else "spans"
-        self._show(f"Object {self.propagated_id} {verb} planes {result.start}..{result.stop}.")
+        if target is None:
+            self._show(f"Object {self.propagated_id} spans planes {result.start}..{result.stop}.")
+        else:
+            self._show(f"Object {target} re-propagated from plane {index[axis]}: planes {result.start}..{result.stop} "
+                       "rewritten.")
         self.clear_prompts()
