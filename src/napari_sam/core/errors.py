@@ -1,0 +1,15 @@
+"""The exceptions napari-sam raises on purpose, in one place."""
+
+from __future__ import annotations
+
+
+class ModelLoadError(RuntimeError):
+    """A checkpoint could not be loaded; the message names it and says what to do."""
+
+
+class SegmentationCancelled(Exception):
+    """A long run (segment everything, propagation, refinement) was cancelled between two steps."""
+
+
+class LabelsFullError(ValueError):
+    """A labels array's dtype cannot hold the new object ids; the message names the dtype and the largest id."""

@@ -1,0 +1,260 @@
+"""Settings of segment everything, propagation and refinement: frozen dataclasses holding each field's default,
+limits and help, in one place.
+
+The widgets' controls (and the command line) are generated from these classes; the core functions take them.
+Each class checks its values when it is made, so a bad value raises a ``ValueError`` that names the field::
+
+    settings = EverythingSettings(points_per_side=16)
+    settings.replace(pred_iou_thresh=0.7)          # a new, checked object
+    EverythingSettings.from_dict({"points_per_side": 0})   # ValueError: points_per_side must be ...
+
+A checkpoint may recommend its own settings (:class:`Recommendations`, read from ``napari_sam.json`` in its
+folder); they replace the defaults where that checkpoint is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelLoadError
+
+#: The file in a checkpoint folder that holds the settings it recommends.
+RECOMMENDATIONS_FILE = "napari_sam.json"
+
+
+def setting(default, low=None, high=None, help: str = "", *, advanced: bool = False, label: str | None = None,
+            step=None):
+    """A dataclass field with its limits (inclusive), help text, whether it is an advanced setting, its short
+    label in a widget, and the step of a spin box."""
+    return field(default=default, metadata={"low": low, "high": high, "help": help, "advanced": advanced,
+                                            "label": label, "step": step})
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    """What a widget or a command line needs to know about one setting."""
+
+    name: str
+    kind: type
+    default: Any
+    low: Any
+    high: Any
+    help: str
+    advanced: bool
+    label: str
+    step: Any
+
+
+def _coerce(name: str, kind: type, value, low, high):
+    """``value`` as ``kind`` within [low, high], or a ValueError naming ``name``."""
+    limits = f" from {low} to {high}" if low is not None and high is not None else ""
+    if kind is bool:
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        raise ValueError(f"{name} must be True or False, got {value!r}.")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number{limits}, got {value!r}.")
+    if kind is int:
+        if not float(value).is_integer():
+            raise ValueError(f"{name} must be a whole number{limits}, got {value!r}.")
+        value = int(value)
+    else:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number{limits}, got {value!r}.")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must be{limits or ' within its limits'}, got {value!r}.")
+    return value
+
+
+class _Settings:
+    """Checking, listing and copying for the settings dataclasses below."""
+
+    def __post_init__(self):
+        for info in self.fields():
+            value = _coerce(info.name, info.kind, getattr(self, info.name), info.low, info.high)
+            object.__setattr__(self, info.name, value)
+        self._check()
+
+    def _check(self) -> None:
+        """Checks that involve several fields (override)."""
+
+    @classmethod
+    def fields(cls) -> list[SettingInfo]:
+        """Every setting, in declaration order."""
+        hints = typing.get_type_hints(cls)
+        return [SettingInfo(name=f.name, kind=hints[f.name], default=f.default, low=f.metadata["low"],
+                            high=f.metadata["high"], help=f.metadata["help"], advanced=f.metadata["advanced"],
+                            label=f.metadata["label"] or f.name.replace("_", " "), step=f.metadata["step"])
+                for f in dataclasses.fields(cls)]
+
+    def replace(self, **changes):
+        """A checked copy with ``changes``; unknown names raise ValueError listing the known ones."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"Unknown {type(self).__name__} setting(s) {sorted(unknown)}; the settings are "
+                             f"{[f.name for f in dataclasses.fields(self)]}.")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        """Defaults replaced by ``values`` (checked)."""
+        return cls().replace(**dict(values))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def changed(self) -> dict:
+        """The settings that differ from the class defaults."""
+        return {name: value for name, value in self.to_dict().items()
+                if value != getattr(type(self)(), name)}
+
+
+@dataclass(frozen=True)
+class EverythingSettings(_Settings):
+    """Segment everything (SAM's automatic mask generator); defaults are Meta's."""
+
+    points_per_side: int = setting(
+        32, 1, 256, "Grid of one-point prompts: points per side² per image (and per crop). More finds smaller "
+        "objects, and takes longer.", label="points per side")
+    pred_iou_thresh: float = setting(
+        0.88, 0.0, 1.0, "Keep masks whose predicted IoU (the model's estimate of its own quality) is above this. "
+        "0 turns this filter off.", label="min predicted IoU", step=0.01)
+    stability_score_thresh: float = setting(
+        0.95, 0.0, 1.0, "Keep masks that barely change when the logit threshold moves by the stability offset. "
+        "0 turns this filter off.", label="min stability", step=0.01)
+    min_mask_region_area: int = setting(
+        0, 0, 1 << 30, "Remove islands and fill holes smaller than this many pixels (0: off).",
+        label="min region (px)", step=10)
+    points_per_batch: int = setting(
+        64, 1, 4096, "Prompts decoded at once. Lower it to save memory; the result does not change.",
+        advanced=True, label="points per batch", step=8)
+    stability_score_offset: float = setting(
+        1.0, 0.0, 100.0, "How far the logit threshold moves to measure a mask's stability.", advanced=True,
+        label="stability offset", step=0.1)
+    box_nms_thresh: float = setting(
+        0.7, 0.0, 1.0, "Of two masks whose boxes overlap more than this (IoU), keep the better one.",
+        advanced=True, label="box overlap (NMS)", step=0.05)
+    crop_n_layers: int = setting(
+        0, 0, 4, "Extra layers of overlapping crops, each embedded again: finds small objects in large images, "
+        "slower.", advanced=True, label="crop layers")
+    crop_nms_thresh: float = setting(
+        0.7, 0.0, 1.0, "Box overlap (IoU) above which masks from different crops are duplicates.", advanced=True,
+        label="crop overlap (NMS)", step=0.05)
+    crop_overlap_ratio: float = setting(
+        512 / 1500, 0.0, 0.99, "How much neighbouring crops overlap, as a fraction of the image's short side.",
+        advanced=True, label="crop overlap ratio", step=0.05)
+    crop_n_points_downscale_factor: int = setting(
+        1, 1, 64, "Each crop layer's grid has this many times fewer points per side than the layer above.",
+        advanced=True, label="crop points divisor")
+    prefer_smaller_crops: bool = setting(
+        True, help="Of duplicates across crops keep the one from the smaller crop, as Meta's generator does; "
+        "unticked, keep the higher predicted IoU, as transformers' pipeline does.", advanced=True,
+        label="prefer smaller crops")
+
+    def _check(self) -> None:
+        for layer in range(self.crop_n_layers + 1):
+            if self.points_per_side // self.crop_n_points_downscale_factor**layer < 1:
+                raise ValueError(
+                    f"crop layer {layer} would have no points: points_per_side ({self.points_per_side}) divided "
+                    f"by crop_n_points_downscale_factor^{layer} ({self.crop_n_points_downscale_factor**layer}) "
+                    "is below 1. Lower the factor or the crop layers, or raise points_per_side.")
+
+    def grid_sides(self) -> list[int]:
+        """Points per side of each crop layer's grid."""
+        return [self.points_per_side // self.crop_n_points_downscale_factor**layer
+                for layer in range(self.crop_n_layers + 1)]
+
+
+@dataclass(frozen=True)
+class PropagationSettings(_Settings):
+    """Propagating one object through a stack, with a SAM checkpoint or a SAM2-family video checkpoint.
+
+    A direction stops at the first slice whose score, overlap with the previous slice or area falls below these;
+    the start slice's mask is kept whatever its size.
+    """
+
+    score_threshold: float = setting(
+        0.5, 0.0, 1.0, "Stop at the first slice whose score is below this: the predicted IoU (SAM) or the object "
+        "score (SAM2-family video checkpoints).", label="stop below score", step=0.05)
+    iou_threshold: float = setting(
+        0.3, 0.0, 1.0, "Stop at the first slice whose mask overlaps the previous slice's less than this (IoU): the "
+        "object changed too much, or the prompt jumped to a neighbour.", label="stop below overlap", step=0.05)
+    min_area: int = setting(
+        10, 0, 1 << 30, "Stop at the first slice whose mask has fewer pixels: the object has ended.",
+        label="stop below area (px)")
+    n_points: int = setting(
+        3, 0, 16, "SAM: positive points placed deep inside the previous slice's mask, with its box, as the next "
+        "slice's prompt.", advanced=True, label="points per slice")
+    use_mask_input: bool = setting(
+        False, help="SAM: also prompt each slice with the previous slice's mask (helps checkpoints trained with "
+        "mask prompts, such as Meta's SAM).", advanced=True, label="prompt with the previous mask")
+
+
+@dataclass(frozen=True)
+class RefineSettings(_Settings):
+    """Refining existing objects with SAM: each object's box, and optionally its mask, is the prompt."""
+
+    use_mask_input: bool = setting(
+        True, help="Prompt with the object's mask as well as its box (for checkpoints trained with mask prompts, "
+        "such as Meta's SAM); unticked, the box alone.", label="prompt with the object's mask")
+
+
+#: The settings classes by their key in a checkpoint's ``napari_sam.json``.
+SECTIONS = {"segment_everything": EverythingSettings, "propagation": PropagationSettings,
+            "refine": RefineSettings}
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """The settings a checkpoint recommends (the class defaults where it recommends nothing).
+
+    Attributes:
+        everything, propagation, refine: the settings in effect for that checkpoint.
+        source: where they come from: the recommendations file's checkpoint, or ``"defaults"``.
+    """
+
+    everything: EverythingSettings = field(default_factory=EverythingSettings)
+    propagation: PropagationSettings = field(default_factory=PropagationSettings)
+    refine: RefineSettings = field(default_factory=RefineSettings)
+    source: str = "defaults"
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str) -> Recommendations:
+        """Recommendations from a ``napari_sam.json`` dict: sections named as in :data:`SECTIONS`."""
+        if not isinstance(values, dict):
+            raise ValueError(f"must hold a JSON object with the sections {sorted(SECTIONS)}.")
+        unknown = set(values) - set(SECTIONS)
+        if unknown:
+            raise ValueError(f"unknown section(s) {sorted(unknown)}; the sections are {sorted(SECTIONS)}.")
+        parts = {key: SECTIONS[key].from_dict(values.get(key, {})) for key in SECTIONS}
+        return cls(everything=parts["segment_everything"], propagation=parts["propagation"],
+                   refine=parts["refine"], source=source)
+
+
+def read_recommendations(folder_or_id: str) -> Recommendations:
+    """The settings a checkpoint recommends, from ``napari_sam.json`` in its folder (or hub repository).
+
+    Raises:
+        ModelLoadError: the file exists but is not valid JSON or holds unknown or invalid settings.
+    """
+    import json
+
+    from .model_loading import _read_json
+
+    try:
+        values = _read_json(folder_or_id, RECOMMENDATIONS_FILE)
+    except (ValueError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"{RECOMMENDATIONS_FILE} of {folder_or_id!r} is not valid JSON: {error}") from error
+    if values is None:
+        return Recommendations()
+    try:
+        return Recommendations.from_dict(values, source=str(folder_or_id))
+    except ValueError as error:
+        raise ModelLoadError(f"{RECOMMENDATIONS_FILE} of {folder_or_id!r}: {error}") from error
