@@ -5,7 +5,6 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from napari_sam.core.random_weights import random_sam, tiny_sam_config  # noqa: E402
@@ -36,16 +35,36 @@ def tiny_checkpoint(tiny_checkpoints):
     return tiny_checkpoints[64]
 
 
-def blob_image(shape, seed: int = 0, n_blobs: int = 12) -> np.ndarray:
-    """Smooth float image in [0, 1] of ``shape`` (H, W): Gaussian blobs of varied size over a gradient."""
-    rng = np.random.default_rng(seed)
-    height, width = shape
-    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
-    image = 0.2 * rows / height + 0.1 * cols / width
-    for _ in range(n_blobs):
-        r, c = rng.uniform(0, height), rng.uniform(0, width)
-        sigma = rng.uniform(0.04, 0.15) * min(height, width)
-        image += rng.uniform(0.3, 1.0) * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * sigma**2))
-    image += rng.normal(0, 0.01, shape)
-    image -= image.min()
-    return (image / image.max()).astype(np.float32)
+@pytest.fixture()
+def notifications():
+    """The napari notifications dispatched during the test."""
+    from napari.utils import notifications as napari_notifications
+
+    manager = napari_notifications.notification_manager  # looked up late: napari's fixtures may replace it
+    before = len(manager.records)
+    return lambda: manager.records[before:]
+
+
+@pytest.fixture()
+def session(make_napari_viewer, qtbot):
+    """Start a viewer with the "Segment Anything" dock and tiny-cells loaded; yields a function that opens an
+    image and returns (viewer, image layer, dock)."""
+    from helpers import settle
+
+    docks = []
+
+    def start(image, show=False, **layer_kwargs):
+        viewer = make_napari_viewer(show=show)
+        layer = viewer.add_image(image, name="image", **layer_kwargs)
+        _, widget = viewer.window.add_plugin_dock_widget("napari-sam", "Segment Anything")
+        docks.append(widget)
+        widget.model_picker.native.setCurrentText("tiny-cells")
+        widget.load_model()
+        qtbot.waitUntil(lambda: widget.predictor is not None and widget.points_picker.value is not None,
+                        timeout=60_000)
+        settle(qtbot, widget)
+        return viewer, layer, widget
+
+    yield start
+    for widget in docks:
+        qtbot.waitUntil(lambda w=widget: not w.busy, timeout=60_000)

@@ -8,11 +8,12 @@ swapped to (x, y). Bounds: at most 0.5% of mask pixels disagree, scores within 1
 import numpy as np
 import pytest
 import torch
-from conftest import blob_image
 from transformers import SamModel, SamProcessor
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
 from napari_sam import Predictor
+
+from helpers import blob_image, processor_inputs
 
 SHAPES = [(37, 91), (300, 700), (700, 300)]
 KINDS = ["rgb_uint8", "gray_uint8", "rgba_uint8", "gray_uint16", "float_nan"]
@@ -74,16 +75,9 @@ class Reference:
 
     @torch.no_grad()
     def __call__(self, image, points=None, labels=None, boxes=None, mask_input=None):
-        kwargs = {}
-        if points is not None:
-            kwargs["input_points"] = [[[[c, r] for r, c in points]]]
-            kwargs["input_labels"] = [[labels]]
-        if boxes is not None:
-            kwargs["input_boxes"] = [[[c0, r0, c1, r1] for r0, c0, r1, c1 in boxes]]
-        inputs = self.processor(images=image, return_tensors="pt", **kwargs)
-        if "input_points" in inputs:
-            inputs["input_points"] = inputs["input_points"].float()
-        out = self.model(pixel_values=inputs["pixel_values"], input_points=inputs.get("input_points"),
+        inputs = processor_inputs(self.processor, image, points, labels, boxes)
+        pixels = inputs["pixel_values"].float()  # uint8 when the processor neither rescales nor normalises
+        out = self.model(pixel_values=pixels, input_points=inputs.get("input_points"),
                          input_labels=inputs.get("input_labels"), input_boxes=inputs.get("input_boxes"),
                          input_masks=mask_input, multimask_output=True)
         masks = self.processor.post_process_masks(out.pred_masks, inputs["original_sizes"],

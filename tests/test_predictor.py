@@ -6,10 +6,12 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import blob_image, save_tiny_checkpoint
 
 from napari_sam import EmbeddingCache, ModelLoadError, Predictor
 from napari_sam.core.image_preparation import display_rgb
+
+from conftest import save_tiny_checkpoint
+from helpers import blob_image
 
 
 @pytest.fixture()
@@ -53,7 +55,7 @@ def test_complex_and_all_nan_images_are_refused(predictor):
         predictor.set_image(np.full((10, 10), np.nan, dtype=np.float32))
 
 
-@pytest.mark.parametrize("limits", [(5, 5), (10, 2), (0, np.inf), (1, 2, 3)])
+@pytest.mark.parametrize("limits", [(5, 5), (10, 2), (0, np.inf), (1, 2, 3), 5, "ab", (None, 3)])
 def test_bad_contrast_limits_are_refused(predictor, image, limits):
     with pytest.raises(ValueError, match="contrast_limits"):
         predictor.set_image(image, contrast_limits=limits)
@@ -239,9 +241,12 @@ def test_geometry_comes_from_the_checkpoint(tiny_checkpoints, tmp_path):
     saved = json.loads((folder / "processor_config.json").read_text())
     assert Predictor.from_pretrained(folder, device="cpu").geometry.mean == tuple(
         saved["image_processor"]["image_mean"])
-    # the older layout, as on the hub: preprocessor_config.json
+    # the older layout, as on the hub: preprocessor_config.json (transformers reads processor_config.json first)
     config = dict(saved["image_processor"], image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25])
     (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    assert Predictor.from_pretrained(folder, device="cpu").geometry.mean == tuple(
+        saved["image_processor"]["image_mean"])
+    (folder / "processor_config.json").unlink()
     geometry = Predictor.from_pretrained(folder, device="cpu").geometry
     assert geometry.mean == (0.5, 0.5, 0.5) and geometry.std == (0.25, 0.25, 0.25)
     config["pad_size"] = {"height": 32, "width": 32}

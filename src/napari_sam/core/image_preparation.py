@@ -5,9 +5,10 @@ Two steps, both in torch on the model's device (no torchvision, no PIL):
 1. :func:`display_rgb`: the image as napari shows it, as float32 RGB in [0, 1], shape (3, H, W). Intensities go
    through the contrast limits (or, without them, robust percentiles); gray is repeated to three channels; RGBA
    is composited onto white (as transformers' ``convert_to_rgb`` does); NaN becomes the low end, +inf the high.
-2. :func:`model_input`: take 8-bit levels, resize the longest side to the checkpoint's ``longest_edge`` exactly
-   as PIL's antialiased bilinear does (two passes, rounding after each), normalise with its mean/std, zero-pad
-   bottom/right to its ``pad_size``. Shape (1, 3, pad_h, pad_w).
+2. :func:`model_input`: transformers' SAM image processor on the 8-bit levels the screen shows: resize the longest
+   side to the checkpoint's ``longest_edge`` with its PIL filter, level for level as Pillow does
+   (:mod:`napari_sam.core.resampling`), rescale, normalise with its mean/std, zero-pad bottom/right to its
+   ``pad_size``, each as its preprocessor config says. Shape (1, 3, pad_h, pad_w).
 
 Arrays are indexed (row, col[, channel]) throughout, like numpy and napari.
 """
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .model_loading import ModelGeometry
+from .resampling import pil_resize
 
 #: Percentiles used to normalise an image that comes without contrast limits (uint8 uses its full range).
 ROBUST_PERCENTILES = (0.5, 99.5)
@@ -60,7 +62,12 @@ def image_layout(image: np.ndarray, rgb: bool | None = None) -> bool:
 def default_contrast_limits(image: np.ndarray, rgb: bool) -> tuple[float, float]:
     """Contrast limits used when none are given: uint8 keeps 0..255, anything else the robust percentiles.
 
-    Only finite values count. Raises ValueError when the image has none.
+    Only finite values count. The result always has ``low < high``, so it can be passed on as explicit limits: where
+    the percentiles coincide (a flat image, e.g. every pixel 1000) it is ``(v, v + 1)``, or ``v`` and the next
+    larger float where ``v + 1`` rounds to ``v``, which shows the image black, as :func:`display_rgb` does.
+
+    Raises:
+        ValueError: the image has no finite values.
     """
     values = image[..., :3] if rgb else image
     if values.dtype == np.uint8:
@@ -69,8 +76,35 @@ def default_contrast_limits(image: np.ndarray, rgb: bool) -> tuple[float, float]
     if finite.size == 0:
         raise ValueError("The image has no finite values (all NaN or inf): there is nothing to segment.")
     sample = finite if finite.size <= 4_000_000 else finite[:: finite.size // 4_000_000 + 1]
-    low, high = np.percentile(sample, ROBUST_PERCENTILES)
-    return float(low), float(high)
+    low, high = (float(v) for v in np.percentile(sample, ROBUST_PERCENTILES))
+    if high > low:
+        return low, high
+    with np.errstate(over="ignore"):
+        high = low + 1.0 if low + 1.0 > low else float(np.nextafter(low, np.inf))
+    if not np.isfinite(high):  # the largest float: make room below instead
+        low, high = float(np.nextafter(low, -np.inf)), low
+    return low, high
+
+
+def check_contrast_limits(contrast_limits) -> tuple[float, float]:
+    """``contrast_limits`` as ``(low, high)`` floats.
+
+    Raises:
+        ValueError: naming ``contrast_limits``, unless it is two finite numbers with ``low < high`` (a scalar, a
+            string, three values, None inside, NaN or inf are refused).
+    """
+    message = f"contrast_limits must be two numbers (low, high), got {contrast_limits!r}."
+    if isinstance(contrast_limits, (str, bytes, dict)):
+        raise ValueError(message)
+    try:
+        if np.ndim(contrast_limits) != 1:
+            raise ValueError(message)
+        low, high = (float(v) for v in contrast_limits)
+    except (TypeError, ValueError) as error:
+        raise ValueError(message) from error
+    if not (np.isfinite(low) and np.isfinite(high)) or high <= low:
+        raise ValueError(f"contrast_limits must be finite with low < high, got ({low}, {high}).")
+    return low, high
 
 
 def _alpha_range(dtype: np.dtype) -> float:
@@ -90,24 +124,22 @@ def display_rgb(
     Args:
         image: (H, W), (H, W, 3) or (H, W, 4) array of any integer or float dtype; NaN and inf allowed.
         contrast_limits: (low, high) mapped to 0 and 1 (values outside are clipped); for RGB(A) they apply to
-            the colour channels alike. None: uint8 keeps 0..255, other dtypes use :data:`ROBUST_PERCENTILES`.
+            the colour channels alike. None: :func:`default_contrast_limits` (uint8 keeps 0..255, other dtypes
+            use :data:`ROBUST_PERCENTILES`; a flat image shows black).
         rgb: whether the last axis holds colour channels; None guesses from the shape.
         device: where the result is computed.
 
     Raises:
-        ValueError: for unsupported dtypes or shapes, limits with ``high <= low``, or no finite values.
+        ValueError: for unsupported dtypes or shapes, malformed limits (see :func:`check_contrast_limits`), or no
+            finite values.
     """
     image = np.asarray(image)
     has_channels = image_layout(image, rgb)
     if contrast_limits is None:
         low, high = default_contrast_limits(image, has_channels)
     else:
-        if len(contrast_limits) != 2:
-            raise ValueError(f"contrast_limits must be (low, high), got {contrast_limits!r}.")
-        low, high = (float(v) for v in contrast_limits)
-        if not (np.isfinite(low) and np.isfinite(high)) or high <= low:
-            raise ValueError(f"contrast_limits must be finite with low < high, got ({low}, {high}).")
-    span = high - low if high > low else 1.0  # a flat image maps to 0
+        low, high = check_contrast_limits(contrast_limits)
+    span = high - low
 
     native = image.astype(image.dtype.newbyteorder("="), copy=False)
     data = torch.from_numpy(np.ascontiguousarray(native)).to(device)
@@ -129,41 +161,53 @@ def display_rgb(
 
 
 def resized_shape(original_size: tuple[int, int], longest_edge: int) -> tuple[int, int]:
-    """(height, width) after scaling the longest side to ``longest_edge``, rounded like SAM's ResizeLongestSide."""
+    """(height, width) after scaling the longest side to ``longest_edge``, rounded like SAM's ResizeLongestSide
+    (``int(side * scale + 0.5)``).
+
+    A side is at least 1 pixel: an image thinner than one model pixel after scaling (1 x 513 into a 256-pixel
+    input, 2 x 1025) becomes one row or column, where transformers' processor would ask Pillow for an empty image.
+    """
     height, width = original_size
     scale = longest_edge / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
-
-
-def _resize_axis(levels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Antialiased bilinear resize of (1, 3, H, W) 8-bit levels, rounded half up to whole levels."""
-    if tuple(levels.shape[-2:]) == size:
-        return levels
-    resized = F.interpolate(levels, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return resized.add_(0.5).floor_().clamp_(0.0, 255.0)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def model_input(rgb01: torch.Tensor, geometry: ModelGeometry, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """SAM's pixel values from a (3, H, W) float RGB image in [0, 1].
+    """SAM's pixel values from a (3, H, W) float RGB image in [0, 1], as transformers' SAM image processor makes
+    them from the 8-bit image the screen shows.
 
-    The image is taken as 8-bit levels, as the screen shows it and as SAM was trained. Its longest side is
-    resized to ``geometry.longest_edge`` by Pillow's method, as transformers' reference processor does:
-    antialiased bilinear, one axis after the other in Pillow's order, rounding to whole levels after each pass.
-    Then it is normalised with ``geometry.mean``/``std`` and zero-padded bottom/right to ``geometry.pad_size``.
+    1. The image is taken as 8-bit levels (``floor(255 * v + 0.5)``), as SAM was trained.
+    2. Its longest side is resized to ``geometry.longest_edge`` (:func:`resized_shape`) with the PIL filter
+       ``geometry.resample``, level for level as Pillow does (:func:`~napari_sam.core.resampling.pil_resize`).
+    3. Levels are multiplied by ``geometry.rescale_factor`` if ``geometry.do_rescale`` (1/255: values in [0, 1]).
+    4. They are normalised per channel with ``geometry.mean``/``std`` if ``geometry.do_normalize``.
+    5. The result is zero-padded bottom/right to ``geometry.pad_size``.
 
     Returns:
         Tensor of shape (1, 3, pad_h, pad_w) and dtype ``dtype``, on ``rgb01``'s device.
+
+    Raises:
+        ValueError: the checkpoint does not pad (``do_pad`` false) and the image does not resize to exactly
+            ``pad_size`` (only square images do).
     """
     height, width = rgb01.shape[-2:]
     new_h, new_w = resized_shape((height, width), geometry.longest_edge)
-    levels = (rgb01[None] * 255.0).add_(0.5).floor_()
-    if height > 2 * width and new_h < height:  # Pillow shrinks a tall image's height first
-        levels = _resize_axis(_resize_axis(levels, (new_h, width)), (new_h, new_w))
-    else:
-        levels = _resize_axis(_resize_axis(levels, (height, new_w)), (new_h, new_w))
-    mean = torch.tensor(geometry.mean, device=rgb01.device, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(geometry.std, device=rgb01.device, dtype=torch.float32).view(1, 3, 1, 1)
-    normalised = (levels / 255.0 - mean) / std
     pad_h, pad_w = geometry.pad_size
-    padded = F.pad(normalised, (0, pad_w - new_w, 0, pad_h - new_h), value=0.0)
+    if not geometry.do_pad and (new_h, new_w) != (pad_h, pad_w):
+        raise ValueError(
+            f"This checkpoint's preprocessor config sets do_pad to false, so its model takes only images that resize "
+            f"to exactly {pad_h}x{pad_w} (square ones); this image is {height}x{width} (resized {new_h}x{new_w})."
+        )
+    levels = (rgb01 * 255.0).add_(0.5).floor_().clamp_(0.0, 255.0).to(torch.uint8)
+    levels = pil_resize(levels, (new_h, new_w), geometry.resample)
+    if geometry.do_rescale:  # in float64, then float32, as transformers rescales: one table lookup per level
+        table = (np.arange(256, dtype=np.float64) * geometry.rescale_factor).astype(np.float32)
+        pixels = torch.from_numpy(table).to(levels.device)[levels.long()]
+    else:
+        pixels = levels.to(torch.float32)
+    if geometry.do_normalize:
+        mean = torch.tensor(geometry.mean, device=pixels.device, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(geometry.std, device=pixels.device, dtype=torch.float32).view(3, 1, 1)
+        pixels = (pixels - mean) / std
+    padded = F.pad(pixels[None], (0, pad_w - new_w, 0, pad_h - new_h), value=0.0)
     return padded.to(dtype)

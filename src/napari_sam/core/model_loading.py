@@ -5,7 +5,13 @@ A checkpoint is a Hugging Face hub id (``facebook/sam-vit-base``) or a local fol
 
 Everything the rest of the package needs to know about a checkpoint's input and output sizes is collected in
 :class:`ModelGeometry`, read from the checkpoint's ``config.json`` and, when present, its
-``preprocessor_config.json``. Nothing here assumes SAM's usual 1024-pixel input.
+``preprocessor_config.json`` (checked by :mod:`napari_sam.core.processor_config`: what napari-sam cannot
+reproduce as transformers' ``SamProcessor`` does is refused when loading). Nothing here assumes SAM's usual
+1024-pixel input.
+
+Loading fails loudly, with a :class:`ModelLoadError` naming the checkpoint: a JSON file that does not parse, a
+preprocessor config that cannot be honoured, and weights that do not fit the model (missing, unexpected or
+mis-shaped tensors, which transformers would otherwise fill with random values or drop silently).
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .errors import ModelLoadError
+from .processor_config import IMAGENET_MEAN, IMAGENET_STD, image_settings
 
 #: Checkpoints shipped inside the package, by name (folders under ``napari_sam/models``).
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -34,17 +43,26 @@ KNOWN_CHECKPOINTS: dict[str, str] = {
 DEFAULT_CHECKPOINT = "facebook/sam-vit-base"
 
 # ImageNet statistics: SAM's defaults when a checkpoint ships no preprocessor config.
-_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-_DEFAULT_STD = (0.229, 0.224, 0.225)
+_DEFAULT_MEAN = IMAGENET_MEAN
+_DEFAULT_STD = IMAGENET_STD
+
+#: How many of the offending weight names a loading error lists.
+_NAMED_KEYS = 5
 
 
-class ModelLoadError(RuntimeError):
-    """A checkpoint could not be loaded; the message names it and says what to do."""
+class MalformedCheckpointFile(ModelLoadError, ValueError):
+    """A checkpoint's JSON file does not parse (or is not a JSON object). It is a :class:`ModelLoadError` for
+    loaders and a ``ValueError`` for callers that treat an unreadable file as a bad value."""
 
 
 @dataclass(frozen=True)
 class ModelGeometry:
     """Sizes and normalisation of a SAM checkpoint.
+
+    The pixel pipeline (:func:`~napari_sam.core.image_preparation.model_input`) is transformers' SAM image
+    processor's: 8-bit levels, resized by Pillow's filter ``resample``, times ``rescale_factor`` if
+    ``do_rescale``, normalised with ``mean``/``std`` if ``do_normalize``, zero-padded to ``pad_size`` if
+    ``do_pad``. Fields after ``std`` have defaults (SAM's usual settings).
 
     Attributes:
         image_size: side of the square model input, in pixels (1024 for Meta's SAM).
@@ -52,7 +70,11 @@ class ModelGeometry:
         pad_size: (height, width) the resized image is zero-padded to, bottom and right.
         embedding_size: side of the square image embedding (``image_size // patch_size``).
         mask_size: side of the low-resolution mask logits the decoder returns (4 x ``embedding_size``).
-        mean, std: per-channel normalisation of RGB values in [0, 1].
+        mean, std: per-channel (R, G, B) normalisation, applied to the rescaled values (usually in [0, 1]).
+        resample: PIL filter id of the resize: 0 nearest, 1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming.
+        do_rescale, rescale_factor: whether 8-bit levels (0..255) are multiplied by ``rescale_factor`` (1/255).
+        do_normalize: whether ``mean``/``std`` are applied.
+        do_pad: whether the resized image is padded; when False it must resize to exactly ``pad_size``.
     """
 
     image_size: int
@@ -62,6 +84,11 @@ class ModelGeometry:
     mask_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    resample: int = 2
+    do_rescale: bool = True
+    rescale_factor: float = 1 / 255
+    do_normalize: bool = True
+    do_pad: bool = True
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -134,55 +161,111 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
     return name
 
 
-def geometry_from_config(config, preprocessor: dict | None = None) -> ModelGeometry:
-    """Build a :class:`ModelGeometry` from a ``SamConfig`` and an optional preprocessor-config dict."""
+def geometry_from_config(config, preprocessor: dict | None = None,
+                         source: str = "the preprocessor config") -> ModelGeometry:
+    """Build a :class:`ModelGeometry` from a ``SamConfig`` and an optional preprocessor-config dict.
+
+    Without a preprocessor config the sizes come from the model config, with bilinear resizing and ImageNet
+    mean/std; with one, every field SAM's image processor honours is read, a missing key meaning the processor's
+    own default (see :func:`~napari_sam.core.processor_config.image_settings`). ``source`` names the file in
+    errors.
+
+    Raises:
+        ModelLoadError: the preprocessor config asks for what napari-sam cannot reproduce, or does not fit the model.
+    """
     vision = config.vision_config
     image_size = int(vision.image_size)
-    patch_size = int(vision.patch_size)
-    embedding_size = image_size // patch_size
-    preprocessor = preprocessor or {}
-    size = preprocessor.get("size") or {}
-    longest_edge = int(size.get("longest_edge", image_size)) if isinstance(size, dict) else image_size
-    pad = preprocessor.get("pad_size") or {}
-    pad_size = (int(pad.get("height", image_size)), int(pad.get("width", image_size)))
-    if longest_edge > min(pad_size) or pad_size != (image_size, image_size):
-        raise ModelLoadError(
-            f"Inconsistent checkpoint: resize to {longest_edge}, pad to {pad_size}, model input {image_size}."
-        )
-    mean = tuple(float(v) for v in preprocessor.get("image_mean", _DEFAULT_MEAN))
-    std = tuple(float(v) for v in preprocessor.get("image_std", _DEFAULT_STD))
+    embedding_size = image_size // int(vision.patch_size)
+    settings = image_settings(preprocessor, image_size, source)
     return ModelGeometry(
         image_size=image_size,
-        longest_edge=longest_edge,
-        pad_size=pad_size,
+        longest_edge=settings.longest_edge,
+        pad_size=settings.pad_size,
         embedding_size=embedding_size,
         mask_size=4 * embedding_size,
-        mean=mean,  # type: ignore[arg-type]
-        std=std,  # type: ignore[arg-type]
+        mean=settings.mean,
+        std=settings.std,
+        resample=settings.resample,
+        do_rescale=settings.do_rescale,
+        rescale_factor=settings.rescale_factor,
+        do_normalize=settings.do_normalize,
+        do_pad=settings.do_pad,
     )
 
 
 def _read_json(name_or_path: str, filename: str) -> dict | None:
-    """A JSON file of the checkpoint (local folder or hub cache) as a dict, or None when it has none."""
+    """A JSON file of the checkpoint (local folder or hub cache) as a dict, or None when it has none.
+
+    Raises:
+        MalformedCheckpointFile: the file exists but is not valid JSON, or holds something other than an object.
+    """
     folder = Path(name_or_path)
     if folder.is_dir():
         path = folder / filename
-        return json.loads(path.read_text()) if path.is_file() else None
-    try:
-        from huggingface_hub import hf_hub_download
+        if not path.is_file():
+            return None
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
 
-        return json.loads(Path(hf_hub_download(name_or_path, filename)).read_text())
-    except Exception:  # noqa: BLE001 - a file the checkpoint does not have
-        return None
+            path = Path(hf_hub_download(name_or_path, filename))
+        except Exception:  # noqa: BLE001 - a file the checkpoint does not have (or cannot be reached)
+            return None
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise MalformedCheckpointFile(f"{filename} of {name_or_path!r} is not valid JSON ({error}): fix the file "
+                                      "or download the checkpoint again.") from error
+    if not isinstance(values, dict):
+        raise MalformedCheckpointFile(f"{filename} of {name_or_path!r} must hold a JSON object, not a "
+                                      f"{type(values).__name__}.")
+    return values
+
+
+def _preprocessor_source(name_or_path: str) -> tuple[dict | None, str]:
+    """The image processor's settings and the file they come from, in transformers' order: the ``image_processor``
+    entry of ``processor_config.json`` (as newer transformers versions save them), else ``preprocessor_config.json``
+    (as hub checkpoints publish them), else None."""
+    processor = _read_json(name_or_path, "processor_config.json") or {}
+    source = f"processor_config.json (image_processor) of {name_or_path!r}"
+    entry = processor.get("image_processor")
+    if entry is not None and not isinstance(entry, dict):
+        raise MalformedCheckpointFile(f"{source} must be a JSON object, not a {type(entry).__name__}.")
+    if entry is not None:
+        return entry, source
+    return _read_json(name_or_path, "preprocessor_config.json"), f"preprocessor_config.json of {name_or_path!r}"
 
 
 def _read_preprocessor_config(name_or_path: str) -> dict | None:
-    """The image processor's settings: ``preprocessor_config.json``, or the ``image_processor`` entry of
-    ``processor_config.json`` (as newer transformers versions save them), or None."""
-    config = _read_json(name_or_path, "preprocessor_config.json")
-    if config is None:
-        config = (_read_json(name_or_path, "processor_config.json") or {}).get("image_processor")
-    return config
+    """The image processor's settings (see :func:`_preprocessor_source`), or None."""
+    return _preprocessor_source(name_or_path)[0]
+
+
+def _named(keys, count: int = _NAMED_KEYS) -> str:
+    keys = sorted(str(key) for key in keys)
+    listed = ", ".join(keys[:count])
+    return f"{len(keys)} ({listed}{', ...' if len(keys) > count else ''})"
+
+
+def _check_loading_info(name: str, model, info: dict) -> None:
+    """Raise ModelLoadError when the weights did not fill ``model`` exactly (``output_loading_info``)."""
+    problems = []
+    if info.get("missing_keys"):
+        problems.append(f"missing {_named(info['missing_keys'])}: these would be random")
+    if info.get("unexpected_keys"):
+        problems.append(f"unexpected {_named(info['unexpected_keys'])}: the weights are not this model's")
+    if info.get("mismatched_keys"):
+        shapes = [f"{entry[0]} {tuple(entry[1])} vs {tuple(entry[2])}"
+                  if isinstance(entry, (tuple, list)) and len(entry) == 3 else str(entry)
+                  for entry in info["mismatched_keys"]]  # (name, saved shape, model shape)
+        problems.append(f"of the wrong shape {_named(shapes)}: the checkpoint's weights do not fit its config.json")
+    if info.get("error_msgs"):
+        problems.append("errors: " + "; ".join(str(message) for message in info["error_msgs"][:_NAMED_KEYS]))
+    if problems:
+        raise ModelLoadError(
+            f"The weights of {name!r} do not fit its {type(model).__name__} (config.json): "
+            + "; ".join(problems) + ". Use a checkpoint whose weights and config.json belong together."
+        )
 
 
 def _load_error(name_or_path: str, error: BaseException) -> ModelLoadError:
@@ -215,23 +298,28 @@ def load_sam(name_or_path: str | os.PathLike, device: str | torch.device | None 
         resolved ``torch.device``.
 
     Raises:
-        ModelLoadError: the checkpoint is missing, unreachable, corrupt, or not a SAM checkpoint.
+        ModelLoadError: the checkpoint is missing, unreachable, corrupt or not a SAM checkpoint; one of its JSON files
+            does not parse; its preprocessor config cannot be reproduced; or its weights do not fit its config
+            (missing, unexpected or mis-shaped tensors, named).
     """
     from transformers import SamConfig, SamModel
 
     name, resolved_device, resolved_dtype = resolve_load_arguments(name_or_path, device, dtype, DEFAULT_CHECKPOINT)
     try:
+        _read_json(name, "config.json")  # a malformed file is named as such, before transformers reads it
         config = SamConfig.from_pretrained(name)
         if getattr(config, "model_type", None) != "sam":
             raise ModelLoadError(
                 f"{name!r} is a {config.model_type!r} checkpoint, not a SAM (model_type 'sam') checkpoint."
             )
-        model = SamModel.from_pretrained(name, use_safetensors=True, trust_remote_code=False,
-                                         dtype=resolved_dtype)
+        geometry = geometry_from_config(config, *_preprocessor_source(name))  # checked before the weights load
+        model, info = SamModel.from_pretrained(name, use_safetensors=True, trust_remote_code=False,
+                                               dtype=resolved_dtype, output_loading_info=True,
+                                               ignore_mismatched_sizes=True)  # reported below, never used
     except ModelLoadError:
         raise
     except Exception as error:  # noqa: BLE001 - every failure becomes one clear message
         raise _load_error(name, error) from error
-    geometry = geometry_from_config(model.config, _read_preprocessor_config(name))
+    _check_loading_info(name, model, info)
     model.to(resolved_device).eval()
     return model, geometry, resolved_device
