@@ -31,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from measuring import measured  # noqa: E402  (benchmarks/measuring.py)
 from transformers import Sam2VideoConfig, Sam2VideoModel, SamProcessor  # noqa: E402
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil  # noqa: E402
 from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession  # noqa: E402
@@ -43,7 +44,6 @@ from napari_sam.core.random_weights import random_sam, random_video_model, rando
 from napari_sam.core.video_propagation import frame_pixels, propagate_video, video_geometry  # noqa: E402
 from napari_sam.demo import synthetic_cells  # noqa: E402
 
-from measuring import measured  # noqa: E402  (benchmarks/measuring.py)
 
 def span(seconds: float) -> str:
     return f"{seconds:6.2f} s" if seconds >= 1 else f"{seconds * 1000:6.1f} ms"
@@ -123,10 +123,12 @@ def sam1(args, volume, start, click, cell, device) -> None:
     calls = []
     fresh = Predictor(model, geometry, device, name="benchmark-propagation")  # empty embedding cache
     seconds, rss, gpu, result = measured(
-        device, propagate, fresh, volume, start, 0, cell, contrast_limits=limits, score_threshold=-1e9,
-        iou_threshold=0.0, min_area=1, use_mask_input=args.mask_input,
+        device, propagate, fresh, volume, start, 0, cell, contrast_limits=limits, score_threshold=0.0,
+        iou_threshold=0.0, min_area=0, use_mask_input=args.mask_input,
         progress=lambda done, total: calls.append(done))
-    slices = len(calls)  # slices encoded: one call per slice after the start one, and a last one
+    # one call per slice segmented, the start one included, and a last one; the start slice is encoded only to
+    # turn the start mask into mask_input logits
+    slices = len(calls) - 1 - (0 if args.mask_input else 1)
     reached = result.stop - result.start + 1
     ours = seconds / slices
     print(f"SAM-1 propagation per slice: ours {span(ours)} ({slices} slices, {reached} kept, "
@@ -143,13 +145,14 @@ def sam2(args, volume, start, click, device) -> None:
     model = (hiera_tiny_model() if args.sam2 == "hiera-tiny" else random_video_model())
     model = model.to(device=device, dtype=resolve_dtype(args.dtype))
     geometry, shape = video_geometry(model.config), volume.shape[1:]
-    limits = default_contrast_limits(volume, False)  # what propagate_video uses; given to both sides
+    limits = default_contrast_limits(volume[start], False)  # what propagate_video uses; given to both sides
     size = geometry.image_size
 
     def ours():
         stamps = [time.perf_counter()]
         result = propagate_video(model, volume, start, 0, points=[click], contrast_limits=limits, score_threshold=0.0,
-                                 min_area=0, on_slice=lambda index, mask, score: stamps.append(time.perf_counter()))
+                                 iou_threshold=0.0, min_area=0,
+                                 on_slice=lambda index, mask, score: stamps.append(time.perf_counter()))
         return stamps, result
 
     def reference():

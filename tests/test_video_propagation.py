@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_sam.core.automatic_mask_generator import SegmentationCancelled
+from napari_sam.core.errors import SegmentationCancelled
 from napari_sam.core.image_preparation import default_contrast_limits
 from napari_sam.core.model_loading import ModelLoadError
 from napari_sam.core.random_weights import random_video_model, tiny_sam_config, tiny_video_config
@@ -23,6 +23,8 @@ from napari_sam.core.video_propagation import (
     propagate_video,
 )
 from napari_sam.demo import synthetic_cells
+
+from helpers import OnePlaneVolume, iou
 
 SIZE = 64  # model input side; the slices are 70 x 90
 
@@ -77,9 +79,9 @@ def stock_session(frames, frame_idx, point_coords, point_labels, shape=(70, 90),
     return session
 
 
-def stack_frames(volume):
-    """All slices as model frames, prepared with the whole volume's default contrast limits."""
-    limits = default_contrast_limits(volume, False)
+def stack_frames(volume, start):
+    """All slices as model frames, prepared with the start slice's default contrast limits (propagate_video's)."""
+    limits = default_contrast_limits(volume[start], False)
     return torch.stack([frame_pixels(image, VideoGeometry((SIZE, SIZE)), limits) for image in volume])
 
 
@@ -116,8 +118,8 @@ def test_matches_transformers_own_session(model, stack, monkeypatch, start):
     old slices in either direction (memory of 3 frames, pointers of 4), which must not change anything."""
     volume, _, point = stack
     calls, kept = recording(model, monkeypatch), []
-    result = propagate_video(model, volume, start, 0, points=[point], score_threshold=0.0, min_area=0,
-                             on_slice=lambda i, m, s: kept.append(i))
+    result = propagate_video(model, volume, start, 0, points=[point], score_threshold=0.0, iou_threshold=0.0,
+                             min_area=0, on_slice=lambda i, m, s: kept.append(i))
     order = [start, *range(start + 1, 16), *range(start - 1, -1, -1)]
     assert [index for index, _, _ in calls] == order and kept == order
     session = calls[-1][1]
@@ -125,7 +127,7 @@ def test_matches_transformers_own_session(model, stack, monkeypatch, start):
     assert (result.start, result.stop) == (0, 15)
 
     monkeypatch.undo()
-    frames = stack_frames(volume)
+    frames = stack_frames(volume, start)
     session = stock_session(frames, start, [xy(*point)], [1])
     stock = {start: model(session, frame_idx=start)}
     for reverse in (False, True):
@@ -149,25 +151,31 @@ def test_the_stack_axis_can_be_any_axis(model, stack):
         assert (moved.start, moved.stop) == (along_z.start, along_z.stop)
 
 
-@pytest.mark.parametrize("rule", ["score", "area"])
+@pytest.mark.parametrize("rule", ["score", "overlap", "area"])
 def test_a_direction_stops_at_the_first_slice_without_the_object(model, stack, monkeypatch, rule):
-    """Each direction keeps the slices before the first one whose object score or mask area fails, and segments
-    none beyond it. The limit is set from a free run so that both directions get cut."""
+    """Each direction keeps the slices before the first one whose object score, overlap with the previous slice
+    (IoU) or mask area fails, and segments none beyond it. The limit is set from a free run so that both directions
+    get cut."""
     volume, _, point = stack
-    free = propagate_video(model, volume, 5, 0, points=[point], score_threshold=0.0, min_area=0)
-    values = free.scores.astype(float) if rule == "score" else free.masks.sum(axis=(1, 2))
-    limit = max(values[6:].min(), values[:5].min()) + (1e-4 if rule == "score" else 1)
-    limits = dict(score_threshold=limit, min_area=0) if rule == "score" else dict(score_threshold=0.0, min_area=limit)
+    free = propagate_video(model, volume, 5, 0, points=[point], score_threshold=0.0, iou_threshold=0.0, min_area=0)
+    if rule == "overlap":  # each slice against its neighbour towards the start slice
+        values = np.array([iou(free.masks[i], free.masks[i - 1 if i > 5 else i + 1]) for i in range(16)])
+    else:
+        values = free.scores.astype(float) if rule == "score" else free.masks.sum(axis=(1, 2))
+    limit = float(max(values[6:].min(), values[:5].min()) + (1 if rule == "area" else 1e-4))
+    limits = dict(score_threshold=0.0, iou_threshold=0.0, min_area=0)
+    limits[{"score": "score_threshold", "overlap": "iou_threshold", "area": "min_area"}[rule]] = limit
     calls = recording(model, monkeypatch)
     result = propagate_video(model, volume, 5, 0, points=[point], **limits)
 
     seen = {index: (to_mask(output), torch.sigmoid(output.object_score_logits).item()) for index, _, output in calls}
-    fails = {index: mask.sum() < limits["min_area"] or score < limits["score_threshold"]
-             for index, (mask, score) in seen.items()}
     indices = [index for index, _, _ in calls]
     forward, backward = [i for i in indices if i > 5], [i for i in indices if i < 5]
     assert indices == [5, *forward, *backward]
     assert forward == list(range(6, 6 + len(forward))) and backward == list(range(4, 4 - len(backward), -1))
+    fails = {index: (mask.sum() < limits["min_area"] or score < limits["score_threshold"]
+                     or iou(mask, seen[index - 1 if index > 5 else index + 1][0]) < limits["iou_threshold"])
+             for index, (mask, score) in seen.items() if index != 5}
     for direction in (forward, backward):
         assert fails[direction[-1]] and not any(fails[i] for i in direction[:-1])
     assert (result.start, result.stop) == (backward[-1] + 1, forward[-1] - 1)
@@ -182,9 +190,9 @@ def test_a_direction_stops_at_the_first_slice_without_the_object(model, stack, m
 def test_one_direction_only(model, stack, monkeypatch, directions, order):
     """To re-propagate from a corrected slice away from the first one; the forward masks are the full run's."""
     volume, _, point = stack
-    full = propagate_video(model, volume, 5, 0, points=[point], score_threshold=0.0, min_area=0)
+    full = propagate_video(model, volume, 5, 0, points=[point], score_threshold=0.0, iou_threshold=0.0, min_area=0)
     calls, progress = recording(model, monkeypatch), []
-    result = propagate_video(model, volume, 5, 0, points=[point], score_threshold=0.0, min_area=0,
+    result = propagate_video(model, volume, 5, 0, points=[point], score_threshold=0.0, iou_threshold=0.0, min_area=0,
                              directions=directions, progress=lambda d, t: progress.append((d, t)))
     assert [index for index, _, _ in calls] == order and progress[-1] == (len(order), len(order))
     assert (result.start, result.stop) == (min(order), max(order))
@@ -210,7 +218,7 @@ def test_cancel(model, stack):
         propagate_video(model, volume, 5, 0, points=[point], cancel=lambda: True)
     asked, kept = [], []
     with pytest.raises(SegmentationCancelled):
-        propagate_video(model, volume, 5, 0, points=[point], score_threshold=0.0, min_area=0,
+        propagate_video(model, volume, 5, 0, points=[point], score_threshold=0.0, iou_threshold=0.0, min_area=0,
                         cancel=lambda: asked.append(1) or len(asked) > 3, on_slice=lambda i, m, s: kept.append(i))
     assert kept == [5, 6, 7]
 
@@ -219,7 +227,7 @@ def test_box_mask_and_combined_prompts(model, stack):
     volume, cell, point = stack
     rows, cols = np.nonzero(cell)
     box = [rows.min(), cols.min(), rows.max(), cols.max()]
-    frame = stack_frames(volume)[5:6]
+    frame = stack_frames(volume, 5)[5:6]
     corners = [xy(box[0], box[1]), xy(box[2], box[3])]
     for prompt, coords, labels in [
         (dict(box=box), corners, [2, 3]),
@@ -245,12 +253,58 @@ def test_box_mask_and_combined_prompts(model, stack):
     (dict(mask=np.ones((70, 90), bool)), "either"),
     (dict(points=None, mask=np.zeros((70, 90), bool)), "empty"),
     (dict(points=None, mask=np.ones((90, 70), bool)), "shape"),
+    # points and boxes are checked as Predictor.predict checks them
+    (dict(points=[[75, 10]]), r"outside the 70x90 image"),
+    (dict(points=[[10, -3]]), r"outside the 70x90 image"),
+    (dict(points=[[np.nan, 10]]), "NaN"),
+    (dict(points=None, box=[80, 10, 95, 40]), "outside the 70x90 image"),
+    (dict(points=None, box=[-20, 5, -2, 30]), "outside the 70x90 image"),
+    (dict(points=None, box=[-9, 5, 0, 30]), "no height or no width"),
+    (dict(points=None, box=[10, 89, 20, 120]), "no height or no width"),
+    (dict(points=None, box=[[10, 10, 20, 20], [30, 30, 40, 40]]), "one"),
+    (dict(points=None, box=[10, 10, 20, 20], point_labels=[1]), "without points"),
+    # the stack, the start slice, the limits and the settings
+    (dict(start_index=1.5), "start_index must be an integer"),
+    (dict(axis=1.5), "axis must be an integer"),
+    (dict(axis=3), "axis 3 is out of range"),
+    (dict(contrast_limits=5), "contrast_limits must be two numbers"),
+    (dict(contrast_limits=(100, 100)), "low < high"),
+    (dict(directions=-1), "directions"),
+    (dict(score_treshold=0.5), "Unknown PropagationSettings setting"),
+    (dict(settings=0.5), "settings must be a PropagationSettings"),
 ])
 def test_bad_input_is_named(model, stack, arguments, message):
     volume, _, point = stack
-    call = dict(start_index=5, points=[point]) | arguments
+    call = dict(start_index=5, axis=0, points=[point]) | arguments
     with pytest.raises(ValueError, match=message):
-        propagate_video(model, volume, axis=0, **call)
+        propagate_video(model, volume, **call)
+
+
+def test_a_box_reaching_out_of_the_image_is_clipped(model, stack):
+    """As Predictor.predict does: the prompt is the box within the image."""
+    volume, _, _ = stack
+    outside = propagate_video(model, volume, 5, 0, box=[30, 50, 90, 120], score_threshold=0.0, directions=(1,))
+    inside = propagate_video(model, volume, 5, 0, box=[30, 50, 69, 89], score_threshold=0.0, directions=(1,))
+    assert np.array_equal(outside.masks, inside.masks) and np.array_equal(outside.scores, inside.scores,
+                                                                          equal_nan=True)
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_reads_one_plane_at_a_time(model, stack, axis):
+    """Each slice segmented is read once, as one plane, and never the whole volume: the default contrast limits
+    come from the start slice alone."""
+    volume, _, point = stack
+    plain = propagate_video(model, volume, 5, 0, points=[point])
+    wrapped = OnePlaneVolume(np.moveaxis(volume, 0, axis), axis)
+    result = propagate_video(model, wrapped, 5, axis, points=[point])
+    order = [5, *range(6, min(plain.stop + 2, 16)), *range(4, max(plain.start - 2, -1), -1)]
+    assert wrapped.reads == order
+    assert np.array_equal(result.masks, plain.masks) and (result.start, result.stop) == (plain.start, plain.stop)
+    limits = default_contrast_limits(volume[5], False)
+    assert limits != default_contrast_limits(volume, False)
+    explicit = propagate_video(model, volume, 5, 0, points=[point], contrast_limits=limits)
+    assert np.array_equal(explicit.masks, plain.masks) and np.array_equal(explicit.scores, plain.scores,
+                                                                          equal_nan=True)
 
 
 def test_frames_are_prepared_like_the_reference_processor():
@@ -315,6 +369,6 @@ def test_edgetam_video_models_propagate_too(stack):
     assert result.masks.shape == (16, 70, 90) and result.masks[5].any()
     from transformers.models.edgetam_video.modeling_edgetam_video import EdgeTamVideoInferenceSession
 
-    alone = stock_session(stack_frames(volume)[5:6], 0, [xy(*point)], [1],
+    alone = stock_session(stack_frames(volume, 5)[5:6], 0, [xy(*point)], [1],
                           session_class=EdgeTamVideoInferenceSession)
     assert np.array_equal(result.masks[5], to_mask(model(alone, frame_idx=0)))

@@ -69,6 +69,7 @@ def _check_points(points, point_labels, size: tuple[int, int]) -> tuple[np.ndarr
 
 
 def _check_boxes(boxes, size: tuple[int, int]) -> np.ndarray:
+    """(n, 4) float64 boxes clipped to an image of ``size`` (H, W): pixel centres 0..H-1 and 0..W-1."""
     boxes = _finite_array(boxes, "boxes", 4)
     degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
     if degenerate.any():
@@ -83,6 +84,12 @@ def _check_boxes(boxes, size: tuple[int, int]) -> np.ndarray:
     clipped = boxes.copy()
     clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, height - 1)
     clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, width - 1)
+    flat = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
+    if flat.any():
+        raise ValueError(
+            f"Box(es) {boxes[flat].tolist()} have no height or no width inside the {height}x{width} image "
+            f"(clipped to it: {clipped[flat].tolist()}): draw the box over the object."
+        )
     return clipped
 
 
@@ -101,19 +108,23 @@ def _check_mask_input(mask_input, n_objects: int, mask_size: int) -> np.ndarray:
         masks = np.repeat(masks, n_objects, axis=0)
     if len(masks) != n_objects:
         raise ValueError(f"mask_input has {len(masks)} masks for {n_objects} objects.")
-    return np.nan_to_num(masks)
+    if not np.isfinite(masks).all():
+        raise ValueError("mask_input contains NaN or inf: pass low-resolution logits from a previous prediction "
+                         "(Prediction.best_logits()) or Predictor.mask_logits().")
+    return masks
 
 
 def check_prompts(points, point_labels, boxes, mask_input, size: tuple[int, int],
-                  mask_size: int) -> ObjectPrompts:
+                  mask_size: int | None = None) -> ObjectPrompts:
     """Validate prompts for an image of ``size`` (H, W) and group them into objects.
 
     One object per box; points (with at most one box) make one object. Boxes that overlap the image are clipped
-    to it.
+    to it. ``mask_size`` (the checkpoint's low-res mask side) is needed only with a ``mask_input``.
 
     Raises:
         ValueError: no points and no boxes; points with several boxes; malformed, non-finite or outside
-            positions; degenerate boxes; labels other than 0/1; a mask_input of the wrong shape.
+            positions; boxes that are degenerate, or have no height or width once clipped to the image; labels
+            other than 0/1; a mask_input of the wrong shape or with NaN or inf.
     """
     has_points = points is not None and np.size(points) > 0
     has_boxes = boxes is not None and np.size(boxes) > 0
@@ -132,5 +143,7 @@ def check_prompts(points, point_labels, boxes, mask_input, size: tuple[int, int]
                 "single box, or predict the boxes on their own."
             )
     n_objects = 1 if checked_boxes is None else len(checked_boxes)
+    if mask_input is not None and mask_size is None:
+        raise ValueError("check_prompts needs the checkpoint's mask_size to check a mask_input.")
     checked_masks = None if mask_input is None else _check_mask_input(mask_input, n_objects, mask_size)
     return ObjectPrompts(checked_points, checked_labels, checked_boxes, checked_masks)

@@ -1,9 +1,9 @@
 """Propagating one object through a z-stack or time-lapse with any SAM-1 checkpoint.
 
-From the slice where the object was segmented, each next slice (both directions) is prompted with the previous
-slice's result: its bounding box, positive points sampled deep inside it, and optionally its low-resolution
-logits as ``mask_input``. Propagation stops in a direction when the predicted score falls below a threshold, the
-mask vanishes, or its IoU with the previous slice drops sharply.
+From the slice where the object was segmented, each next slice is prompted with the previous slice's result: its
+bounding box, positive points deep inside it, and optionally its low-resolution logits as ``mask_input``. The order
+of the slices, the stop rules, progress and cancelling are :func:`~napari_sam.core.propagation_driver.drive`'s,
+shared with SAM2-family video propagation; this module only says how SAM segments one slice (:class:`SamStepper`).
 
 Positions are (row, col) in the slices' data pixels; ``axis`` is the stack axis of ``volume``.
 """
@@ -11,133 +11,119 @@ Positions are (row, col) in the slices' data pixels; ``axis`` is the stack axis 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
-from .automatic_mask_generator import SegmentationCancelled
 from .predictor import Predictor
+from .propagation_driver import PropagationResult, Run, Segmented, drive, prepare_run
+from .settings import PropagationSettings
+
+__all__ = ["PropagationResult", "SamStepper", "interior_points", "propagate"]
 
 
-@dataclass
-class PropagationResult:
-    """The object through the stack.
-
-    Attributes:
-        masks: (n_slices, H, W) bool, slices first whatever the stack axis: the object on every slice it reaches.
-        scores: (n_slices,) float32 predicted IoU per slice, NaN where the object was not propagated.
-        start, stop: the first and last slice index (inclusive) holding the object.
-    """
-
-    masks: np.ndarray
-    scores: np.ndarray
-    start: int
-    stop: int
+def _crop(mask: np.ndarray) -> tuple[slice, slice]:
+    """The rows and columns of ``mask``'s bounding box grown by one pixel (within the image)."""
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    return (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
 
 
 def interior_points(mask: np.ndarray, count: int = 3) -> np.ndarray:
-    """(≤ count, 2) (row, col) points deep inside ``mask``: the maxima of its distance to the background,
-    spread apart (each next point is the deepest one outside the previous ones' neighbourhood)."""
+    """(≤ count, 2) float64 (row, col) points deep inside the (H, W) bool ``mask``: the maxima of its distance to
+    the background, spread apart (each next point is the deepest one outside the previous ones' neighbourhood).
+
+    Only the mask's bounding box (grown by a pixel of background) is looked at, which gives the same points as
+    the whole image: every background pixel beyond it lies behind that ring of background.
+    """
     from scipy import ndimage
 
-    depth = ndimage.distance_transform_edt(mask)
+    mask = np.asarray(mask, dtype=bool)
+    if count <= 0 or not mask.any():
+        return np.zeros((0, 2))
+    rows, cols = _crop(mask)
+    depth = ndimage.distance_transform_edt(mask[rows, cols])
+    grid_rows, grid_cols = np.ogrid[: depth.shape[0], : depth.shape[1]]
     points = []
     for _ in range(count):
         if depth.max() <= 0:
             break
         row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
-        points.append((row, col))
+        points.append((row + rows.start, col + cols.start))
         radius = max(2.0, depth[row, col])
-        rows, cols = np.ogrid[: mask.shape[0], : mask.shape[1]]
-        depth = np.where((rows - row) ** 2 + (cols - col) ** 2 <= (1.5 * radius) ** 2, 0, depth)
+        depth = np.where((grid_rows - row) ** 2 + (grid_cols - col) ** 2 <= (1.5 * radius) ** 2, 0, depth)
     return np.asarray(points, dtype=float).reshape(-1, 2)
 
 
 def _box(mask: np.ndarray) -> list[float]:
-    rows, cols = np.nonzero(mask)
-    return [rows.min(), cols.min(), rows.max(), cols.max()]
+    """(row_min, col_min, row_max, col_max) of a non-empty (H, W) bool mask, inclusive pixel indices."""
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    return [float(rows[0]), float(cols[0]), float(rows[-1]), float(cols[-1])]
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = (a | b).sum()
-    return float((a & b).sum() / union) if union else 0.0
+class SamStepper:
+    """Segments each slice with a SAM-1 :class:`Predictor`, prompted from the previous slice of its direction.
+
+    The start slice's result is ``first_mask`` itself (score 1). Every other slice gets the previous mask's box,
+    ``settings.n_points`` points deep inside it and, with ``settings.use_mask_input``, its low-res logits (the
+    start slice's from :meth:`Predictor.mask_logits`), in one single-mask prediction.
+    """
+
+    def __init__(self, predictor: Predictor, first_mask: np.ndarray, run: Run):
+        self.predictor, self.first_mask = predictor, first_mask
+        self.limits, self.rgb, self.settings = run.contrast_limits, run.has_channels, run.settings
+
+    def segment(self, index: int, plane: np.ndarray, step: int, previous: Segmented | None) -> Segmented:
+        predictor, mask_input = self.predictor, self.settings.use_mask_input
+        with predictor.locked():  # the slice stays current for its prediction
+            if previous is None:
+                if not mask_input:
+                    return Segmented(self.first_mask, 1.0)
+                predictor.set_image(plane, contrast_limits=self.limits, rgb=self.rgb)
+                return Segmented(self.first_mask, 1.0, predictor.mask_logits(self.first_mask)[0])
+            predictor.set_image(plane, contrast_limits=self.limits, rgb=self.rgb)
+            prediction = predictor.predict(points=interior_points(previous.mask, self.settings.n_points),
+                                           boxes=[_box(previous.mask)],
+                                           mask_input=None if previous.carry is None else previous.carry[None],
+                                           multimask=False)
+        logits = prediction.logits[0, 0] if mask_input else None
+        return Segmented(prediction.masks[0, 0], float(prediction.scores[0, 0]), logits)
 
 
-def propagate(predictor: Predictor, volume: np.ndarray, start_index: int, axis: int, first_mask: np.ndarray, *,
-              contrast_limits=None, rgb: bool | None = None, score_threshold: float = 0.6,
-              iou_threshold: float = 0.3, min_area: int = 10, n_points: int = 3, use_mask_input: bool = True,
-              directions: tuple[int, ...] = (-1, 1), progress: Callable[[int, int], None] | None = None,
-              cancel: Callable[[], bool] | None = None) -> PropagationResult:
+def propagate(predictor: Predictor, volume, start_index: int, axis: int, first_mask: np.ndarray,
+              settings: PropagationSettings | None = None, *, contrast_limits=None, rgb: bool | None = None,
+              directions: tuple[int, ...] = (1, -1), progress: Callable[[int, int], None] | None = None,
+              cancel: Callable[[], bool] | None = None, **overrides) -> PropagationResult:
     """Extend ``first_mask`` (the object on slice ``start_index``) through ``volume`` along ``axis``.
+
+    Order: the start slice, then forward (+1) to the last slice, then backward (-1) from the start slice. Each
+    direction stops at the first slice whose predicted IoU is below ``score_threshold``, whose IoU with the previous
+    slice's mask is below ``iou_threshold``, or whose area is below ``min_area`` (the start slice is kept whatever its
+    size).
 
     Args:
         predictor: any SAM-1 checkpoint; its current image becomes the slices one after another.
-        volume: (…, H, W[, C]) array whose ``axis`` runs through the slices (z or t); other leading axes must
-            already be fixed, so that each slice is a 2D image (gray, RGB or RGBA).
-        start_index: the slice holding ``first_mask``.
-        axis: the stack axis of ``volume``.
+        volume: (…, H, W[, C]) array-like (numpy, dask, zarr: anything with ``shape`` and ``__getitem__``) whose
+            ``axis`` runs through the slices (z or t); each slice must be one 2D image (gray, RGB or RGBA). Only one
+            plane is read at a time.
+        start_index: the slice holding ``first_mask`` (an integer).
+        axis: the stack axis of ``volume`` (negative counts from the end).
         first_mask: (H, W) bool, the object on the start slice.
-        contrast_limits, rgb: as for :meth:`Predictor.set_image`; the same limits serve every slice (without
-            them, the start slice's defaults are used).
-        score_threshold: stop when the predicted IoU falls below it.
-        iou_threshold: stop when the IoU with the previous slice's mask falls below it.
-        min_area: stop when the mask has fewer pixels (the start slice's mask is kept whatever its size).
-        n_points: positive points sampled inside the previous mask.
-        use_mask_input: pass the previous slice's low-res logits as ``mask_input``.
-        directions: -1 towards lower slice indices, 1 towards higher ones (both by default; one of them to
+        settings: :class:`PropagationSettings` (None: the defaults); ``overrides`` are its field names
+            (``score_threshold``, ``iou_threshold``, ``min_area``, ``n_points``, ``use_mask_input``) applied on top.
+        contrast_limits, rgb: as for :meth:`Predictor.set_image`; the same limits serve every slice (None: the
+            start slice's defaults).
+        directions: 1 towards higher slice indices, -1 towards lower ones (both by default; one of them to
             re-propagate from a corrected slice away from the first one).
         progress: ``progress(done, total)`` after each slice; cancel: checked before each slice, returning True
-            raises :class:`SegmentationCancelled`.
-    """
-    from .image_preparation import default_contrast_limits, image_layout
+            raises :class:`~napari_sam.core.errors.SegmentationCancelled`.
 
-    volume = np.moveaxis(np.asarray(volume), axis, 0)
-    n_slices = volume.shape[0]
-    if not 0 <= start_index < n_slices:
-        raise ValueError(f"start_index {start_index} is outside the {n_slices} slices.")
+    Returns :class:`PropagationResult` (slices first whatever ``axis``); its scores are predicted IoUs (1 on the
+    start slice). Raises ValueError for bad arguments, naming the problem.
+    """
+    run = prepare_run(volume, start_index, axis, contrast_limits=contrast_limits, rgb=rgb, directions=directions,
+                      settings=settings, overrides=overrides)
     first_mask = np.asarray(first_mask, dtype=bool)
-    has_channels = image_layout(volume[start_index], rgb)
-    if first_mask.shape != volume.shape[1:3]:
-        raise ValueError(f"first_mask has shape {first_mask.shape}, the slices {volume.shape[1:3]}.")
-    if not directions or set(directions) - {-1, 1}:
-        raise ValueError(f"directions must be -1, 1 or both, not {directions!r}.")
+    if first_mask.shape != run.stack.size:
+        raise ValueError(f"first_mask has shape {first_mask.shape}, the slices {run.stack.size}.")
     if not first_mask.any():
         raise ValueError("first_mask is empty: segment the object first.")
-    if contrast_limits is None:
-        contrast_limits = default_contrast_limits(volume[start_index], has_channels)
-    masks = np.zeros(volume.shape[:3], dtype=bool)
-    masks[start_index] = first_mask
-    scores = np.full(n_slices, np.nan, dtype=np.float32)
-    scores[start_index] = 1.0
-    done = 1
-    total = 1 + sum(start_index if step < 0 else n_slices - 1 - start_index for step in set(directions))
-    bounds = [start_index, start_index]
-    with predictor.locked():
-        predictor.set_image(volume[start_index], contrast_limits=contrast_limits, rgb=has_channels)
-        first_logits = predictor.mask_logits(first_mask)[0] if use_mask_input else None
-    for step in sorted(set(directions)):
-        previous, logits = first_mask, first_logits
-        index = start_index + step
-        while 0 <= index < n_slices:
-            if cancel is not None and cancel():
-                raise SegmentationCancelled()
-            with predictor.locked():  # the slice stays current for its prediction
-                predictor.set_image(volume[index], contrast_limits=contrast_limits, rgb=has_channels)
-                prediction = predictor.predict(points=interior_points(previous, n_points),
-                                               boxes=[_box(previous)],
-                                               mask_input=None if logits is None else logits[None],
-                                               multimask=False)
-            mask, score = prediction.masks[0, 0], float(prediction.scores[0, 0])
-            done += 1
-            if progress is not None:
-                progress(done, total)
-            if score < score_threshold or mask.sum() < min_area or _iou(mask, previous) < iou_threshold:
-                break
-            masks[index], scores[index] = mask, score
-            bounds[0 if step < 0 else 1] = index
-            previous = mask
-            logits = prediction.logits[0, 0] if use_mask_input else None
-            index += step
-    if progress is not None:
-        progress(total, total)
-    return PropagationResult(masks=masks, scores=scores, start=bounds[0], stop=bounds[1])
+    return drive(SamStepper(predictor, first_mask, run), run, progress=progress, cancel=cancel)

@@ -1,8 +1,10 @@
 """Propagating one object through a z-stack or time-lapse with a SAM2-family video model (SAM2, EdgeTAM).
 
 The prompted slice is segmented from its prompt, every other one from its image and the model's memory of the
-slices already segmented: forward to the last slice, then backward from the prompted one to the first. A direction
-stops at the first slice where the object is gone (empty mask, or the model's object score says it is absent).
+slices already segmented: forward to the last slice, then backward from the prompted one to the first. The order,
+the stop rules (object score, overlap with the previous slice, area), progress and cancelling are
+:func:`~napari_sam.core.propagation_driver.drive`'s, shared with SAM-1 propagation; :class:`VideoStepper` is how a
+video model segments one slice.
 
 transformers' video processor needs torchvision, so frames are prepared here in torch as it does: the slice as
 napari shows it, in 8-bit levels, resized to the model's square input regardless of aspect ratio (antialiased
@@ -25,11 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .automatic_mask_generator import SegmentationCancelled
 from .coordinates import boxes_to_model, points_to_model
-from .image_preparation import default_contrast_limits, display_rgb, image_layout
+from .image_preparation import display_rgb
 from .model_loading import _DEFAULT_MEAN, _DEFAULT_STD
-from .propagation import PropagationResult
+from .prompts import ObjectPrompts, check_prompts
+from .propagation_driver import PropagationResult, Run, Segmented, drive, prepare_run
+from .settings import PropagationSettings
 
 #: Checkpoint ``model_type`` -> the transformers video model that runs it. Image-only ``sam2``/``edgetam``
 #: checkpoints load into the video model too when they carry its memory weights (:func:`load_video_model` checks).
@@ -117,7 +120,7 @@ def load_video_model(name_or_path: str | os.PathLike, device: str | torch.device
     and the resolved ``torch.device``. Raises ModelLoadError when the checkpoint is missing or unreadable, not
     SAM2-family, or lacks the video weights.
     """
-    from .model_loading import ModelLoadError, _load_error, resolve_load_arguments
+    from .model_loading import ModelLoadError, _check_loading_info, _load_error, resolve_load_arguments
 
     name, resolved_device, resolved_dtype = resolve_load_arguments(name_or_path, device, dtype,
                                                                    "facebook/sam2.1-hiera-tiny")
@@ -139,6 +142,7 @@ def load_video_model(name_or_path: str | os.PathLike, device: str | torch.device
         missing = sorted(info["missing_keys"])
         raise ModelLoadError(f"{name!r} lacks {len(missing)} weights of {type(model).__name__} (e.g. {missing[0]}): "
                              "it is an image-only checkpoint. Use a video one such as facebook/sam2.1-hiera-tiny.")
+    _check_loading_info(name, model, info)  # unexpected or mis-shaped weights
     model.to(resolved_device).eval()
     return model, video_geometry(model.config, _preprocessor_config(name)), resolved_device
 
@@ -159,33 +163,45 @@ def frame_pixels(image: np.ndarray, geometry: VideoGeometry, contrast_limits: Se
     return ((resized - mean) / std)[0].to(dtype)
 
 
-def _prompt_inputs(points, point_labels, box, original_size: tuple[int, int],
-                   image_size: tuple[int, int]) -> dict | None:
-    """The session's point inputs: (1, 1, N, 2) (x, y) in the model frame, (1, 1, N) int32 labels (box first).
+def _prompt_inputs(prompts: ObjectPrompts, original_size: tuple[int, int], image_size: tuple[int, int]) -> dict:
+    """The session's point inputs from checked prompts: (1, 1, N, 2) float32 (x, y) in the model frame and
+    (1, 1, N) int32 labels, the box's corners (labels 2, 3) first.
 
     (row, col) become (x, y) only through :func:`points_to_model` / :func:`boxes_to_model`, scaled to the square
     input as transformers' ``Sam2VideoProcessor`` does.
     """
     coords, labels = [], []
-    if box is not None:
-        box = np.asarray(box, dtype=float)
-        if box.shape != (4,) or box[2] < box[0] or box[3] < box[1]:
-            raise ValueError(f"box must be (row_min, col_min, row_max, col_max), got {box.tolist()}.")
-        coords.append(boxes_to_model(box[None], original_size, image_size).reshape(2, 2))
+    if prompts.boxes is not None:
+        coords.append(boxes_to_model(prompts.boxes, original_size, image_size).reshape(2, 2))
         labels += [2, 3]  # SAM's top-left and bottom-right corner labels
-    if points is not None and len(points):
-        points = np.asarray(points, dtype=float)
-        if points.ndim != 2 or points.shape[1] != 2:
-            raise ValueError(f"points must have shape (N, 2) (row, col), got {points.shape}.")
-        point_labels = np.ones(len(points), int) if point_labels is None else np.asarray(point_labels).ravel()
-        if point_labels.shape != (len(points),) or not np.isin(point_labels, (0, 1)).all():
-            raise ValueError(f"point_labels must be {len(points)} values of 1 (object) or 0 (background).")
-        coords.append(points_to_model(points, original_size, image_size))
-        labels += point_labels.astype(int).tolist()
-    if not coords:
-        return None
+    if prompts.points is not None:
+        coords.append(points_to_model(prompts.points, original_size, image_size))
+        labels += prompts.point_labels.tolist()
     return {"point_coords": torch.from_numpy(np.concatenate(coords).astype(np.float32))[None, None],
             "point_labels": torch.tensor(labels, dtype=torch.int32)[None, None]}
+
+
+def _check_prompt(points, point_labels, box, mask, size: tuple[int, int]) -> ObjectPrompts | np.ndarray:
+    """The start slice's prompt for slices of ``size`` (H, W): checked :class:`ObjectPrompts` (points and the box
+    checked, and the box clipped, as :meth:`Predictor.predict` does, by :func:`check_prompts`), or the (H, W) bool
+    mask."""
+    has_points = points is not None and np.size(points) > 0
+    has_box = box is not None and np.size(box) > 0
+    if mask is not None:
+        if has_points or has_box:
+            raise ValueError("Give either a mask or points/box as the prompt, not both.")
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != size:
+            raise ValueError(f"mask has shape {mask.shape}, the slices {size}.")
+        if not mask.any():
+            raise ValueError("The mask prompt is empty: segment the object first.")
+        return mask
+    if not has_points and not has_box:
+        raise ValueError("No prompt: give points, a box or a mask of the object on the start slice.")
+    prompts = check_prompts(points if has_points else None, point_labels, box if has_box else None, None, size)
+    if prompts.boxes is not None and len(prompts.boxes) != 1:
+        raise ValueError(f"box must be one (row_min, col_min, row_max, col_max), got {len(prompts.boxes)} boxes.")
+    return prompts
 
 
 def _session_class(model) -> type:
@@ -198,129 +214,112 @@ def _session_class(model) -> type:
     raise TypeError(f"{type(model).__name__} is not a SAM2-family video model (e.g. Sam2VideoModel).")
 
 
+class VideoStepper:
+    """Segments each slice with a SAM2-family video model and its memory of the slices already segmented.
+
+    The start slice is segmented from the prompt (a mask prompt is kept as that slice's result); every other slice
+    from its image and the memory, with ``reverse`` for the backward direction. Frames are prepared when the model
+    asks for them, from the plane the driver hands over, and memories the model can no longer look back to are
+    dropped (those near the start slice serve the backward direction).
+    """
+
+    def __init__(self, model, geometry: VideoGeometry, prompt: ObjectPrompts | np.ndarray, run: Run):
+        self.model, self.geometry, self.run = model, geometry, run
+        self.mask = prompt if isinstance(prompt, np.ndarray) else None
+        self._plane: tuple[int, np.ndarray] | None = None
+        stepper, size, n_slices = self, run.stack.size, run.stack.n_slices
+        device, dtype = model.device, model.dtype
+
+        class VolumeSession(_session_class(model)):
+            """An inference session whose frames are prepared when the model asks for them, never stored."""
+
+            num_frames = property(lambda self: n_slices)
+
+            def get_frame(self, frame_idx: int) -> torch.Tensor:
+                return stepper._frame(frame_idx)
+
+        self.session = VolumeSession(video_height=size[0], video_width=size[1], inference_device=device,
+                                     inference_state_device=device, video_storage_device="cpu", dtype=dtype)
+        obj_idx = self.session.obj_id_to_idx(1)
+        if self.mask is not None:
+            resized = F.interpolate(torch.from_numpy(self.mask)[None, None].float(), size=geometry.image_size,
+                                    mode="bilinear", align_corners=False, antialias=True)
+            self.session.add_mask_inputs(obj_idx, run.start_index, (resized >= 0.5).float())
+        else:
+            self.session.add_point_inputs(obj_idx, run.start_index, _prompt_inputs(prompt, size, geometry.image_size))
+        self.session.obj_with_new_inputs = [1]
+        config = model.config
+        self.lookback = max(getattr(config, "num_maskmem", n_slices),
+                            getattr(config, "max_object_pointers_in_encoder", 0))
+        self.outputs = self.session.output_dict_per_obj[obj_idx]["non_cond_frame_outputs"]
+
+    def _frame(self, index: int) -> torch.Tensor:
+        """Slice ``index`` as a model frame (3, *image_size) on the model's device, in its dtype."""
+        plane = self._plane[1] if self._plane is not None and self._plane[0] == index else self.run.stack.plane(index)
+        return frame_pixels(plane, self.geometry, self.run.contrast_limits, self.run.has_channels, self.model.device,
+                            self.model.dtype)
+
+    def segment(self, index: int, plane: np.ndarray, step: int, previous: Segmented | None) -> Segmented:
+        self._plane = (index, plane)
+        try:
+            with torch.inference_mode():
+                output = self.model(self.session, frame_idx=index, reverse=step < 0)
+                logits = F.interpolate(output.pred_masks[:1, :1].float(), size=self.run.stack.size, mode="bilinear",
+                                       align_corners=False)
+                score = float(torch.sigmoid(output.object_score_logits.float()).flatten()[0])
+                found = (logits[0, 0] > 0).cpu().numpy()
+        finally:
+            self._plane = None
+        stale = index - step * self.lookback  # forget a slice once the model no longer looks back to it
+        if abs(stale - self.run.start_index) > self.lookback:
+            self.outputs.pop(stale, None)
+        return Segmented(self.mask if previous is None and self.mask is not None else found, score)
+
+
 def propagate_video(model, volume, start_index: int, axis: int, *, points=None, point_labels=None, box=None,
-                    mask: np.ndarray | None = None, geometry: VideoGeometry | None = None, contrast_limits=None,
-                    rgb: bool | None = None, score_threshold: float = 0.5, min_area: int = 1,
+                    mask: np.ndarray | None = None, geometry: VideoGeometry | None = None,
+                    settings: PropagationSettings | None = None, contrast_limits=None, rgb: bool | None = None,
                     directions: tuple[int, ...] = (1, -1), progress: Callable[[int, int], None] | None = None,
                     cancel: Callable[[], bool] | None = None,
-                    on_slice: Callable[[int, np.ndarray, float], None] | None = None) -> PropagationResult:
+                    on_slice: Callable[[int, np.ndarray, float], None] | None = None,
+                    **overrides) -> PropagationResult:
     """Segment the object prompted on slice ``start_index`` and track it through ``volume`` along ``axis``.
+
+    Order: the start slice, then forward (+1) to the last slice, then backward (-1) from the start slice. Each
+    direction stops at the first slice whose object score is below ``score_threshold``, whose IoU with the previous
+    slice's mask is below ``iou_threshold``, or whose area is below ``min_area``; the start slice is kept whatever
+    its score and size, and an object absent from it is not propagated.
 
     Args:
         model: a SAM2-family video model (``Sam2VideoModel``, ``EdgeTamVideoModel``) in eval mode; it runs on its
             own device, in its own dtype.
-        volume: (..., H, W[, C]) array whose ``axis`` runs through the slices (z or t); each slice must be a 2D
-            gray, RGB or RGBA image. Only the slice being segmented is read and prepared at a time.
-        start_index: the prompted slice.
-        axis: the stack axis of ``volume``.
+        volume: (..., H, W[, C]) array-like (numpy, dask, zarr: anything with ``shape`` and ``__getitem__``) whose
+            ``axis`` runs through the slices (z or t); each slice must be one 2D gray, RGB or RGBA image. Only the
+            slice being segmented is read and prepared at a time.
+        start_index: the prompted slice (an integer).
+        axis: the stack axis of ``volume`` (negative counts from the end).
         points: (N, 2) (row, col) clicks on the start slice; point_labels: (N,) 1 = object, 0 = background
             (default all 1).
-        box: (row_min, col_min, row_max, col_max) on the start slice, alone or with points.
+        box: (row_min, col_min, row_max, col_max) on the start slice, alone or with points (clipped to the image).
         mask: (H, W) bool, the object on the start slice (instead of points and box); it is kept as that
             slice's result.
         geometry: the checkpoint's :class:`VideoGeometry` (from :func:`load_video_model`); None: the model
             config's input size with ImageNet mean/std.
-        contrast_limits, rgb: as for :func:`display_rgb`; the same limits serve every slice (None: the defaults
-            over the whole volume).
-        score_threshold: stop when the object score (sigmoid of the model's object-score logit) falls below it.
-        min_area: stop at a slice whose mask has fewer pixels.
+        settings: :class:`PropagationSettings` (None: the defaults); ``overrides`` are its field names applied on
+            top (``n_points`` and ``use_mask_input`` concern SAM-1 only).
+        contrast_limits, rgb: as for :func:`display_rgb`; the same limits serve every slice (None: the start
+            slice's defaults).
         directions: 1 towards higher slice indices, -1 towards lower ones; both (forward first) by default.
         progress: ``progress(done, total)`` after each slice; cancel: checked before each slice, returning True
-            raises :class:`SegmentationCancelled`; on_slice: ``on_slice(index, mask, score)`` for each slice kept,
-            in processing order (start, forward, then backward).
+            raises :class:`~napari_sam.core.errors.SegmentationCancelled`; on_slice: ``on_slice(index, mask,
+            score)`` for each slice kept, in processing order.
 
     Returns :class:`PropagationResult` (slices first whatever ``axis``); its scores are object scores in [0, 1].
-    Raises ValueError for ``start_index`` outside the stack, no prompt, a mask with points or box, bad shapes
-    or ``directions``.
+    Raises ValueError for bad arguments (no prompt, a mask with points or box, points or boxes as
+    :meth:`Predictor.predict` rejects them, bad shapes, indices, limits or settings), naming the problem.
     """
-    slices = np.moveaxis(volume, axis, 0)
-    n_slices = slices.shape[0]
-    if not 0 <= start_index < n_slices:
-        raise ValueError(f"start_index {start_index} is outside the {n_slices} slices.")
-    if not directions or set(directions) - {-1, 1}:
-        raise ValueError(f"directions must be 1, -1 or both, not {directions!r}.")
-    steps = [step for step in (1, -1) if step in directions]
-    total = 1 + sum(n_slices - 1 - start_index if step > 0 else start_index for step in steps)
-    has_channels = image_layout(np.asarray(slices[start_index]), rgb)
-    original_size = tuple(int(s) for s in slices.shape[1:3])
-    geometry = geometry or video_geometry(model.config)
-    prompt = _prompt_inputs(points, point_labels, box, original_size, geometry.image_size)
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        if prompt is not None:
-            raise ValueError("Give either a mask or points/box as the prompt, not both.")
-        if mask.shape != original_size:
-            raise ValueError(f"mask has shape {mask.shape}, the slices {original_size}.")
-        if not mask.any():
-            raise ValueError("The mask prompt is empty: segment the object first.")
-    elif prompt is None:
-        raise ValueError("No prompt: give points, a box or a mask of the object on the start slice.")
-    if contrast_limits is None:
-        contrast_limits = default_contrast_limits(np.asarray(slices), has_channels)
-    device, dtype = model.device, model.dtype
-
-    def prepared(index: int) -> torch.Tensor:
-        return frame_pixels(np.asarray(slices[index]), geometry, contrast_limits, has_channels, device, dtype)
-
-    class VolumeSession(_session_class(model)):
-        """An inference session whose frames are prepared when the model asks for them, never stored."""
-
-        num_frames = property(lambda self: n_slices)
-
-        def get_frame(self, frame_idx: int) -> torch.Tensor:
-            return prepared(frame_idx)
-
-    session = VolumeSession(video_height=original_size[0], video_width=original_size[1], inference_device=device,
-                            inference_state_device=device, video_storage_device="cpu", dtype=dtype)
-    obj_idx = session.obj_id_to_idx(1)
-    if mask is not None:
-        resized = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=geometry.image_size,
-                                mode="bilinear", align_corners=False, antialias=True)
-        session.add_mask_inputs(obj_idx, start_index, (resized >= 0.5).float())
-    else:
-        session.add_point_inputs(obj_idx, start_index, prompt)
-    session.obj_with_new_inputs = [1]
-    config = model.config
-    lookback = max(getattr(config, "num_maskmem", n_slices), getattr(config, "max_object_pointers_in_encoder", 0))
-    outputs = session.output_dict_per_obj[obj_idx]["non_cond_frame_outputs"]
-
-    masks = np.zeros((n_slices, *original_size), dtype=bool)
-    scores = np.full(n_slices, np.nan, dtype=np.float32)
-    bounds, done = [start_index, start_index], 0
-
-    def segment(index: int, step: int) -> tuple[np.ndarray, float]:
-        nonlocal done
-        if cancel is not None and cancel():
-            raise SegmentationCancelled()
-        output = model(session, frame_idx=index, reverse=step < 0)
-        logits = F.interpolate(output.pred_masks[:1, :1].float(), size=original_size, mode="bilinear",
-                               align_corners=False)
-        done += 1
-        if progress is not None:
-            progress(done, total)
-        # Forget a slice once the model no longer looks back to it; those near the start serve the reverse pass.
-        stale = index - step * lookback
-        if abs(stale - start_index) > lookback:
-            outputs.pop(stale, None)
-        return (logits[0, 0] > 0).cpu().numpy(), float(torch.sigmoid(output.object_score_logits.float()).flatten()[0])
-
-    def keep(index: int, found: np.ndarray, score: float) -> None:
-        masks[index], scores[index] = found, score
-        if on_slice is not None:
-            on_slice(index, found, score)
-
-    with torch.inference_mode():
-        found, score = segment(start_index, 0)
-        keep(start_index, found if mask is None else mask, score)  # kept whatever its score
-        for step in steps if masks[start_index].any() else ():
-            index = start_index + step
-            while 0 <= index < n_slices:
-                found, score = segment(index, step)
-                if found.sum() < min_area or score < score_threshold:
-                    break
-                keep(index, found, score)
-                bounds[0 if step < 0 else 1] = index
-                index += step
-    if progress is not None:
-        progress(total, total)
-    return PropagationResult(masks=masks, scores=scores, start=bounds[0], stop=bounds[1])
+    run = prepare_run(volume, start_index, axis, contrast_limits=contrast_limits, rgb=rgb, directions=directions,
+                      settings=settings, overrides=overrides)
+    prompt = _check_prompt(points, point_labels, box, mask, run.stack.size)
+    stepper = VideoStepper(model, geometry or video_geometry(model.config), prompt, run)
+    return drive(stepper, run, progress=progress, cancel=cancel, on_slice=on_slice)
