@@ -9,8 +9,8 @@ from transformers.models.sam import image_processing_pil_sam
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
 from napari_sam import Predictor
-from napari_sam.core.model_loading import BUNDLED_DIR
 from napari_sam.core.automatic_mask_generator import SegmentationCancelled, segment_everything
+from napari_sam.core.model_loading import BUNDLED_DIR
 from napari_sam.demo import synthetic_cells
 
 
@@ -127,3 +127,87 @@ def test_result_layout_progress_and_cancel():
     with pytest.raises(SegmentationCancelled):
         segment_everything(predictor, image, points_per_side=12, points_per_batch=40,
                            cancel=lambda: len(calls) > 5, progress=lambda d, t: calls.append(d))
+
+
+@pytest.fixture(scope="module")
+def pessimistic_checkpoint(tmp_path_factory):
+    """tiny-cells with its IoU head shifted so that every predicted IoU is negative, as random models can be."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("pessimistic")
+    model = SamModel.from_pretrained(str(BUNDLED_DIR / "tiny-cells"))
+    with torch.no_grad():
+        model.mask_decoder.iou_prediction_head.proj_out.bias -= 3.0
+    model.save_pretrained(folder)
+    shutil.copy(BUNDLED_DIR / "tiny-cells" / "preprocessor_config.json", folder)
+    return folder
+
+
+def test_thresholds_of_zero_turn_the_filters_off_as_in_the_pipeline(pessimistic_checkpoint, monkeypatch):
+    """With every predicted IoU negative, thresholds of 0 (off, in Meta's generator and the pipeline) keep the
+    masks on both sides; the grid decoder must not skip any point either."""
+    processor = SamImageProcessorPil(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256})
+    reference = pipeline("mask-generation", model=SamModel.from_pretrained(str(pessimistic_checkpoint)),
+                         image_processor=processor, device="cpu")
+    monkeypatch.setattr(reference.image_processor, "post_process_for_mask_generation", torch_post_process)
+    cells, _ = synthetic_cells((200, 240), seed=900_030)
+    low, high = np.percentile(cells, [0.5, 99.5])
+    gray = (np.clip((cells - low) / (high - low), 0, 1) * 255).round().astype(np.uint8)
+    image = np.stack([gray] * 3, axis=-1)
+    predictor = Predictor.from_pretrained(str(pessimistic_checkpoint), device="cpu")
+    predictor.set_image(image)
+    assert (predictor.predict(points=[[100, 120]]).scores < 0).all()
+    theirs = reference(Image.fromarray(image), points_per_batch=64, points_per_crop=8, pred_iou_thresh=0.0,
+                       stability_score_thresh=0.0, crops_nms_thresh=0.7)
+    ours = segment_everything(predictor, image, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                              box_nms_thresh=0.7, prefer_smaller_crops=False)
+    theirs = np.stack(theirs["masks"])
+    theirs = theirs[theirs.any(axis=(1, 2))]  # the pipeline keeps empty masks (all-zero boxes); they are no objects
+    assert len(theirs) >= 3 and len(ours.masks) >= 3 and ours.masks.any(axis=(1, 2)).all()
+    assert partner_rate(ours.masks, theirs) >= 0.95
+    assert (ours.scores < 0).all()
+
+
+def test_each_crop_is_encoded_exactly_once():
+    """21 crops (two crop layers) with a cache of 8 embeddings: the final upsampling needs no encoder run."""
+    from napari_sam import EmbeddingCache
+
+    predictor = Predictor.from_pretrained("tiny-cells", device="cpu", cache=EmbeddingCache(max_items=8))
+    runs = []
+    predictor.model.vision_encoder.register_forward_hook(lambda *args: runs.append(1))
+    image, _ = synthetic_cells((200, 240), seed=900_031)
+    result = segment_everything(predictor, image, points_per_side=8, crop_n_layers=2, pred_iou_thresh=0.7,
+                                stability_score_thresh=0.8)
+    assert len(result.masks) > 0
+    assert len(runs) == 21
+
+
+@pytest.mark.parametrize("bad", [dict(points_per_side=0), dict(points_per_batch=0),
+                                 dict(crop_n_points_downscale_factor=0), dict(crop_n_layers=-1),
+                                 dict(points_per_side=4, crop_n_layers=1, crop_n_points_downscale_factor=8),
+                                 dict(pred_iou_thresh=float("nan")), dict(no_such_setting=1)])
+def test_bad_settings_name_the_problem(bad):
+    predictor = Predictor.from_pretrained("tiny-cells", device="cpu")
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=name if name != "points_per_side" or len(bad) == 1 else "crop layer 1"):
+        segment_everything(predictor, np.zeros((40, 40), np.uint8), **bad)
+
+
+def test_a_flat_image_without_limits_finds_nothing_without_an_error():
+    predictor = Predictor.from_pretrained("tiny-cells", device="cpu")
+    result = segment_everything(predictor, np.full((64, 80), 1000, dtype=np.uint16), points_per_side=4)
+    assert result.labels.shape == (64, 80) and result.labels.dtype == np.uint32
+
+
+def test_settings_object_and_features():
+    from napari_sam.core.settings import EverythingSettings
+
+    predictor = Predictor.from_pretrained("tiny-cells", device="cpu")
+    image, _ = synthetic_cells((180, 220), seed=900_010)
+    settings = EverythingSettings(points_per_side=12, pred_iou_thresh=0.8, stability_score_thresh=0.9)
+    result = segment_everything(predictor, image, settings)
+    same = segment_everything(predictor, image, points_per_side=12, pred_iou_thresh=0.8, stability_score_thresh=0.9)
+    assert np.array_equal(result.labels, same.labels)
+    features = result.features()
+    assert list(features["label"]) == list(range(1, len(result.masks) + 1))
+    assert np.array_equal(features["area"], result.masks.sum(axis=(1, 2)))

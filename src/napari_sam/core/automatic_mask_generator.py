@@ -1,13 +1,14 @@
 """Segment everything: SAM's automatic mask generator, filtering at low resolution.
 
 The semantics are those of Meta's ``SamAutomaticMaskGenerator`` and transformers' ``mask-generation`` pipeline:
-a point grid per crop, three candidates per point, the predicted-IoU and stability-score filters, box NMS within
-and across crops, the crop-edge rule, and optional small-region/hole removal. What differs is the cost:
+a point grid per crop, three candidates per point, the predicted-IoU and stability-score filters (a threshold of
+0 turns a filter off), box NMS within and across crops, the crop-edge rule, and optional small-region/hole
+removal. What differs is the cost:
 
 - candidates are filtered on their low-resolution logits first; only survivors are upsampled (in chunks), to
   compute their exact stability score, box and, at the end, their mask;
 - NMS runs in torch on the model's device (``utils.amg.nms``), no torchvision;
-- each crop is embedded once; peak memory is bounded by one batch and the surviving masks' low-res logits.
+- each crop is embedded exactly once; peak memory is bounded by one batch and the survivors' low-res logits.
 
 All positions are (row, col) in the image's data pixels.
 """
@@ -16,13 +17,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .image_preparation import default_contrast_limits, image_layout
+from .candidates import Candidates
+from .errors import SegmentationCancelled
+from .image_preparation import default_contrast_limits, image_layout, resized_shape
 from .predictor import Predictor, upscale_logits
+from .settings import EverythingSettings
 from .utils.amg import (
     box_area,
     box_near_crop_edge,
@@ -34,6 +38,8 @@ from .utils.amg import (
     stability_score,
 )
 
+__all__ = ["EverythingResult", "SegmentationCancelled", "explain_empty", "instance_labels", "segment_everything"]
+
 #: Survivors are upsampled this many full-resolution pixels at a time (bounds the float memory: 64 MiB).
 UPSAMPLE_PIXELS = 16 * 1024 * 1024
 #: The low-resolution stability pre-filter keeps candidates within this margin of the threshold.
@@ -43,10 +49,6 @@ STABILITY_MARGIN = 0.1
 def _chunk(height: int, width: int) -> int:
     """How many masks of (height, width) to upsample at once."""
     return max(1, UPSAMPLE_PIXELS // max(1, height * width))
-
-
-class SegmentationCancelled(Exception):
-    """``cancel()`` returned True between two batches."""
 
 
 @dataclass
@@ -60,6 +62,9 @@ class EverythingResult:
         point_coords: (n, 2) (row, col) of the grid point that prompted each mask.
         labels: (H, W) uint32 instance image, 0 = background; label k is ``masks[k - 1]``, painted from the
             largest mask to the smallest so that small objects stay visible.
+        stats: what the filters saw, to explain an empty result: ``candidates`` (decoded), ``best_score`` (the
+            highest predicted IoU), ``passed_score`` (candidates above the IoU threshold) and ``passed_both``
+            (those also above the stability threshold, before NMS and the crop-edge rule).
     """
 
     masks: np.ndarray
@@ -68,155 +73,180 @@ class EverythingResult:
     boxes: np.ndarray
     point_coords: np.ndarray
     labels: np.ndarray
+    stats: dict = field(default_factory=dict)
+
+    def features(self) -> dict[str, np.ndarray]:
+        """One row per object, as columns: label, area, score, stability and its box (row/col min/max)."""
+        columns = {"label": np.arange(1, len(self.masks) + 1), "area": self.masks.sum(axis=(1, 2)),
+                   "score": self.scores, "stability": self.stability_scores}
+        for index, name in enumerate(("box_row_min", "box_col_min", "box_row_max", "box_col_max")):
+            columns[name] = self.boxes[:, index]
+        return columns
 
 
-@dataclass
-class _Candidates:
-    """Surviving candidates of one crop, kept at low resolution."""
+@dataclass(frozen=True)
+class _Crop:
+    """One crop of the image: its box (row0, col0, row1, col1, end-exclusive), its layer, and the size it takes
+    in the model's input (computed from the checkpoint's geometry, without embedding it)."""
 
-    logits: list
-    scores: list
-    stability: list
-    boxes: list
-    points: list
+    box: tuple[int, int, int, int]
+    layer: int
+    resized_size: tuple[int, int]
 
-    def cat(self):
-        if not self.logits:
-            return None
-        return (torch.cat(self.logits), torch.cat(self.scores), torch.cat(self.stability), torch.cat(self.boxes),
-                torch.cat(self.points))
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.box[2] - self.box[0], self.box[3] - self.box[1]
 
 
-def _crop_batches(predictor: Predictor, crop, points_rc, settings, cancel, progress, counter) -> _Candidates:
-    """Run the point grid of one crop (already set on the predictor) and keep the candidates that pass."""
-    row0, col0, row1, col1 = crop
-    current = predictor.current
-    geometry = predictor.geometry
-    size = current.original_size
-    found = _Candidates([], [], [], [], [])
-    valid_rows = math.ceil(current.resized_size[0] * geometry.mask_size / geometry.pad_size[0])
-    valid_cols = math.ceil(current.resized_size[1] * geometry.mask_size / geometry.pad_size[1])
-    offset = torch.tensor([row0, col0, row0, col0], dtype=torch.float32, device=predictor.device)
-    for start in range(0, len(points_rc), settings["points_per_batch"]):
-        if cancel is not None and cancel():
+class _Steps:
+    """Counts decoded batches over the whole run, reports them, checks for cancellation, and keeps what the
+    filters saw (:attr:`EverythingResult.stats`)."""
+
+    def __init__(self, total: int, progress, cancel):
+        self.done, self.total, self.progress, self.cancel = 0, total, progress, cancel
+        self.stats = {"candidates": 0, "best_score": float("-inf"), "passed_score": 0, "passed_both": 0}
+
+    def saw(self, scores: torch.Tensor, passed_score: int) -> None:
+        """All decoded scores of a batch, and how many candidates passed the IoU filter."""
+        self.stats["candidates"] += scores.numel()
+        if scores.numel():
+            self.stats["best_score"] = max(self.stats["best_score"], float(scores.max()))
+        self.stats["passed_score"] += passed_score
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel():
             raise SegmentationCancelled()
-        points = points_rc[start: start + settings["points_per_batch"]]
-        logits, scores, kept = predictor.point_grid_logits(points, min_score=settings["pred_iou_thresh"])
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def _decode_crop(predictor: Predictor, crops: list[_Crop], index: int, points_rc: np.ndarray,
+                 settings: EverythingSettings, image_size: tuple[int, int], steps: _Steps) -> Candidates:
+    """Decode the point grid of crop ``index`` (already the predictor's current image); the candidates that
+    pass, before NMS."""
+    crop = crops[index]
+    row0, col0 = crop.box[:2]
+    geometry, current = predictor.geometry, predictor.current
+    iou_filter = settings.pred_iou_thresh if settings.pred_iou_thresh > 0 else None  # 0: off, as Meta's
+    stability_filter = settings.stability_score_thresh if settings.stability_score_thresh > 0 else None
+    offset_value = settings.stability_score_offset
+    valid_rows = math.ceil(crop.resized_size[0] * geometry.mask_size / geometry.pad_size[0])
+    valid_cols = math.ceil(crop.resized_size[1] * geometry.mask_size / geometry.pad_size[1])
+    offset = torch.tensor([row0, col0, row0, col0], dtype=torch.float32, device=predictor.device)
+    image_box = [0, 0, *image_size]
+    parts = []
+    for start in range(0, len(points_rc), settings.points_per_batch):
+        steps.check()
+        points = points_rc[start: start + settings.points_per_batch]
+        logits, scores, kept = predictor.point_grid_logits(points, min_score=iou_filter)
         point_index = kept.repeat_interleave(scores.shape[1])  # the point of each candidate
-        logits, scores = logits.flatten(0, 1), scores[kept].flatten()
-        keep = scores > settings["pred_iou_thresh"]
-        if settings["stability_score_thresh"] > 0:  # cheap pre-filter on the valid low-res region
-            rough = stability_score(logits[:, :valid_rows, :valid_cols], 0.0, settings["stability_score_offset"])
-            keep &= rough > settings["stability_score_thresh"] - STABILITY_MARGIN
+        all_scores, logits, scores = scores, logits.flatten(0, 1), scores[kept].flatten()
+        keep = torch.ones_like(scores, dtype=torch.bool) if iou_filter is None else scores > iou_filter
+        steps.saw(all_scores, int(keep.sum()))
+        if stability_filter is not None:  # a cheap pre-filter on the valid low-res region
+            rough = stability_score(logits[:, :valid_rows, :valid_cols], 0.0, offset_value)
+            keep &= rough > stability_filter - STABILITY_MARGIN
         logits, scores, point_index = logits[keep], scores[keep], point_index[keep]
         grid = torch.as_tensor(points, dtype=torch.float32, device=logits.device)
-        step = _chunk(*size)
+        step = _chunk(*crop.size)
         for chunk in range(0, len(logits), step):
             part = logits[chunk: chunk + step]
-            full = upscale_logits(part, geometry, current.resized_size, size)
-            stability = stability_score(full, 0.0, settings["stability_score_offset"])
-            passed = stability > settings["stability_score_thresh"] if settings["stability_score_thresh"] > 0 \
-                else torch.ones_like(stability, dtype=torch.bool)
+            full = upscale_logits(part, geometry, current.resized_size, crop.size)
+            stability = stability_score(full, 0.0, offset_value)
+            passed = (full > 0).flatten(1).any(dim=1)
+            if stability_filter is not None:
+                passed &= stability > stability_filter
+            steps.stats["passed_both"] += int(passed.sum())
             boxes = masks_to_boxes(full > 0) + offset
-            passed &= ~box_near_crop_edge(boxes, crop, [0, 0, settings["height"], settings["width"]])
-            passed &= (full > 0).flatten(1).any(dim=1)
+            passed &= ~box_near_crop_edge(boxes, crop.box, image_box)
             chosen = torch.nonzero(passed).flatten()
-            found.logits.append(part[chosen].to(torch.float16))
-            found.scores.append(scores[chunk: chunk + step][chosen])
-            found.stability.append(stability[chosen])
-            found.boxes.append(boxes[chosen])
-            found.points.append(grid[point_index[chunk: chunk + step][chosen]] + offset[:2])
-        counter[0] += 1
-        if progress is not None:
-            progress(counter[0], counter[1])
-    return found
+            parts.append(Candidates(
+                logits=part[chosen].to(torch.float16), scores=scores[chunk: chunk + step][chosen],
+                stability=stability[chosen], boxes=boxes[chosen],
+                points=grid[point_index[chunk: chunk + step][chosen]] + offset[:2],
+                crops=torch.full((len(chosen),), index, dtype=torch.long, device=logits.device)))
+        steps.advance()
+    return Candidates.cat(parts, geometry.mask_size, predictor.device)
 
 
-def segment_everything(predictor: Predictor, image: np.ndarray, *, contrast_limits=None, rgb: bool | None = None,
-                       points_per_side: int = 32, points_per_batch: int = 64, pred_iou_thresh: float = 0.88,
-                       stability_score_thresh: float = 0.95, stability_score_offset: float = 1.0,
-                       box_nms_thresh: float = 0.7, crop_n_layers: int = 0, crop_nms_thresh: float = 0.7,
-                       crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
-                       prefer_smaller_crops: bool = True, min_mask_region_area: int = 0,
+def plan_crops(image_size: tuple[int, int], settings: EverythingSettings, longest_edge: int) -> list[_Crop]:
+    """The crops of an image of ``image_size`` (H, W), with the size each takes in a model resizing its longest
+    side to ``longest_edge``."""
+    boxes, layers = generate_crop_boxes(image_size, settings.crop_n_layers, settings.crop_overlap_ratio)
+    return [_Crop(tuple(box), layer, resized_shape((box[2] - box[0], box[3] - box[1]), longest_edge))
+            for box, layer in zip(boxes, layers)]
+
+
+def segment_everything(predictor: Predictor, image: np.ndarray, settings: EverythingSettings | None = None, *,
+                       contrast_limits=None, rgb: bool | None = None,
                        progress: Callable[[int, int], None] | None = None,
-                       cancel: Callable[[], bool] | None = None) -> EverythingResult:
+                       cancel: Callable[[], bool] | None = None, **overrides) -> EverythingResult:
     """Find every object in a 2D image (gray, RGB or RGBA; any dtype), as SAM's automatic mask generator.
 
     Args:
         predictor: the model to use; its current image is replaced by the image's crops.
-        image, contrast_limits, rgb: as for :meth:`Predictor.set_image`; without limits, the whole image's
-            default limits are used for every crop.
-        points_per_side: the grid of one-point prompts is points_per_side² per crop (before downscaling).
-        points_per_batch: prompts decoded at once; bounds the peak memory.
-        pred_iou_thresh, stability_score_thresh, stability_score_offset: candidate filters.
-        box_nms_thresh: NMS within a crop; crop_nms_thresh: NMS across crops.
-        prefer_smaller_crops: across crops, keep the mask from the smaller crop, as Meta's generator does
-            (True); or the higher predicted IoU, as transformers' pipeline does (False).
-        crop_n_layers, crop_overlap_ratio, crop_n_points_downscale_factor: extra crop layers, as Meta's.
-        min_mask_region_area: islands and holes smaller than this are removed (0: off).
-        progress: called as ``progress(done, total)`` after every batch.
+        image: (H, W), (H, W, 3) or (H, W, 4) array.
+        settings: the generator's settings (:class:`~napari_sam.core.settings.EverythingSettings`; None: its
+            defaults). ``overrides`` replace single settings by name, e.g. ``points_per_side=16``.
+        contrast_limits, rgb: as for :meth:`Predictor.set_image`; without limits, the whole image's default
+            limits serve every crop.
+        progress: called as ``progress(done, total)`` after every batch of points.
         cancel: checked between batches; returning True raises :class:`SegmentationCancelled`.
+
+    Raises:
+        ValueError: an unknown or invalid setting, or an unsupported image.
     """
+    settings = (settings or EverythingSettings()).replace(**overrides)
     image = np.asarray(image)
     has_channels = image_layout(image, rgb)
-    limits = tuple(contrast_limits) if contrast_limits is not None else default_contrast_limits(image, has_channels)
+    limits = contrast_limits if contrast_limits is not None else default_contrast_limits(image, has_channels)
     height, width = image.shape[:2]
-    crops, layers = generate_crop_boxes((height, width), crop_n_layers, crop_overlap_ratio)
-    grids = [build_point_grid(int(points_per_side / crop_n_points_downscale_factor**layer))
-             for layer in range(crop_n_layers + 1)]
-    counter = [0, sum(math.ceil(len(grids[layer]) / points_per_batch) for layer in layers)]
-    settings = {"points_per_batch": points_per_batch, "pred_iou_thresh": pred_iou_thresh,
-                "stability_score_thresh": stability_score_thresh,
-                "stability_score_offset": stability_score_offset, "height": height, "width": width}
-    kept_parts = []
-    for crop_index, (crop, layer) in enumerate(zip(crops, layers)):
-        row0, col0, row1, col1 = crop
-        points = grids[layer] * np.array([row1 - row0, col1 - col0])
+    crops = plan_crops((height, width), settings, predictor.geometry.longest_edge)
+    grids = [build_point_grid(side) for side in settings.grid_sides()]
+    steps = _Steps(sum(math.ceil(len(grids[crop.layer]) / settings.points_per_batch) for crop in crops), progress,
+                   cancel)
+    kept = []
+    for index, crop in enumerate(crops):
+        (row0, col0, row1, col1), points = crop.box, grids[crop.layer] * np.array(crop.size)
         with predictor.locked():  # the crop stays the current image for all its batches
             predictor.set_image(image[row0:row1, col0:col1], contrast_limits=limits, rgb=has_channels)
-            found = _crop_batches(predictor, crop, points, settings, cancel, progress, counter).cat()
-        if found is None:
-            continue
-        logits, scores, stability, boxes, coords = found
-        keep = nms(boxes, scores, box_nms_thresh)
-        kept_parts.append((crop_index, logits[keep], scores[keep], stability[keep], boxes[keep], coords[keep]))
-    return _assemble(predictor, image, limits, has_channels, crops, kept_parts, crop_nms_thresh,
-                     prefer_smaller_crops, min_mask_region_area, box_nms_thresh)
+            found = _decode_crop(predictor, crops, index, points, settings, (height, width), steps)
+        kept.append(found[nms(found.boxes, found.scores, settings.box_nms_thresh)])
+    candidates = Candidates.cat(kept, predictor.geometry.mask_size, predictor.device)
+    if len(crops) > 1 and len(candidates):
+        crop_boxes = torch.tensor([crop.box for crop in crops], dtype=torch.float32, device=predictor.device)
+        preference = 1.0 / box_area(crop_boxes)[candidates.crops] if settings.prefer_smaller_crops \
+            else candidates.scores
+        candidates = candidates[nms(candidates.boxes, preference, settings.crop_nms_thresh)]
+    masks = _full_masks(predictor, candidates, crops, (height, width))
+    scores, stability, boxes, points = (t.cpu().numpy() for t in (candidates.scores, candidates.stability,
+                                                                  candidates.boxes, candidates.points))
+    if settings.min_mask_region_area > 0:
+        masks, scores, stability, boxes, points = _remove_small_regions(
+            masks, scores, stability, boxes, points, settings.min_mask_region_area, settings.box_nms_thresh)
+    order = np.argsort(-scores, kind="stable")
+    result = _result(masks[order], scores[order], stability[order], boxes[order], points[order])
+    result.stats = steps.stats
+    return result
 
 
-def _assemble(predictor, image, limits, has_channels, crops, kept_parts, crop_nms_thresh, prefer_smaller_crops,
-              min_area, box_nms_thresh) -> EverythingResult:
-    """Merge the crops' survivors (NMS across crops), upsample the kept masks, post-process, label."""
-    height, width = image.shape[:2]
-    device = predictor.device
-    if not kept_parts:
-        return _result(np.zeros((0, height, width), bool), *(np.zeros((0,) + s) for s in ((), (), (4,), (2,))))
-    crop_of = torch.cat([torch.full((len(p[1]),), p[0], device=device) for p in kept_parts])
-    logits, scores, stability, boxes, coords = (torch.cat([p[i] for p in kept_parts]) for i in range(1, 6))
-    if len(crops) > 1:
-        crop_boxes = torch.tensor(crops, dtype=torch.float32, device=device)
-        preference = 1.0 / box_area(crop_boxes)[crop_of] if prefer_smaller_crops else scores
-        keep = nms(boxes, preference, crop_nms_thresh)
-        crop_of, logits, scores, stability, boxes, coords = (t[keep] for t in (crop_of, logits, scores, stability,
-                                                                               boxes, coords))
-    masks = np.zeros((len(logits), height, width), dtype=bool)
-    for crop_index in torch.unique(crop_of).tolist():  # one embedding per crop: its sizes map the logits
-        row0, col0, row1, col1 = crops[crop_index]
-        with predictor.locked():
-            predictor.set_image(image[row0:row1, col0:col1], contrast_limits=limits, rgb=has_channels)
-            sizes = predictor.current.resized_size, predictor.current.original_size
-        rows = torch.nonzero(crop_of == crop_index).flatten()
-        step = _chunk(row1 - row0, col1 - col0)
+def _full_masks(predictor: Predictor, candidates: Candidates, crops: list[_Crop],
+                image_size: tuple[int, int]) -> np.ndarray:
+    """(n, H, W) bool: each candidate's low-res logits upsampled into its crop, in chunks."""
+    masks = np.zeros((len(candidates), *image_size), dtype=bool)
+    for index in torch.unique(candidates.crops).tolist():
+        crop = crops[index]
+        row0, col0, row1, col1 = crop.box
+        rows = torch.nonzero(candidates.crops == index).flatten()
+        step = _chunk(*crop.size)
         for chunk in range(0, len(rows), step):
             part = rows[chunk: chunk + step]
-            full = upscale_logits(logits[part].float(), predictor.geometry, *sizes)
+            full = upscale_logits(candidates.logits[part].float(), predictor.geometry, crop.resized_size, crop.size)
             masks[part.cpu().numpy(), row0:row1, col0:col1] = (full > 0).cpu().numpy()
-    scores, stability, boxes, coords = (t.cpu().numpy() for t in (scores, stability, boxes, coords))
-    if min_area > 0:
-        masks, scores, stability, boxes, coords = _remove_small_regions(masks, scores, stability, boxes, coords,
-                                                                        min_area, box_nms_thresh)
-    order = np.argsort(-scores, kind="stable")
-    return _result(masks[order], scores[order], stability[order], boxes[order], coords[order])
+    return masks
 
 
 def _remove_small_regions(masks, scores, stability, boxes, coords, min_area, nms_thresh):
@@ -248,3 +278,18 @@ def _result(masks, scores, stability, boxes, coords) -> EverythingResult:
                             boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
                             point_coords=np.asarray(coords, np.float32).reshape(-1, 2),
                             labels=instance_labels(masks))
+
+
+def explain_empty(stats: dict, settings: EverythingSettings) -> str:
+    """Why a run found no object, and which setting to lower (from :attr:`EverythingResult.stats`)."""
+    if not stats.get("candidates"):
+        return "No candidate mask was decoded."
+    if not stats["passed_score"]:
+        return (f"No candidate's predicted IoU was above 'min predicted IoU' ({settings.pred_iou_thresh:g}); the "
+                f"best was {stats['best_score']:.2f}. Lower 'min predicted IoU' below that.")
+    if not stats["passed_both"]:
+        return (f"{stats['passed_score']} of {stats['candidates']} candidates passed 'min predicted IoU' "
+                f"({settings.pred_iou_thresh:g}) but none 'min stability' ({settings.stability_score_thresh:g}). "
+                "Lower 'min stability' (0.8, say).")
+    return ("The candidates that passed both filters were all dropped as duplicates or for touching a crop's edge. "
+            "Raise 'points per side' or lower 'min region (px)'.")

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from .coordinates import boxes_to_model, points_to_model
 from .embedding_cache import CachedEmbedding, EmbeddingCache, EmbeddingKey, content_signature
 from .grid_decoder import GridDecoder, PreparedImage
-from .image_preparation import display_rgb, image_layout, model_input, resized_shape
-from .model_loading import DEFAULT_CHECKPOINT, ModelGeometry, load_sam
+from .image_preparation import check_contrast_limits, display_rgb, image_layout, model_input, resized_shape
+from .model_loading import DEFAULT_CHECKPOINT, ModelGeometry, load_sam, resolve_checkpoint
 from .prompts import ObjectPrompts, check_prompts
-
+from .settings import Recommendations, read_recommendations
 
 #: Bytes of image tokens decoded at once in :meth:`Predictor.point_grid_logits`: each prompt has its own copy of
 #: the image tokens after the first block, and small chunks keep them in the CPU's caches (SAM ViT-B at 1024,
@@ -77,11 +77,16 @@ class Predictor:
     """Owns a SAM model and a cache of image embeddings; predicts masks from prompts.
 
     Thread-safe: ``set_image`` and ``predict`` may be called from worker threads; calls are serialised.
+
+    Attributes:
+        recommended: the settings the checkpoint recommends for segment everything, propagation and refinement
+            (``napari_sam.json`` in its folder; the defaults otherwise).
     """
 
     def __init__(self, model, geometry: ModelGeometry, device: torch.device, name: str = "sam",
-                 cache: EmbeddingCache | None = None):
+                 cache: EmbeddingCache | None = None, recommended: Recommendations | None = None):
         self.model = model
+        self.recommended = recommended or Recommendations()
         self.geometry = geometry
         self.device = torch.device(device)
         self.name = name
@@ -96,7 +101,9 @@ class Predictor:
                         cache: EmbeddingCache | None = None) -> Predictor:
         """Load a SAM checkpoint (hub id or ``save_pretrained`` folder); see :func:`load_sam`."""
         model, geometry, resolved = load_sam(name_or_path, device=device, dtype=dtype)
-        return cls(model, geometry, resolved, name=f"{os.fspath(name_or_path)}:{model.dtype}", cache=cache)
+        recommended = read_recommendations(resolve_checkpoint(name_or_path), label=os.fspath(name_or_path))
+        return cls(model, geometry, resolved, name=f"{os.fspath(name_or_path)}:{model.dtype}", cache=cache,
+                   recommended=recommended)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -142,7 +149,7 @@ class Predictor:
     def _embedding(self, image, contrast_limits, rgb) -> tuple[CachedEmbedding, bool]:
         image = np.asarray(image)
         has_channels = image_layout(image, rgb)
-        limits = None if contrast_limits is None else tuple(float(v) for v in contrast_limits)
+        limits = None if contrast_limits is None else check_contrast_limits(contrast_limits)
         key = EmbeddingKey(self.name, content_signature(image), limits, has_channels)
         cached = self.cache.get(key)
         if cached is not None:

@@ -181,20 +181,20 @@ class PropagationSettings(_Settings):
     """
 
     score_threshold: float = setting(
-        0.5, 0.0, 1.0, "Stop at the first slice whose score is below this: the predicted IoU (SAM) or the object "
-        "score (SAM2-family video checkpoints).", label="stop below score", step=0.05)
+        0.6, 0.0, 1.0, "Stop at the first slice whose score is below this: the predicted IoU (SAM) or the object "
+        "score (SAM2-family video checkpoints).", label="min score", step=0.05)
     iou_threshold: float = setting(
         0.3, 0.0, 1.0, "Stop at the first slice whose mask overlaps the previous slice's less than this (IoU): the "
-        "object changed too much, or the prompt jumped to a neighbour.", label="stop below overlap", step=0.05)
+        "object changed too much, or the prompt jumped to a neighbour.", label="min overlap", step=0.05)
     min_area: int = setting(
         10, 0, 1 << 30, "Stop at the first slice whose mask has fewer pixels: the object has ended.",
-        label="stop below area (px)")
+        label="min area (px)")
     n_points: int = setting(
         3, 0, 16, "SAM: positive points placed deep inside the previous slice's mask, with its box, as the next "
         "slice's prompt.", advanced=True, label="points per slice")
     use_mask_input: bool = setting(
         False, help="SAM: also prompt each slice with the previous slice's mask (helps checkpoints trained with "
-        "mask prompts, such as Meta's SAM).", advanced=True, label="prompt with the previous mask")
+        "mask prompts, such as Meta's SAM).", advanced=True, label="previous mask as prompt")
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ class RefineSettings(_Settings):
 
     use_mask_input: bool = setting(
         True, help="Prompt with the object's mask as well as its box (for checkpoints trained with mask prompts, "
-        "such as Meta's SAM); unticked, the box alone.", label="prompt with the object's mask")
+        "such as Meta's SAM); unticked, the box alone.", label="object's mask as prompt")
 
 
 #: The settings classes by their key in a checkpoint's ``napari_sam.json``.
@@ -238,23 +238,19 @@ class Recommendations:
                    refine=parts["refine"], source=source)
 
 
-def read_recommendations(folder_or_id: str) -> Recommendations:
-    """The settings a checkpoint recommends, from ``napari_sam.json`` in its folder (or hub repository).
+def read_recommendations(folder_or_id: str, label: str | None = None) -> Recommendations:
+    """The settings a checkpoint recommends, from ``napari_sam.json`` in its folder (or hub repository);
+    ``label`` names the checkpoint as its ``source`` (default: ``folder_or_id``).
 
     Raises:
-        ModelLoadError: the file exists but is not valid JSON or holds unknown or invalid settings.
+        ModelLoadError: the file exists but is not a valid JSON object, or holds unknown or invalid settings.
     """
-    import json
-
     from .model_loading import _read_json
 
-    try:
-        values = _read_json(folder_or_id, RECOMMENDATIONS_FILE)
-    except (ValueError, json.JSONDecodeError) as error:
-        raise ModelLoadError(f"{RECOMMENDATIONS_FILE} of {folder_or_id!r} is not valid JSON: {error}") from error
+    values = _read_json(folder_or_id, RECOMMENDATIONS_FILE)  # a malformed file raises ModelLoadError
     if values is None:
         return Recommendations()
     try:
-        return Recommendations.from_dict(values, source=str(folder_or_id))
+        return Recommendations.from_dict(values, source=label or str(folder_or_id))
     except ValueError as error:
         raise ModelLoadError(f"{RECOMMENDATIONS_FILE} of {folder_or_id!r}: {error}") from error
