@@ -113,3 +113,94 @@ def test_commit_on_a_stack_plane():
     mask[2:4, 3:5] = True
     (new,) = commit_masks(labels, image, mask[None], plane_index=(3,))
     assert set(np.nonzero(labels.data == new)[0]) == {3}
+
+
+def test_a_commit_that_cannot_be_written_whole_writes_nothing():
+    """A labels layer smaller than the image; the second of two objects lies outside it. The commit raises, writes
+    nothing, and leaves the undo history as it was: the next commit is one undo step of its own."""
+    from napari_sam.bridge.labels_writer import commit_masks
+
+    image = Image(np.zeros((40, 40)))
+    labels = Labels(np.zeros((30, 30), dtype=np.uint32))
+    masks = np.zeros((2, 40, 40), dtype=bool)
+    masks[0, 5:10, 5:10] = True
+    masks[1, 32:38, 32:38] = True  # outside the 30 x 30 labels
+    with pytest.raises(ValueError, match="outside the labels layer"):
+        commit_masks(labels, image, masks)
+    assert not labels.data.any()
+    (first,) = commit_masks(labels, image, masks[:1])
+    after_first = labels.data.copy()
+    second = np.zeros((40, 40), dtype=bool)
+    second[20:25, 20:25] = True
+    commit_masks(labels, image, second[None])
+    labels.undo()
+    assert np.array_equal(labels.data, after_first)
+    labels.undo()
+    assert not labels.data.any()
+
+
+def test_a_full_uint8_layer_says_so_and_writes_nothing():
+    from napari_sam.bridge.labels_writer import commit_masks
+    from napari_sam.core.errors import LabelsFullError
+
+    image = Image(np.zeros((20, 20)))
+    labels = Labels(np.zeros((20, 20), dtype=np.uint8))
+    labels.data[0, 0] = 254
+    masks = np.zeros((2, 20, 20), dtype=bool)
+    masks[0, 5:8, 5:8] = True
+    masks[1, 10:14, 10:14] = True
+    before = labels.data.copy()
+    with pytest.raises(LabelsFullError, match="uint8.*256"):
+        commit_masks(labels, image, masks)  # ids 255 and 256: the second does not fit
+    assert np.array_equal(labels.data, before)
+    assert commit_masks(labels, image, masks[:1]) == [255]
+
+
+def test_overlapping_masks_of_one_commit_keep_the_first_unless_overwrite():
+    from napari_sam.bridge.labels_writer import commit_masks
+
+    image = Image(np.zeros((20, 20)))
+    masks = np.zeros((2, 20, 20), dtype=bool)
+    masks[0, 2:10, 2:10] = True
+    masks[1, 6:14, 6:14] = True
+    labels = Labels(np.zeros((20, 20), dtype=np.uint16))
+    assert commit_masks(labels, image, masks) == [1, 2]
+    assert labels.data[7, 7] == 1
+    labels = Labels(np.zeros((20, 20), dtype=np.uint16))
+    commit_masks(labels, image, masks, overwrite=True)
+    assert labels.data[7, 7] == 2
+
+
+def test_replacing_objects_of_a_plane_is_one_undo_step():
+    from napari_sam.bridge.labels_writer import replace_plane_objects
+
+    image = Image(np.zeros((3, 20, 20)))
+    data = np.zeros((3, 20, 20), dtype=np.int32)
+    data[1, 2:6, 2:6] = 4
+    data[1, 10:15, 10:15] = 9
+    data[2, 2:6, 2:6] = 4  # another plane: untouched
+    labels = Labels(data.copy())
+    new4 = np.zeros((20, 20), dtype=bool)
+    new4[3:8, 3:8] = True
+    new9 = np.zeros((20, 20), dtype=bool)
+    new9[11:13, 11:13] = True
+    new_plane = np.where(new4, 4, np.where(new9, 9, 0))
+    assert replace_plane_objects(labels, image, [((1,), new_plane, [4, 9])])
+    assert np.array_equal(labels.data[1] == 4, new4) and np.array_equal(labels.data[1] == 9, new9)
+    assert np.array_equal(labels.data[2], data[2])
+    labels.undo()
+    assert np.array_equal(labels.data, data)
+
+
+def test_labels_are_read_back_onto_the_image_plane_on_any_grid():
+    from napari_sam.bridge.labels_grid import labels_on_plane, object_mask
+
+    image = Image(np.zeros((4, 20, 20)), scale=(1.0, 2.0, 2.0))
+    labels = Labels(np.zeros((4, 40, 40), dtype=np.uint16))  # twice as fine in y and x
+    labels.data[2, 8:12, 8:12] = 5  # world 8..11: image pixels 4 and 5
+    plane = labels_on_plane(labels, image, (2,), (20, 20))
+    assert plane.shape == (20, 20) and set(np.unique(plane)) == {0, 5}
+    assert np.array_equal(np.argwhere(plane == 5).min(axis=0), [4, 4])
+    assert np.array_equal(np.argwhere(plane == 5).max(axis=0), [5, 5])
+    assert object_mask(labels, image, (2,), (20, 20), 5).sum() == 4
+    assert not object_mask(labels, image, (1,), (20, 20), 5).any()

@@ -1,109 +1,197 @@
-"""Committing masks into a napari Labels layer as new objects, in one undoable step.
+"""Writing into a napari Labels layer: all or nothing, in one undo step.
 
-Writes go through ``Labels.data_setitem`` inside ``Labels.block_history``, so one Ctrl+Z in the Labels layer
-removes a whole commit and redo puts it back. Nothing else here changes labels data.
+Every change is planned first on a copy of the region it touches: the masks are mapped to labels pixels, checked
+(inside the layer, ids that the dtype can hold), and written in order on the copy. Only then are the changed
+pixels written, in one ``Labels.data_setitem`` call inside ``Labels.block_history``: one Ctrl+Z in the Labels
+layer undoes the whole change and redo puts it back. A change that fails its checks writes nothing and leaves
+the undo history as it was. Nothing else in napari-sam changes labels data.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from .transforms import apply, layer_to_layer
+from ..core.errors import LabelsFullError
+from .labels_grid import grid_matrix, labels_on_plane, outside_labels, plane_coverage, plane_indices
+
+#: A plane of the image and a mask on it: ``(plane_index, (H, W) bool mask)``.
+PlaneMask = tuple[tuple[int, ...], np.ndarray]
 
 
-def _plane_indices(mask: np.ndarray, plane_index: tuple[int, ...], matrix: np.ndarray | None,
-                   labels_shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
-    """Labels-data indices covered by ``mask`` (a plane of the image at ``plane_index``).
+@dataclass
+class _Write:
+    """Set ``value`` (one id, or one per index) at ``indices`` (labels data), only where the current value is one
+    of ``only_where`` (None: everywhere)."""
 
-    On the image's own grid the mask's pixels are taken as they are. On another grid, every labels pixel
-    whose centre falls inside a mask pixel is taken (pull sampling: no gaps on a finer grid).
-    """
-    rows, cols = np.nonzero(mask)
-    if matrix is None:
-        return tuple(np.full(rows.shape, value, dtype=np.intp) for value in plane_index) + (rows, cols)
-    if rows.size == 0:
-        return ()
-    lead = list(plane_index)
-    corners = np.array([lead + [r, c] for r in (rows.min() - 0.5, rows.max() + 0.5)
-                        for c in (cols.min() - 0.5, cols.max() + 0.5)], dtype=float)
-    if lead:  # the plane's thickness along the leading axes
-        corners = np.concatenate([corners + offset for offset in (-0.5, 0.5)])
-    reach = apply(matrix, corners)
-    low = np.clip(np.floor(reach.min(axis=0)).astype(int), 0, None)
-    high = np.minimum(np.ceil(reach.max(axis=0)).astype(int) + 1, labels_shape)
-    if (high <= low).any():
-        return ()
-    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(low, high)], indexing="ij"), axis=-1)
-    candidates = grid.reshape(-1, len(labels_shape))
-    back = np.rint(apply(np.linalg.inv(matrix), candidates)).astype(np.intp)
-    on_plane = (back[:, : len(lead)] == np.asarray(lead, dtype=np.intp)).all(axis=1)
-    inside = on_plane & (back[:, -2] >= 0) & (back[:, -2] < mask.shape[0]) & (back[:, -1] >= 0) & (
-        back[:, -1] < mask.shape[1])
-    hit = np.zeros(len(candidates), dtype=bool)
-    hit[inside] = mask[back[inside, -2], back[inside, -1]]
-    return tuple(candidates[hit].T)
+    value: int | np.ndarray
+    indices: tuple[np.ndarray, ...]
+    only_where: int | list[int] | None = None
 
 
-def _grid_matrix(labels_layer, image_layer) -> np.ndarray | None:
-    """Image data -> labels data matrix, or None when both share one grid."""
-    if labels_layer.ndim != image_layer.ndim:
-        raise ValueError(f"the labels layer has {labels_layer.ndim} dimensions and the image "
-                         f"{image_layer.ndim}: choose or create a labels layer that matches the image.")
-    matrix = layer_to_layer(image_layer, labels_layer)
-    return None if np.allclose(matrix, np.eye(len(matrix))) else matrix
+class _Edit:
+    """Writes applied in order to a copy of the region of the labels data they touch."""
+
+    def __init__(self, labels_layer, index_sets: list[tuple[np.ndarray, ...]]):
+        self.layer = labels_layer
+        data = labels_layer.data
+        used = [indices for indices in index_sets if indices and indices[0].size]
+        if not used:
+            self.low, self.original = None, None
+            return
+        self.low = np.min([[axis.min() for axis in indices] for indices in used], axis=0)
+        high = np.max([[axis.max() for axis in indices] for indices in used], axis=0) + 1
+        self.original = np.asarray(data[tuple(slice(a, b) for a, b in zip(self.low, high))])
+        self.work = self.original.copy()
+
+    def write(self, write: _Write) -> int:
+        """Apply ``write`` to the copy; returns how many pixels it set.
+
+        Raises LabelsFullError when the labels' dtype cannot hold the value of a write that sets any pixel."""
+        if self.low is None or not write.indices[0].size:
+            return 0
+        local = tuple(axis - start for axis, start in zip(write.indices, self.low))
+        value = write.value
+        if write.only_where is not None:
+            selected = np.isin(self.work[local], write.only_where)
+            local = tuple(axis[selected] for axis in local)
+            value = value[selected] if np.ndim(value) else value
+        if local[0].size:
+            _check_fits(self.layer, int(np.max(value)))
+            self.work[local] = value
+        return int(local[0].size)
+
+    def apply(self) -> bool:
+        """Write the changed pixels in one undoable step; whether anything changed."""
+        if self.low is None:
+            return False
+        changed = np.nonzero(self.work != self.original)
+        if not changed[0].size:
+            return False
+        indices = tuple(axis + start for axis, start in zip(changed, self.low))
+        with self.layer.block_history():
+            self.layer.data_setitem(indices, self.work[changed])
+        return True
 
 
-def _write(labels_layer, matrix, planes, new_id: int, overwrite: bool) -> bool:
-    """Write ``new_id`` over every (plane_index, mask) of ``planes``; whether any pixel was written."""
-    data, written = labels_layer.data, False
-    for plane_index, mask in planes:
-        indices = _plane_indices(np.asarray(mask, dtype=bool), tuple(plane_index), matrix, data.shape)
-        if not overwrite and len(indices) and indices[0].size:
-            free = np.asarray(data[indices]) == 0
-            indices = tuple(axis[free] for axis in indices)
-        if len(indices) and indices[0].size:
-            labels_layer.data_setitem(indices, new_id)
-            written = True
-    return written
+def _check_fits(labels_layer, largest_id: int) -> None:
+    dtype = np.dtype(labels_layer.data.dtype)
+    if not np.issubdtype(dtype, np.integer):
+        raise ValueError(f"The labels layer {labels_layer.name!r} holds {dtype} data: labels must be integers.")
+    if not np.iinfo(dtype).min <= largest_id <= np.iinfo(dtype).max:
+        raise LabelsFullError(
+            f"The labels layer {labels_layer.name!r} is {dtype}: it cannot hold id {largest_id} (its largest id is "
+            f"{np.iinfo(dtype).max}). Convert it to a wider type (for example uint32) and commit again; nothing "
+            "was written.")
 
 
-def _next_id(labels_layer) -> int:
+def next_id(labels_layer) -> int:
+    """The id a new object gets: one more than the largest id of the layer."""
     data = labels_layer.data
     return int(np.max(data)) + 1 if data.size else 1
 
 
+def _mapped(labels_layer, image_layer, planes: list[PlaneMask]) -> list[tuple[np.ndarray, ...]]:
+    """Labels indices of each (plane_index, mask), after checking that every mask fits in the labels layer."""
+    matrix = grid_matrix(labels_layer, image_layer)
+    shape = labels_layer.data.shape
+    mapped = []
+    for number, (plane_index, mask) in enumerate(planes, start=1):
+        mask = np.asarray(mask, dtype=bool)
+        if outside_labels(mask, tuple(plane_index), matrix, shape):
+            raise ValueError(
+                f"Object {number} reaches outside the labels layer {labels_layer.name!r} (shape {shape}): choose a "
+                "labels layer that covers the image. Nothing was written.")
+        mapped.append(plane_indices(mask, tuple(plane_index), matrix, shape))
+    return mapped
+
+
 def commit_masks(labels_layer, image_layer, masks: np.ndarray, plane_index: tuple[int, ...] = (),
                  overwrite: bool = False) -> list[int]:
-    """Write each (H, W) mask of ``masks`` as a new object of ``labels_layer``: one undo step for all.
+    """Write each (H, W) mask of ``masks`` as a new object of ``labels_layer``: all or nothing, one undo step.
 
     Args:
         labels_layer: the target napari Labels layer (any transform, same dimensionality as the image).
         image_layer: the layer whose data pixels the masks are in.
         masks: (k, H, W) bool, in the image's data pixels of the plane at ``plane_index``.
         plane_index: the index of the image's non-displayed leading axes ((), for 2D images).
-        overwrite: whether the new objects may replace existing labels; by default they fill only label 0.
+        overwrite: whether the new objects may replace existing labels; by default they fill only label 0 (and
+            an earlier mask of the same commit keeps its pixels).
 
     Returns:
-        The new label ids, one per mask (max + 1, max + 2, ...); masks that write nothing get no id.
+        The new label ids (max + 1, max + 2, ...), one per mask that wrote anything.
+
+    Raises:
+        ValueError: a mask reaches outside the labels layer, or the layers do not match.
+        LabelsFullError: the labels' dtype cannot hold the new ids.
+        Nothing is written in either case.
     """
-    matrix = _grid_matrix(labels_layer, image_layer)
-    next_id, ids = _next_id(labels_layer), []
-    with labels_layer.block_history():
-        for mask in np.asarray(masks, dtype=bool).reshape(-1, *np.shape(masks)[-2:]):
-            if _write(labels_layer, matrix, [(plane_index, mask)], next_id, overwrite):
-                ids.append(next_id)
-                next_id += 1
+    masks = np.asarray(masks, dtype=bool).reshape(-1, *np.shape(masks)[-2:])
+    mapped = _mapped(labels_layer, image_layer, [(plane_index, mask) for mask in masks])
+    edit, new_id, ids = _Edit(labels_layer, mapped), next_id(labels_layer), []
+    for indices in mapped:
+        if edit.write(_Write(new_id, indices, None if overwrite else 0)):
+            ids.append(new_id)
+            new_id += 1
+    edit.apply()
     return ids
 
 
-def commit_object(labels_layer, image_layer, planes, overwrite: bool = False) -> int | None:
-    """Write one object spanning several planes (``[(plane_index, (H, W) mask), ...]``) under one new id, in
-    one undo step. Returns the id, or None when nothing could be written."""
-    matrix = _grid_matrix(labels_layer, image_layer)
-    new_id = _next_id(labels_layer)
-    with labels_layer.block_history():
-        written = _write(labels_layer, matrix, planes, new_id, overwrite)
+def commit_object(labels_layer, image_layer, planes: list[PlaneMask], overwrite: bool = False) -> int | None:
+    """Write one object spanning several planes under one new id, all or nothing, in one undo step.
+
+    Returns the id, or None when nothing could be written. Raises as :func:`commit_masks`."""
+    mapped = _mapped(labels_layer, image_layer, planes)
+    edit, new_id = _Edit(labels_layer, mapped), next_id(labels_layer)
+    written = sum(edit.write(_Write(new_id, indices, None if overwrite else 0)) for indices in mapped)
+    edit.apply()
     return new_id if written else None
+
+
+def replace_object(labels_layer, image_layer, object_id: int, planes: list[PlaneMask], cleared_planes,
+                   overwrite: bool = False) -> bool:
+    """Replace object ``object_id`` on some planes, all or nothing, in one undo step: its pixels on every plane
+    index of ``cleared_planes`` go back to 0, then ``planes`` are written under the same id (only into label 0,
+    unless ``overwrite``). Returns whether anything changed."""
+    image = image_layer.data[0] if image_layer.multiscale else image_layer.data
+    everything = np.ones(image.shape[-3:-1] if image_layer.rgb else image.shape[-2:], dtype=bool)
+    cleared = [(tuple(plane_index), everything) for plane_index in cleared_planes]
+    matrix = grid_matrix(labels_layer, image_layer)
+    clear_indices = [plane_indices(mask, index, matrix, labels_layer.data.shape) for index, mask in cleared]
+    mapped = _mapped(labels_layer, image_layer, planes)
+    edit = _Edit(labels_layer, clear_indices + mapped)
+    for indices in clear_indices:
+        edit.write(_Write(0, indices, object_id))
+    for indices in mapped:
+        edit.write(_Write(object_id, indices, None if overwrite else 0))
+    return edit.apply()
+
+
+def replace_plane_objects(labels_layer, image_layer, planes) -> bool:
+    """Replace objects plane by plane, all or nothing, in one undo step.
+
+    Args:
+        planes: ``[(plane_index, new_plane, ids), ...]``: on each plane of the image, the pixels of objects
+            ``ids`` are cleared, then every labelled pixel of ``new_plane`` ((H, W) integer labels on the image
+            plane, 0 where none) is written, over anything.
+
+    Returns whether anything changed. Raises as :func:`commit_masks`.
+    """
+    matrix = grid_matrix(labels_layer, image_layer)
+    shape = labels_layer.data.shape
+    steps = []
+    for plane_index, new_plane, ids in planes:
+        plane_index, new_plane = tuple(plane_index), np.asarray(new_plane)
+        labelled = new_plane != 0
+        _mapped(labels_layer, image_layer, [(plane_index, labelled)])  # checks that it fits
+        covered, rows, cols = plane_coverage(labelled, plane_index, matrix, shape)
+        whole = plane_indices(np.ones(new_plane.shape, dtype=bool), plane_index, matrix, shape)
+        steps += [_Write(0, whole, [int(i) for i in ids]), _Write(new_plane[rows, cols], covered)]
+    edit = _Edit(labels_layer, [step.indices for step in steps])
+    for step in steps:
+        edit.write(step)
+    return edit.apply()
 
 
 def object_under(labels_layer, image_layer, plane_index: tuple[int, ...], mask: np.ndarray,
@@ -111,39 +199,22 @@ def object_under(labels_layer, image_layer, plane_index: tuple[int, ...], mask: 
     """The object a corrected prompt belongs to: the label id on the plane at ``plane_index`` (of the image)
     that covers at least ``min_fraction`` of ``mask``, or has at least that fraction of its pixels on the plane
     inside ``mask`` (a truncated object); the one overlapping most when several do. None when there is none."""
-    matrix = _grid_matrix(labels_layer, image_layer)
-    data, mask = labels_layer.data, np.asarray(mask, dtype=bool)
-    under = _plane_indices(mask, tuple(plane_index), matrix, data.shape)
-    if not len(under) or not under[0].size:
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
         return None
-    ids, overlap = np.unique(np.asarray(data[under]), return_counts=True)
+    plane = labels_on_plane(labels_layer, image_layer, tuple(plane_index), mask.shape)
+    ids, overlap = np.unique(plane[mask], return_counts=True)
     overlap, ids = overlap[ids != 0], ids[ids != 0]
     if not ids.size:
         return None
-    plane = np.asarray(data[_plane_indices(np.ones_like(mask), tuple(plane_index), matrix, data.shape)])
-    sizes = np.array([(plane == value).sum() for value in ids])
-    fraction = np.maximum(overlap / under[0].size, overlap / sizes)
+    sizes = np.array([np.count_nonzero(plane == value) for value in ids])
+    fraction = np.maximum(overlap / np.count_nonzero(mask), overlap / sizes)
     candidates = np.nonzero(fraction >= min_fraction)[0]
     return int(ids[candidates[np.argmax(overlap[candidates])]]) if candidates.size else None
 
 
-def replace_object(labels_layer, image_layer, object_id: int, planes, cleared_planes,
-                   overwrite: bool = False) -> bool:
-    """Replace object ``object_id`` on some planes, in one undo step: its pixels on every plane index of
-    ``cleared_planes`` go back to 0, then ``planes`` (``[(plane_index, (H, W) mask), ...]``) are written under
-    the same id. Returns whether anything changed."""
-    matrix = _grid_matrix(labels_layer, image_layer)
-    data, changed = labels_layer.data, False
-    image = image_layer.data[0] if image_layer.multiscale else image_layer.data
-    everything = np.ones(image.shape[-3:-1] if image_layer.rgb else image.shape[-2:], dtype=bool)
-    with labels_layer.block_history():
-        for plane_index in cleared_planes:
-            indices = _plane_indices(everything, tuple(plane_index), matrix, data.shape)
-            if not len(indices) or not indices[0].size:
-                continue
-            own = np.asarray(data[indices]) == object_id
-            if own.any():
-                labels_layer.data_setitem(tuple(axis[own] for axis in indices), 0)
-                changed = True
-        changed |= _write(labels_layer, matrix, planes, object_id, overwrite)
-    return changed
+def widened(labels_layer, dtype=np.uint32) -> None:
+    """Convert the labels layer's data to ``dtype`` (a wider integer type), keeping every label.
+
+    napari clears a layer's undo history when its data is replaced, so callers ask the user first."""
+    labels_layer.data = np.asarray(labels_layer.data).astype(dtype)
