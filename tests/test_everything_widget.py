@@ -71,3 +71,54 @@ def test_every_plane_of_a_stack(everything, qtbot):
     assert len(set(features["plane"])) >= 2 and set(features["plane"]) <= {(0,), (1,), (2,)}
     for plane, label in zip(features["plane"], features["label"]):  # ids are unique across planes
         assert set(np.nonzero(result.data == label)[0]) <= {plane[0]}
+
+
+def test_the_demo_with_the_docks_defaults_finds_the_cells(make_napari_viewer, qtbot, notifications):
+    """A newcomer's first run: the demo sample, the bundled model, every setting as the dock shows it."""
+    from napari_sam.demo import synthetic_cells_sample
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-sam", "synthetic-cells")
+    _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
+    widget.model_picker.native.setCurrentText("tiny-cells")
+    widget.load_model()
+    qtbot.waitUntil(lambda: widget.predictor is not None and not widget.busy, timeout=60_000)
+    assert "tiny-cells" in widget.in_effect.value
+    recommended = widget.predictor.recommended.everything
+    assert widget.form.value() == recommended and recommended.pred_iou_thresh < 0.88
+    widget.run()
+    qtbot.waitUntil(lambda: widget.result_layer is not None and not widget.busy, timeout=120_000)
+    truth = synthetic_cells((384, 512), seed=2024)[1]  # the sample's own ground truth
+    assert np.array_equal(synthetic_cells_sample()[0][0], viewer.layers[0].data)
+    found = widget.result_layer.data
+    cells = [c for c in range(1, truth.max() + 1) if (truth == c).sum() >= 30]
+    hits = sum(max(((found == k) & (truth == c)).sum() / ((found == k) | (truth == c)).sum()
+                   for k in np.unique(found[truth == c]) if k) >= 0.7 for c in cells if (found[truth == c] > 0).any())
+    assert hits >= 0.6 * len(cells), (hits, len(cells))
+    widget.settings["points_per_side"].value = 8
+    assert widget.in_effect.value == "Settings: edited."
+    widget.reset_button.clicked.emit()
+    assert widget.form.value() == recommended
+
+
+def test_a_run_that_finds_nothing_says_what_to_lower(everything, qtbot):
+    image, _ = synthetic_cells((120, 160), seed=910_004)
+    viewer, layer, widget = everything(image)
+    widget.settings["pred_iou_thresh"].value = 1.0
+    layers = len(viewer.layers)
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert widget.result_layer is None and len(viewer.layers) == layers
+    assert "no objects" in widget.status.value and "min predicted IoU" in widget.status.value
+
+
+def test_a_checkpoint_without_recommendations_gets_metas_defaults(make_napari_viewer, qtbot, tiny_checkpoint):
+    from napari_sam.core.settings import EverythingSettings
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((50, 50), np.uint8))
+    _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
+    widget.model_picker.native.setCurrentText(str(tiny_checkpoint))
+    widget.load_model()
+    qtbot.waitUntil(lambda: widget.predictor is not None and not widget.busy, timeout=60_000)
+    assert widget.form.value() == EverythingSettings() and "Meta's defaults" in widget.in_effect.value

@@ -13,72 +13,15 @@ from napari.utils import notifications as napari_notifications
 from napari_sam.bridge.layer_prompts import read_prompts
 from napari_sam.demo import synthetic_cells
 
+from helpers import cell_box, cell_point, click_largest_cell, iou, settle
+from helpers import largest_cells as big_cells
+
 WIDGET = ("napari-sam", "Segment Anything")
-
-
-def iou(a, b) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
 
 
 @pytest.fixture()
 def cells():
     return synthetic_cells((200, 240), seed=777_001)
-
-
-@pytest.fixture()
-def session(make_napari_viewer, qtbot):
-    """Start a viewer with the widget and tiny-cells loaded; yields a function that opens an image."""
-    widgets = []
-
-    def start(image, show=False, **layer_kwargs):
-        viewer = make_napari_viewer(show=show)
-        layer = viewer.add_image(image, name="image", **layer_kwargs)
-        _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
-        widgets.append(widget)
-        widget.model_picker.native.setCurrentText("tiny-cells")
-        widget.load_model()
-        qtbot.waitUntil(lambda: widget.predictor is not None and widget.points_picker.value is not None,
-                        timeout=60_000)
-        settle(qtbot, widget)
-        return viewer, layer, widget
-
-    yield start
-    for widget in widgets:
-        qtbot.waitUntil(lambda w=widget: not w.busy, timeout=60_000)
-
-
-def settle(qtbot, widget):
-    """Wait until every worker has finished and the newest request's result is shown."""
-    qtbot.waitUntil(lambda: not widget.busy and widget.shown_request == widget.predict_request, timeout=60_000)
-
-
-def cell_point(labels, cell):
-    rows, cols = np.nonzero(labels == cell)
-    centre = np.array([rows.mean(), cols.mean()])
-    nearest = np.argmin((rows - centre[0]) ** 2 + (cols - centre[1]) ** 2)
-    return np.array([rows[nearest], cols[nearest]], dtype=float)
-
-
-def cell_box(labels, cell):
-    rows, cols = np.nonzero(labels == cell)
-    return np.array([[rows.min(), cols.min()], [rows.max(), cols.max()]], dtype=float)
-
-
-def click_largest_cell(qtbot, viewer, widget, truth, z_scale=1.0):
-    """Show the plane where the largest cell of a stack is widest and click its centre; (cell, plane)."""
-    cell = int(np.argmax(np.bincount(truth.ravel())[1:])) + 1
-    middle = int(np.argmax((truth == cell).sum(axis=(1, 2))))
-    viewer.dims.set_point(0, middle * z_scale)
-    settle(qtbot, widget)
-    widget.points_picker.value.add(np.r_[middle, cell_point(truth[middle], cell)])
-    settle(qtbot, widget)
-    return cell, middle
-
-
-def big_cells(labels, count):
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return list(np.argsort(-sizes)[:count])
 
 
 def test_a_click_shows_the_cell_in_the_preview(session, qtbot, cells):
@@ -312,14 +255,17 @@ def test_the_viewer_stays_responsive_while_embedding(make_napari_viewer, qtbot, 
     widget.viewer.layers["image"].contrast_limits = (0, 3000)  # another display: a new embedding
     gc.collect()  # a full collection of earlier tests' objects would pause every thread, ours or not
     start = time.perf_counter()
-    widget.embed_current_plane()
+    widget.model.embed_current_plane()
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     elapsed = time.perf_counter() - start
     timer.stop()
     during = [t for t in ticks if t >= start]
     gaps = np.diff(during)
     assert elapsed > 0.3, "the encoder was too fast to tell"
-    assert len(gaps) > 5 and gaps.max() < 0.15, (elapsed, gaps.max())
+    # On the UI thread the encoder would stop the timer for all of its run. On a worker the longest gap is
+    # scheduling noise, which a loaded 2-core machine can stretch: half the run (at most 0.4 s) tells them apart.
+    assert len(gaps) > 5 and gaps.max() < min(0.5 * elapsed, 0.4), (elapsed, gaps.max())
+    assert np.median(gaps) < 0.05, np.median(gaps)
 
 
 def test_alt_click_adds_a_negative_point(session, qtbot, cells):
@@ -442,7 +388,7 @@ def test_propagation_can_be_cancelled(session, qtbot):
     viewer, _, widget = session(stack)
     cell, middle = click_largest_cell(qtbot, viewer, widget, truth)
     widget.propagate()
-    widget.cancel_propagation_button.clicked.emit()
+    widget.propagation.cancel_button.clicked.emit()
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert widget.propagated_id is None and widget.labels_picker.value is None
 
@@ -494,10 +440,11 @@ def test_propagate_with_a_sam2_video_checkpoint(session, qtbot, tmp_path):
     viewer, _, widget = session(stack)
     cell, middle = click_largest_cell(qtbot, viewer, widget, truth)
     previewed = widget.shown_masks()[0].copy()
-    widget.video_model_picker.native.setEditText(str(tmp_path / "sam2-video"))
+    widget.propagation.video_model_picker.native.setEditText(str(tmp_path / "sam2-video"))
+    widget.propagation.settings.controls["iou_threshold"].value = 0.0  # a random model's masks jump around
     widget.propagate()
     qtbot.waitUntil(lambda: widget.propagated_id is not None and not widget.busy, timeout=120_000)
-    assert type(widget._video_model[2]).__name__ == "Sam2VideoModel"
+    assert type(widget.session.loaded_video_model).__name__ == "Sam2VideoModel"
     labels, new = widget.labels_picker.value, widget.propagated_id
     assert np.array_equal(labels.data[middle] == new, previewed)
     planes = np.nonzero((labels.data == new).any(axis=(1, 2)))[0]
@@ -508,7 +455,7 @@ def test_propagate_with_a_sam2_video_checkpoint(session, qtbot, tmp_path):
 
 
 def test_a_time_lapse_propagates_through_time_and_stop_options_apply(session, qtbot):
-    """A (t, y, x) time-lapse of a drifting cell propagates along t like a z-stack does; "stop below area" set
+    """A (t, y, x) time-lapse of a drifting cell propagates along t like a z-stack does; "min area (px)" set
     above the cell's size keeps the object on the clicked frame only."""
     image, labels = synthetic_cells((160, 200), seed=777_023)
     frames = np.stack([np.roll(image, 3 * t, axis=1) for t in range(9)])  # drifts 3 px per frame
@@ -530,7 +477,7 @@ def test_a_time_lapse_propagates_through_time_and_stop_options_apply(session, qt
     viewer.dims.set_point(0, 4)
     widget.points_picker.value.add(np.r_[4, cell_point(truth[4], cell)])
     settle(qtbot, widget)
-    widget.stop_area.value = int((truth[4] == cell).sum()) * 4
+    widget.propagation.settings.controls["min_area"].value = int((truth[4] == cell).sum()) * 4
     widget.propagate()
     qtbot.waitUntil(lambda: widget.propagated_id is not None and not widget.busy, timeout=120_000)
     obj = widget.labels_picker.value.data == widget.propagated_id

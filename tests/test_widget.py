@@ -2,18 +2,10 @@
 
 import numpy as np
 import pytest
-from conftest import blob_image
-from napari.utils import notifications as napari_notifications
+
+from helpers import blob_image
 
 WIDGET = ("napari-sam", "Segment Anything")
-
-
-@pytest.fixture()
-def notifications():
-    """The napari notifications dispatched during the test."""
-    manager = napari_notifications.notification_manager  # looked up late: napari's fixtures may replace it
-    before = len(manager.records)
-    return lambda: manager.records[before:]
 
 
 @pytest.fixture()
@@ -79,7 +71,7 @@ def test_demo_opens_offline_with_the_bundled_model(make_napari_viewer, qtbot):
     widget = open_demo(viewer)
     assert [layer.name for layer in viewer.layers] == ["synthetic cells"]
     qtbot.waitUntil(lambda: widget.embedded_index == ("synthetic cells", ()), timeout=60_000)
-    assert widget.model_name == "tiny-cells"
+    assert widget.model.model_name == "tiny-cells"
     assert widget.predictor.image_size == viewer.layers[0].data.shape
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
 
@@ -92,6 +84,10 @@ def test_a_hub_model_offline_explains_how_to_go_on(make_napari_viewer, qtbot, no
     if widget.predictor is None:  # offline, not in the local cache: a notification says how to go on
         messages = [n.message for n in notifications()]
         assert any("facebook/sam-vit-base" in m and "folder" in m for m in messages), messages
+        assert widget.status.value == "Could not load the model." and widget.load_button.enabled
+    else:  # in the local cache: it loads offline, as a real SAM
+        assert widget.status.value.startswith(("Loaded facebook/sam-vit-base", "Ready"))
+        assert widget.predictor.geometry.image_size == 1024
 
 
 def test_neighbouring_planes_are_prefetched_within_the_budget(make_napari_viewer, qtbot, tiny_checkpoint, dock):
@@ -100,7 +96,7 @@ def test_neighbouring_planes_are_prefetched_within_the_budget(make_napari_viewer
     layer = viewer.add_image(stack, name="stack")
     widget = dock(viewer)
     load(qtbot, widget, tiny_checkpoint)
-    widget.cache_megabytes.value = 64
+    widget.model.cache_megabytes.value = 64
     assert widget.predictor.cache.max_bytes == 64 << 20
     viewer.dims.set_point(0, 3)
     qtbot.waitUntil(lambda: widget.embedded_index == ("stack", (3,)) and not widget.busy, timeout=60_000)

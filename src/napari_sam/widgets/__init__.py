@@ -1,6 +1,8 @@
-"""Qt dock widgets of napari-sam."""
+"""Qt dock widgets of napari-sam: prompt mode ("Segment Anything") and "Segment everything", sharing one model
+session per viewer."""
 
-from .model_widget import ModelWidget
+from .everything_widget import EverythingWidget
 from .segment_widget import SegmentWidget
+from .session import ModelSession, session_for
 
-__all__ = ["ModelWidget", "SegmentWidget"]
+__all__ = ["EverythingWidget", "ModelSession", "SegmentWidget", "session_for"]

@@ -1,130 +1,128 @@
-"""The "Segment everything" dock widget: every object of the shown plane (or of every plane) as a new Labels layer.
+"""The "Segment everything" dock: every object of the shown plane (or of every plane) as a new Labels layer.
 
-The generator runs on a worker thread with a napari progress bar and a Cancel button. The Labels layer is added
-only when a run finishes, with the image's transforms and a features table (label, area, score, stability,
-box; its ``index`` column maps rows to label values, as napari expects); a cancelled or failed run adds nothing.
+The settings are generated from :class:`~napari_sam.core.settings.EverythingSettings`: the basic ones shown, the
+advanced ones folded. Loading a checkpoint puts the settings it recommends into effect (the bundled tiny-cells
+recommends its own; others get Meta's defaults), and a line says which settings are in effect. The generator runs
+on a worker thread with a progress bar and a Cancel button; each plane is reduced to its labels and features as
+soon as it is done. The Labels layer is added only when a run finds something, with the image's transforms and a
+features table (label, area, score, stability, box; its ``index`` column maps rows to label values, as napari
+expects); a run that finds nothing says why and what to lower, and a cancelled or failed run adds nothing.
 """
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pandas as pd
-from magicgui.widgets import CheckBox, FloatSpinBox, PushButton, SpinBox
+from magicgui.widgets import CheckBox, PushButton
 from napari.utils.notifications import show_info
 
-from ..bridge.slicing import current_plane
-from ..core.automatic_mask_generator import segment_everything
-from .model_widget import ModelWidget
-from .prompt_layers import image_transforms
-
-#: (name, widget class, default, min, max, step, tooltip) of every generator setting.
-SETTINGS = [
-    ("points_per_side", SpinBox, 32, 1, 128, 1,
-     "Grid of one-point prompts: points_per_side² per crop. More finds smaller objects, slower."),
-    ("points_per_batch", SpinBox, 64, 1, 1024, 8,
-     "Prompts decoded at once. Lower it to save memory; the result does not change."),
-    ("pred_iou_thresh", FloatSpinBox, 0.88, -1.0, 1.0, 0.01,
-     "Drop masks whose predicted IoU (the model's own quality estimate) is below this."),
-    ("stability_score_thresh", FloatSpinBox, 0.95, 0.0, 1.0, 0.01,
-     "Drop masks that change much when the logit threshold moves by the offset below."),
-    ("stability_score_offset", FloatSpinBox, 1.0, 0.0, 10.0, 0.1,
-     "How far the logit threshold moves to measure stability."),
-    ("box_nms_thresh", FloatSpinBox, 0.7, 0.0, 1.0, 0.05,
-     "Of two masks whose boxes overlap more than this (IoU), keep the better one."),
-    ("crop_n_layers", SpinBox, 0, 0, 3, 1,
-     "Extra layers of overlapping crops, each embedded again: finds small objects in large images, slower."),
-    ("crop_nms_thresh", FloatSpinBox, 0.7, 0.0, 1.0, 0.05,
-     "Box-overlap threshold for duplicates across crops (the mask from the smaller crop is kept)."),
-    ("crop_overlap_ratio", FloatSpinBox, 512 / 1500, 0.0, 0.9, 0.05,
-     "How much neighbouring crops overlap, as a fraction of the image's short side."),
-    ("crop_n_points_downscale_factor", SpinBox, 1, 1, 8, 1,
-     "Each crop layer's grid is divided by this factor per layer."),
-    ("min_mask_region_area", SpinBox, 0, 0, 100000, 10,
-     "Remove islands and fill holes smaller than this many pixels (0: off)."),
-]
+from ..bridge.slicing import planes_to_run, read_plane
+from ..core.automatic_mask_generator import explain_empty, segment_everything
+from ..core.settings import EverythingSettings
+from .dock import Dock
+from .layout import row, status_line
+from .prompt_layers import image_transforms, spatial_shape, unwrapped
+from .settings_form import SettingsForm
+from .tasks import CancellableTask, plane_progress
 
 
-class EverythingWidget(ModelWidget):
-    """Model and image pickers, every generator setting, Run and Cancel."""
+class EverythingWidget(Dock):
+    """Image and model, the generator's settings, Run and Cancel."""
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
-        self.settings = {}
-        for name, kind, default, low, high, step, tooltip in SETTINGS:
-            widget = kind(label=name.replace("_", " "), value=default, min=low, max=high, step=step,
-                          tooltip=tooltip)
-            self.settings[name] = widget
-            self.append(widget)
+        self.form = SettingsForm(EverythingSettings, "Advanced settings")
+        self.settings = self.form.controls
+        self.recommended = EverythingSettings()
+        self.source = "Meta's defaults"
+        self.in_effect = status_line()
+        self.reset_button = PushButton(text="Reset", tooltip="Back to the settings the loaded checkpoint recommends.")
         self.whole_stack = CheckBox(text="every plane of a stack", value=False,
                                     tooltip="Segment every 2D plane of an nD image, not only the shown one.")
         self.run_button = PushButton(text="Segment everything")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.extend([self.whole_stack, self.run_button, self.cancel_button])
-        self.run_button.changed.connect(self.run)
-        self.cancel_button.changed.connect(self.cancel)
+        self.cancel_button = PushButton(text="Cancel")
+        self.task = CancellableTask("Segment everything", self.run_button, self.cancel_button, self.start_worker,
+                                    self.model.show)
+        self.extend([*self.model.widgets, *self.form.widgets, row(self.in_effect, self.reset_button),
+                     self.whole_stack, row(self.run_button, self.cancel_button)])
         self.result_layer = None
-        self._cancel = threading.Event()
+        self._show_in_effect(edited=False)
 
-    def model_ready(self) -> None:
-        self._show(self.status.value + " Ready to segment everything.")
+        self.run_button.changed.connect(self.run)
+        self.reset_button.changed.connect(self.reset_settings)
+        self.form.edited.connect(lambda: self._show_in_effect(edited=True))
+        self.model.ready.connect(self._model_ready)
+        if self.session.predictor is not None:  # another dock of this viewer loaded a model already
+            self._model_ready()
+
+    def closing(self) -> None:
+        self.task.closed = True
+
+    def _model_ready(self) -> None:
+        predictor = self.session.predictor
+        self.recommended = predictor.recommended.everything
+        self.source = (f"recommended by {self.session.name}" if predictor.recommended.source != "defaults"
+                       else "Meta's defaults")
+        self.reset_settings()
+
+    def reset_settings(self) -> None:
+        """Put the loaded checkpoint's recommended settings (or Meta's defaults) into effect."""
+        self.form.show(self.recommended)
+        self._show_in_effect(edited=False)
+
+    def _show_in_effect(self, edited: bool) -> None:
+        self.in_effect.value = f"Settings: {'edited' if edited else self.source}."
+        self.in_effect.tooltip = "\n".join(f"{k}: {v}" for k, v in self.recommended.to_dict().items())
 
     def values(self) -> dict:
-        """The generator settings as keyword arguments."""
-        return {name: widget.value for name, widget in self.settings.items()}
+        """The settings in effect, as keyword arguments."""
+        return self.form.value().to_dict()
 
     def cancel(self) -> None:
-        self._cancel.set()
+        self.task.cancelled.set()
 
     def run(self) -> None:
-        """Segment the shown plane (or every plane) on a worker; adds a Labels layer when it finishes."""
+        """Segment the shown plane (or every plane) on a worker; adds a Labels layer when it finds objects."""
         image, predictor = self.image_picker.value, self.predictor
         if image is None or predictor is None:
             show_info("Choose an image and load a model first.")
             return
-        plane, index = current_plane(image, self.viewer.dims.point)
-        data = image.data[0] if image.multiscale else image.data
-        leading = data.shape[: len(index)]
-        if self.whole_stack.value and index:
-            indices = list(np.ndindex(*leading))
-        else:
-            indices = [index]
-        settings, limits, rgb = self.values(), tuple(image.contrast_limits), image.rgb
+        settings = self.form.checked("settings")
+        if settings is None:
+            return
+        indices = planes_to_run(image, self.viewer.dims.point, self.whole_stack.value)
+        limits, rgb = tuple(image.contrast_limits), image.rgb
 
-        def work(report):
+        def work(report, cancelled):
             planes = []
             for number, plane_index in enumerate(indices):
-                plane_data = np.asarray(data[plane_index]) if plane_index else plane
+                found = segment_everything(predictor, read_plane(image, plane_index), settings,
+                                           contrast_limits=limits, rgb=rgb,
+                                           progress=plane_progress(report, number, len(indices)), cancel=cancelled)
+                planes.append((plane_index, found.labels, found.features(), found.stats))  # masks dropped
+            return planes
 
-                def plane_report(done, total, number=number):
-                    report(number * total + done, len(indices) * total)
+        self.task.run(work, lambda planes: self._add_layer(image, planes, settings))
 
-                planes.append(segment_everything(predictor, plane_data, contrast_limits=limits, rgb=rgb,
-                                                 progress=plane_report, cancel=self._cancel.is_set, **settings))
-            return indices, planes
-
-        self.run_cancellable(work, "Segment everything", lambda result: self._add_layer(image, data.shape, result),
-                             self.run_button, self.cancel_button, self._cancel)
-
-    def _add_layer(self, image, shape, result) -> None:
-        indices, planes = result
-        spatial = shape[:-1] if image.rgb else shape
-        labels = np.zeros(spatial, dtype=np.uint32)
-        rows, offset = [], 0
-        for plane_index, found in zip(indices, planes):
-            plane_labels = np.where(found.labels > 0, found.labels + offset, 0).astype(np.uint32)
-            labels[plane_index] = plane_labels
-            areas = found.masks.sum(axis=(1, 2))
-            for k in range(len(found.masks)):
-                row = {"index": offset + k + 1, "label": offset + k + 1, "area": int(areas[k]),
-                       "score": float(found.scores[k]), "stability": float(found.stability_scores[k])}
-                row.update(dict(zip(("box_row_min", "box_col_min", "box_row_max", "box_col_max"),
-                                    found.boxes[k].tolist())))
-                if plane_index:
-                    row["plane"] = plane_index
-                rows.append(row)
-            offset += len(found.masks)
-        self.result_layer = self.viewer.add_labels(labels, name=f"{image.name} everything",
-                                                   features=pd.DataFrame(rows), **image_transforms(image))
-        self._show(f"Found {offset} objects.")
+    def _add_layer(self, image, planes, settings) -> None:
+        labels = np.zeros(spatial_shape(image), dtype=np.uint32)
+        tables, offset = [], 0
+        for plane_index, plane_labels, features, _ in planes:
+            labels[plane_index] = np.where(plane_labels > 0, plane_labels + offset, 0)
+            table = pd.DataFrame(features)
+            table["label"] += offset
+            if plane_index:
+                table["plane"] = [plane_index] * len(table)
+            tables.append(table)
+            offset += len(table)
+        if offset == 0:
+            where = "on any plane" if len(planes) > 1 else "on this plane"
+            message = f"Found no objects {where}. {explain_empty(planes[0][3], settings)}"
+            self.model.show(message)
+            show_info(message)
+            return
+        table = pd.concat(tables, ignore_index=True)
+        table.insert(0, "index", table["label"])
+        self.result_layer = unwrapped(self.viewer.add_labels(labels, name=f"{image.name} everything",
+                                                             features=table, **image_transforms(image)))
+        self.model.show(f"Found {offset} objects.")

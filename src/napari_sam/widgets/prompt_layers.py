@@ -7,10 +7,24 @@ its layers through its pickers, never by name.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
+from napari.utils.colormaps import DirectLabelColormap
+
+from ..bridge.slicing import full_resolution
 
 POSITIVE_COLOUR = (0.0, 0.85, 0.2, 1.0)
 NEGATIVE_COLOUR = (0.95, 0.1, 0.1, 1.0)
+#: Every previewed mask is drawn in magenta: far from every colour napari gives committed labels (at least 0.36
+#: apart in RGB over the first 1000 ids) and from the green and red points.
+PREVIEW_COLOUR = (1.0, 0.0, 1.0, 1.0)
+
+
+def unwrapped(layer):
+    """The layer itself: napari hands plugins a proxy of the viewer, whose ``add_*`` return proxies of the new
+    layers, and a proxy is not ``is``-identical to the layer in ``viewer.layers``."""
+    return getattr(layer, "__wrapped__", layer)
 
 
 def image_transforms(image_layer) -> dict:
@@ -26,7 +40,7 @@ def image_transforms(image_layer) -> dict:
 
 def spatial_shape(image_layer) -> tuple[int, ...]:
     """The image layer's data shape without the colour axis (RGB layers), at full resolution."""
-    data = image_layer.data[0] if image_layer.multiscale else image_layer.data
+    data = full_resolution(image_layer)
     return tuple(data.shape[:-1]) if image_layer.rgb else tuple(data.shape)
 
 
@@ -37,7 +51,7 @@ def add_points_layer(viewer, image_layer, name: str = "SAM points"):
                               border_color="white", **image_transforms(image_layer))
     layer.feature_defaults["positive"] = True
     layer.mode = "add"
-    return layer
+    return unwrapped(layer)
 
 
 def colour_points(points_layer) -> None:
@@ -55,18 +69,33 @@ def add_shapes_layer(viewer, image_layer, name: str = "SAM boxes"):
     layer = viewer.add_shapes(ndim=image_layer.ndim, name=name, edge_color="yellow", edge_width=2,
                               face_color="transparent", **image_transforms(image_layer))
     layer.mode = "add_rectangle"
-    return layer
+    return unwrapped(layer)
 
 
 def add_labels_layer(viewer, image_layer, name: str = "SAM labels"):
     """An empty uint32 Labels layer over the whole image (every slice), with the image's transforms."""
-    return viewer.add_labels(np.zeros(spatial_shape(image_layer), dtype=np.uint32), name=name,
-                             **image_transforms(image_layer))
+    return unwrapped(viewer.add_labels(np.zeros(spatial_shape(image_layer), dtype=np.uint32), name=name,
+                                       **image_transforms(image_layer)))
 
 
 def add_preview_layer(viewer, image_layer, name: str = "SAM preview"):
     """A Labels layer that shows the previewed masks; it never holds committed results."""
-    layer = viewer.add_labels(np.zeros(spatial_shape(image_layer), dtype=np.uint8), name=name, opacity=0.55,
-                              **image_transforms(image_layer))
+    colours = DirectLabelColormap(color_dict={None: PREVIEW_COLOUR, 0: (0.0, 0.0, 0.0, 0.0)})
+    layer = viewer.add_labels(np.zeros(spatial_shape(image_layer), dtype=np.uint8), name=name, opacity=0.5,
+                              colormap=colours, **image_transforms(image_layer))
     layer.editable = False
-    return layer
+    return unwrapped(layer)
+
+
+@contextmanager
+def selection_kept(viewer):
+    """Give the active layer (and its mode) back after the block: napari selects every layer it adds."""
+    active = viewer.layers.selection.active
+    mode = getattr(active, "mode", None)
+    try:
+        yield
+    finally:
+        if active is not None and active in viewer.layers:
+            viewer.layers.selection.active = active
+            if mode is not None and active.mode != mode:
+                active.mode = mode

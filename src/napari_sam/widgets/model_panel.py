@@ -1,0 +1,158 @@
+"""The image and model part of every napari-sam dock: choose an image and a checkpoint, load it, keep the shown
+plane embedded.
+
+The model itself belongs to the viewer's :class:`~napari_sam.widgets.session.ModelSession`, shared by every dock:
+loading in one dock loads it for all of them. Loading and embedding run on worker threads; a failure shows a
+napari notification and leaves the dock usable.
+"""
+
+from __future__ import annotations
+
+from magicgui.widgets import ComboBox, Container, PushButton, SpinBox, create_widget
+from napari.layers import Image
+from napari.utils.notifications import show_error
+from psygnal import Signal
+
+from ..bridge.slicing import current_index, leading_shape, plane_reader
+from ..core.model_loading import DEFAULT_CHECKPOINT, KNOWN_CHECKPOINTS
+from .layout import Fold, column, narrow, narrow_spin, row, status_line
+from .session import session_for
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+class ModelPanel:
+    """Image picker, checkpoint picker with its Load button, device/precision/cache options, and a status line.
+
+    ``widgets`` go into a dock. Signals: ``ready()`` once the session has a model (loaded by any dock).
+
+    Attributes:
+        session: the viewer's model session.
+        embedded_index: (layer name, plane index) of the newest finished embedding, or None.
+    """
+
+    ready = Signal()
+
+    def __init__(self, viewer):
+        self.viewer = viewer
+        self.session = session_for(viewer)
+        self.embedded_index = None
+        self.closed = False
+
+        self.image_picker = create_widget(annotation=Image, label="image")
+        narrow(self.image_picker)
+        self.model_picker = ComboBox(label="model", choices=list(KNOWN_CHECKPOINTS), value=DEFAULT_CHECKPOINT,
+                                     tooltip="A known checkpoint, or type a hub id or the path of a saved folder.")
+        self.model_picker.native.setEditable(True)
+        narrow(self.model_picker)
+        self.load_button = PushButton(text="Load", tooltip="Load the checkpoint for every napari-sam dock.")
+        self.device_picker = ComboBox(label="device", choices=DEVICES, value="auto",
+                                      tooltip="auto: CUDA GPU, then Apple MPS, then CPU.")
+        self.precision_picker = ComboBox(
+            label="precision", choices=PRECISIONS, value="auto",
+            tooltip="Weights and products in bfloat16 run 2-3x faster on CPUs with AMX or AVX-512 BF16 and on "
+                    "recent GPUs, with masks nearly identical to float32's. auto: bfloat16 where that is so.")
+        self.cache_megabytes = SpinBox(label="cache (MB)", value=self.session.cache_bytes >> 20, min=16,
+                                       max=1 << 20, step=64,
+                                       tooltip="Memory for the embeddings of recently shown planes; the least "
+                                               "recently used ones are dropped beyond it.")
+        narrow_spin(self.cache_megabytes)
+        self.status = status_line("No model loaded." if self.session.predictor is None else
+                                  f"Loaded {self.session.name}.")
+        self.options = Fold("Device and memory", column(self.device_picker, self.precision_picker,
+                                                        self.cache_megabytes))
+        self.container = Container(widgets=[column(self.image_picker),
+                                            row(self.model_picker, self.load_button, labels=False),
+                                            *self.options.widgets, self.status], labels=False)
+        self.container.margins = (0, 0, 0, 0)
+
+        self.load_button.changed.connect(self.load_model)
+        self.cache_megabytes.changed.connect(lambda value: self.session.set_cache_budget(value))
+        self.image_picker.changed.connect(self.embed_current_plane)
+        self.session.loading.connect(self._on_loading)
+        self.session.loaded.connect(self._on_loaded)
+        self.session.failed.connect(self._on_failed)
+        self.session.embedded.connect(self._on_embedded)
+        viewer.dims.events.current_step.connect(self.embed_current_plane)
+        viewer.layers.events.inserted.connect(self._refresh_layers)
+        viewer.layers.events.removed.connect(self._refresh_layers)
+
+    def close(self) -> None:
+        """Stop listening to the viewer and the session (the dock is gone)."""
+        self.closed = True
+        self.viewer.dims.events.current_step.disconnect(self.embed_current_plane)
+        self.viewer.layers.events.inserted.disconnect(self._refresh_layers)
+        self.viewer.layers.events.removed.disconnect(self._refresh_layers)
+        for signal, slot in ((self.session.loading, self._on_loading), (self.session.loaded, self._on_loaded),
+                             (self.session.failed, self._on_failed), (self.session.embedded, self._on_embedded)):
+            signal.disconnect(slot)
+
+    @property
+    def widgets(self) -> list:
+        return [self.container]
+
+    @property
+    def predictor(self):
+        return self.session.predictor
+
+    @property
+    def model_name(self) -> str:
+        """The checkpoint typed or chosen in the model field."""
+        return self.model_picker.native.currentText().strip()
+
+    def show(self, message: str) -> None:
+        if not self.closed:
+            self.status.value = message
+
+    def _refresh_layers(self, event=None) -> None:
+        self.image_picker.reset_choices()
+
+    def load_model(self) -> None:
+        """Load the chosen checkpoint for the viewer's session, on a worker."""
+        self.session.load(self.model_name, self.device_picker.value, self.precision_picker.value)
+
+    def _on_loading(self, name: str) -> None:
+        self.load_button.enabled = False
+        self.show(f"Loading {name} ...")
+
+    def _on_loaded(self, predictor) -> None:
+        self.load_button.enabled = True
+        if self.model_picker.native.currentText().strip() != self.session.name:
+            self.model_picker.native.setCurrentText(self.session.name)
+        self.show(f"Loaded {self.session.name} on {predictor.device} "
+                  f"({str(predictor.dtype).removeprefix('torch.')}).")
+        self.ready.emit()
+        self.embed_current_plane()
+
+    def _on_failed(self, message: str) -> None:
+        self.load_button.enabled = True
+        self.show("Could not load the model.")
+        if not self.closed:
+            show_error(message)
+
+    def embed_current_plane(self, event=None) -> None:
+        """Embed the shown plane of the chosen image (a cached embedding returns at once), then prefetch the
+        planes before and after it along the last leading axis."""
+        layer = self.image_picker.value
+        if self.closed or layer is None or self.session.predictor is None:
+            return
+        index = current_index(layer, self.viewer.dims.point)
+        neighbours = []
+        if index:
+            depth = leading_shape(layer)[-1]
+            neighbours = [index[:-1] + (z,) for z in (index[-1] + 1, index[-1] - 1) if 0 <= z < depth]
+        self.show(f"Embedding {layer.name} {index or ''} ...")
+
+        def failed(error: Exception) -> None:
+            self.show(f"Could not embed {layer.name}.")
+            show_error(f"Could not embed {layer.name!r}: {error}")
+
+        self.session.embed(self, layer, index, plane_reader(layer, index), failed,
+                           prefetch=[(n, plane_reader(layer, n)) for n in neighbours])
+
+    def _on_embedded(self, layer, index, ran_encoder: bool) -> None:
+        if layer is not self.image_picker.value or self.closed:
+            return
+        self.embedded_index = (layer.name, index)
+        self.show(f"Ready: {layer.name} {index or ''}" + ("" if ran_encoder else " (cached)"))

@@ -1,0 +1,211 @@
+"""The live preview of prompt mode: every prompt change re-predicts on a worker thread; the newest result is drawn.
+
+Each request carries a number; a result that a newer request superseded is dropped, and so is a result for an
+image layer that was removed or replaced meanwhile, or one from a model that is no longer loaded. The preview is
+drawn in a Labels layer of its own, in one colour that committed labels do not get.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from napari.layers import Labels
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error
+
+from ..bridge.layer_prompts import PlanePrompts, read_prompts
+from ..bridge.prompt_objects import PromptObject, group_objects, predict_objects
+from ..bridge.slicing import current_index, plane_shape, read_plane
+from .prompt_layers import add_preview_layer, selection_kept
+
+
+@dataclass(frozen=True)
+class RefineTarget:
+    """An existing object being refined: its id, the plane it is refined on, and its (H, W) bool mask there."""
+
+    object_id: int
+    index: tuple[int, ...]
+    mask: np.ndarray
+
+    @property
+    def box(self) -> np.ndarray:
+        rows, cols = np.nonzero(self.mask)
+        return np.array([rows.min(), cols.min(), rows.max(), cols.max()], dtype=float)
+
+
+@dataclass
+class Preview:
+    """The masks shown for the prompts of one plane of one image layer.
+
+    Attributes:
+        image: the image layer they were predicted on; index: the plane's index along its leading axes.
+        masks: per object, (candidates, H, W) bool, best-scoring first; scores: per object, (candidates,)
+            predicted IoU, descending; logits: per object, (candidates, m, m) low-res logits.
+        target: the object being refined, or None.
+    """
+
+    image: object
+    index: tuple[int, ...]
+    masks: list
+    scores: list
+    logits: list
+    target: RefineTarget | None = None
+
+
+class PreviewController:
+    """Predicts the shown plane's prompts and draws the newest result.
+
+    Args:
+        viewer: the napari viewer.
+        session: the viewer's model session (its predictor is used).
+        layers: a function returning ``(image, points, shapes)`` layers (any may be None).
+        start_worker: starts a napari worker and counts it as the dock's work.
+    """
+
+    def __init__(self, viewer, session, layers, start_worker):
+        self.viewer, self.session, self.layers, self.start_worker = viewer, session, layers, start_worker
+        self.layer = None  # the preview Labels layer
+        self.preview: Preview | None = None
+        self.candidate = 0  # which candidate (in score order) is shown for a single object
+        self.request = 0  # increases with every prompt change
+        self.shown_request = 0  # the request whose result is shown
+        self.target: RefineTarget | None = None
+        self.use_mask_of_target = True
+        self._history = None  # (predictor, index, points, labels, logits) of the last points-only prediction
+        self.closed = False
+
+    @property
+    def settled(self) -> bool:
+        """Whether the shown result answers the newest prompts."""
+        return self.shown_request == self.request
+
+    def objects(self, prompts: PlanePrompts, target: RefineTarget | None) -> list[PromptObject]:
+        """The objects to predict: the refined object with every point as its correction, or the prompts' own
+        objects."""
+        if target is None:
+            return group_objects(prompts)
+        mask = target.mask if self.use_mask_of_target else None
+        return [PromptObject(prompts.points, prompts.labels, target.box, mask)]
+
+    def update(self, event=None) -> None:
+        """Re-predict the shown plane's prompts on a worker; no prompts clear the preview."""
+        image, points, shapes = self.layers()
+        predictor = self.session.predictor
+        if self.closed or image is None or predictor is None:
+            return
+        index = current_index(image, self.viewer.dims.point)
+        try:
+            prompts = read_prompts(image, index, plane_shape(image), points, shapes, self.viewer.dims.point)
+        except ValueError as error:
+            show_error(f"Could not read the prompts: {error}")
+            return
+        self.request += 1
+        request = self.request
+        target = self.target if self.target is not None and self.target.index == index else None
+        if prompts.empty and target is None:
+            self.draw(None, request)
+            return
+        objects = self.objects(prompts, target)
+        mask_input = self._reusable_logits(predictor, index, prompts) if target is None else None
+        limits, rgb = tuple(image.contrast_limits), image.rgb
+
+        def predict():
+            if request != self.request:
+                return None  # superseded before it started
+            plane = read_plane(image, index)
+            with predictor.locked():  # no other worker may switch the image between these calls
+                predictor.set_image(plane, contrast_limits=limits, rgb=rgb)
+                return predictor, predict_objects(predictor, objects, mask_input)
+
+        def predicted(result) -> None:
+            if result is None or self.closed or request != self.request:
+                return  # superseded by a newer prompt change
+            used, (masks, scores, logits) = result
+            if used is not self.session.predictor or image not in self.viewer.layers or image is not self.layers()[0]:
+                return  # the model or the image changed meanwhile
+            self.candidate = 0
+            self._history = None
+            if target is None and len(prompts.boxes) == 0 and len(masks) == 1:
+                self._history = (used, index, prompts.points.copy(), prompts.labels.copy(), logits[0][0])
+            self.draw(Preview(image, index, masks, scores, logits, target), request)
+
+        def failed(error: Exception) -> None:
+            if self.closed:
+                return
+            show_error(f"Prediction failed: {error}")
+            if request == self.request:
+                self.draw(None, request)  # a failed prompt shows no mask
+
+        self.start_worker(create_worker(predict, _start_thread=False,
+                                        _connect={"returned": predicted, "errored": failed}))
+
+    def _reusable_logits(self, predictor, index, prompts: PlanePrompts):
+        """The last logits, when the new prompt only adds points to the same points-only object of the same
+        model."""
+        if self._history is None or len(prompts.boxes):
+            return None
+        model, old_index, old_points, old_labels, logits = self._history
+        n = len(old_points)
+        if model is not predictor or old_index != index or len(prompts.points) <= n:
+            return None
+        same = np.allclose(prompts.points[:n], old_points) and np.array_equal(prompts.labels[:n], old_labels)
+        return logits if same else None
+
+    def forget_logits(self) -> None:
+        """Reuse no earlier logits as the next mask input (a new model, or the prompts were cleared)."""
+        self._history = None
+
+    def shown_masks(self) -> np.ndarray:
+        """(objects, H, W) bool: the masks the preview shows now."""
+        if self.preview is None or not self.preview.masks:
+            return np.zeros((0, 0, 0), dtype=bool)
+        masks = self.preview.masks
+        chosen = [m[self.candidate % len(m)] if len(masks) == 1 else m[0] for m in masks]
+        return np.stack(chosen)
+
+    def next_candidate(self) -> None:
+        """Show the next of the candidate masks (for a single object)."""
+        if self.preview is not None and len(self.preview.masks) == 1:
+            self.candidate += 1
+            self.draw(self.preview, self.shown_request)
+
+    def draw(self, preview: Preview | None, request: int) -> None:
+        """Show ``preview`` (None: nothing) as the answer to ``request``."""
+        old = self.preview
+        self.preview, self.shown_request = preview, request
+        if preview is None and (self.layer is None or self.layer not in self.viewer.layers):
+            return
+        if self.layer is None or self.layer not in self.viewer.layers:
+            with selection_kept(self.viewer):
+                self.layer = add_preview_layer(self.viewer, preview.image)
+        self._above_labels()
+        data = self.layer.data
+        if old is not None and (preview is None or old.index != preview.index):
+            data[old.index] = 0
+        if preview is not None:
+            plane = np.zeros(data.shape[len(preview.index):], dtype=data.dtype)
+            for value, mask in enumerate(self.shown_masks(), start=1):
+                plane[mask] = min(value, np.iinfo(data.dtype).max)
+            data[preview.index] = plane
+        self.layer.refresh()
+
+    def _above_labels(self) -> None:
+        """Keep the preview above every Labels layer (a refined object's new outline shows over its old one) and,
+        where it can be, below the prompt layers (the clicks stay in sight)."""
+        layers = self.viewer.layers
+        mine = layers.index(self.layer)
+        labels_top = max((i for i, layer in enumerate(layers) if isinstance(layer, Labels) and layer is not self.layer),
+                         default=-1)
+        prompts = [layers.index(layer) for layer in self.layers()[1:] if layer is not None and layer in layers]
+        lowest_prompt = min((i for i in prompts if i > labels_top), default=len(layers))
+        if not labels_top < mine < lowest_prompt:
+            layers.move(mine, lowest_prompt if lowest_prompt < len(layers) else labels_top + 1)
+
+    def drop_layer(self) -> None:
+        """Remove the preview layer (its image went away) and forget what it showed."""
+        self.preview, self.target, self._history = None, None, None
+        self.shown_request = self.request
+        if self.layer is not None and self.layer in self.viewer.layers:
+            self.viewer.layers.remove(self.layer)
+        self.layer = None

@@ -1,0 +1,147 @@
+"""One model session per napari viewer, shared by every napari-sam dock of that viewer.
+
+The session holds the loaded :class:`~napari_sam.core.predictor.Predictor` (and a SAM2-family video model once
+one is used), loads checkpoints and embeds planes on worker threads, and tells its docks what happened through
+psygnal signals. Docks find their viewer's session with :func:`session_for`; the session lives as long as its
+viewer (the registry holds viewers weakly), so two viewers never share weights or state.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import numpy as np
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from psygnal import Signal
+
+from ..core.model_loading import resolve_device
+from ..core.predictor import Predictor
+from ..core.video_propagation import load_video_model
+
+_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def session_for(viewer) -> ModelSession:
+    """The model session of ``viewer``, made on first use."""
+    session = _SESSIONS.get(viewer)
+    if session is None:
+        session = _SESSIONS[viewer] = ModelSession()
+    return session
+
+
+class ModelSession:
+    """The model of one viewer and the work that runs on it.
+
+    Signals:
+        loading(str): a checkpoint started loading (its name).
+        loaded(object): a :class:`Predictor` is ready (the new one).
+        failed(str): loading failed (the message, already shown to the user).
+        embedded(object, tuple, bool): ``(image layer, plane index, encoder ran)`` for every finished embedding.
+
+    Attributes:
+        predictor: the loaded predictor, or None.
+        name: the checkpoint it was loaded from ("" before any).
+        cache_bytes: the embedding cache's budget, applied to every predictor the session loads.
+    """
+
+    loading = Signal(str)
+    loaded = Signal(object)
+    failed = Signal(str)
+    embedded = Signal(object, tuple, bool)
+
+    def __init__(self):
+        self.predictor: Predictor | None = None
+        self.name = ""
+        self.cache_bytes = 1 << 30
+        self._workers: set = set()
+        self._requests: dict = {}  # caller -> the number of its newest embedding request
+        self._video: tuple | None = None  # (name, device, model, geometry) of the loaded video checkpoint
+        self._video_lock = threading.Lock()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a load, an embedding or another task of the session is running."""
+        return bool(self._workers)
+
+    def start(self, worker) -> None:
+        """Start a napari worker, counted in :attr:`busy` until it finishes."""
+        self._workers.add(worker)
+        worker.finished.connect(lambda: self._workers.discard(worker))
+        worker.start()
+
+    def set_cache_budget(self, megabytes: int) -> None:
+        self.cache_bytes = int(megabytes) << 20
+        if self.predictor is not None:
+            self.predictor.cache.max_bytes = self.cache_bytes
+
+    def load(self, name: str, device: str = "auto", precision: str = "auto") -> None:
+        """Load ``name`` on a worker; :attr:`loaded` or :attr:`failed` tells the outcome."""
+        self.loading.emit(name)
+        bar = progress(total=0, desc=f"Loading {name}")
+
+        def loaded(predictor: Predictor) -> None:
+            predictor.cache.max_bytes = self.cache_bytes
+            self.predictor, self.name = predictor, name
+            self.loaded.emit(predictor)
+
+        def failed(error: Exception) -> None:
+            self.failed.emit(str(error))
+
+        self.start(create_worker(Predictor.from_pretrained, name, device=device, dtype=precision,
+                                 _start_thread=False,
+                                 _connect={"returned": loaded, "errored": failed, "finished": bar.close}))
+
+    def embed(self, caller, layer, index: tuple[int, ...], read_plane, on_error, prefetch=()) -> None:
+        """Embed the plane ``read_plane()`` of ``layer`` at ``index`` on a worker, then the planes of ``prefetch``
+        (``[(index, read_plane), ...]``) in the background. Only the newest request of each ``caller`` reports
+        :attr:`embedded`; ``on_error(error)`` is called for a failed request that is still the newest."""
+        predictor = self.predictor
+        if predictor is None:
+            return
+        request = self._requests[caller] = self._requests.get(caller, 0) + 1
+        limits, rgb = tuple(layer.contrast_limits), layer.rgb
+        bar = progress(total=0, desc="Embedding image")
+
+        def work():
+            return predictor.set_image(np.asarray(read_plane()), contrast_limits=limits, rgb=rgb)
+
+        def done(ran_encoder: bool) -> None:
+            if self._requests.get(caller) == request:
+                self.embedded.emit(layer, index, ran_encoder)
+                self._prefetch(predictor, prefetch, limits, rgb)
+
+        def failed(error: Exception) -> None:
+            if self._requests.get(caller) == request:
+                on_error(error)
+
+        self.start(create_worker(work, _start_thread=False,
+                                 _connect={"returned": done, "errored": failed, "finished": bar.close}))
+
+    def _prefetch(self, predictor: Predictor, planes, limits, rgb) -> None:
+        if not planes:
+            return
+
+        def work():
+            for _, read_plane in planes:
+                predictor.precompute(np.asarray(read_plane()), contrast_limits=limits, rgb=rgb)
+
+        self.start(create_worker(work, _start_thread=False,
+                                 _connect={"errored": lambda error: None}))  # a failed prefetch costs nothing
+
+    def video_model(self, name: str, device):
+        """(model, geometry) of the SAM2-family video checkpoint ``name`` on ``device``, loaded on first use.
+
+        Call it from a worker thread: loading takes seconds."""
+        device = resolve_device(device)
+        with self._video_lock:
+            if self._video is None or self._video[:2] != (name, device):
+                model, geometry, _ = load_video_model(name, device=device)
+                self._video = (name, device, model, geometry)
+            return self._video[2:]
+
+    @property
+    def loaded_video_model(self):
+        """The video model loaded so far, or None."""
+        return None if self._video is None else self._video[2]
