@@ -32,6 +32,7 @@ from napari_sam.demo import synthetic_cells  # noqa: E402
 
 from measuring import measured  # noqa: E402  (benchmarks/measuring.py)
 
+
 def pipeline_post_process(rle_masks, iou_scores, mask_boxes, crops_nms_thresh=0.7):
     keep = nms(mask_boxes.float(), iou_scores, crops_nms_thresh)
     return [_rle_to_mask(rle_masks[i]) for i in keep], iou_scores[keep], [rle_masks[i] for i in keep], \

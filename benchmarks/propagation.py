@@ -31,7 +31,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from measuring import measured  # noqa: E402  (benchmarks/measuring.py)
 from transformers import Sam2VideoConfig, Sam2VideoModel, SamProcessor  # noqa: E402
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil  # noqa: E402
 from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession  # noqa: E402
@@ -43,6 +42,8 @@ from napari_sam.core.propagation import _box, interior_points, propagate  # noqa
 from napari_sam.core.random_weights import random_sam, random_video_model, randomize_weights, sam_config  # noqa: E402
 from napari_sam.core.video_propagation import frame_pixels, propagate_video, video_geometry  # noqa: E402
 from napari_sam.demo import synthetic_cells  # noqa: E402
+
+from measuring import measured  # noqa: E402  (benchmarks/measuring.py)
 
 
 def span(seconds: float) -> str:

@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system-deps.sh
 bash scripts/setup-venv.sh
-HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -ra "$@"
+HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -ra --durations=15 "$@"

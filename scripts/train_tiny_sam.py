@@ -179,8 +179,10 @@ def train(args) -> dict:
     parameters = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     warmup = max(1, args.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, args.steps) / args.steps)))
+    def rate(step: int) -> float:  # linear warm-up, then cosine decay
+        return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, args.steps) / args.steps))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     start = time.time()
     history, iou_history = [], []
     for step in range(args.steps):
@@ -218,7 +220,8 @@ def train(args) -> dict:
         iou_history.append(torch.cat(step_ious).mean().item())
         if step % args.log_every == 0 or step == args.steps - 1:
             recent = np.mean(history[-args.log_every:])
-            print(f"step {step:5d}  loss {recent:.4f}  best-candidate IoU {np.mean(iou_history[-args.log_every:]):.3f}  "
+            best_iou = np.mean(iou_history[-args.log_every:])
+            print(f"step {step:5d}  loss {recent:.4f}  best-candidate IoU {best_iou:.3f}  "
                   f"lr {schedule.get_last_lr()[0]:.2e}  {time.time() - start:7.1f} s", flush=True)
     elapsed = time.time() - start
     model.eval()

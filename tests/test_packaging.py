@@ -34,3 +34,14 @@ def test_cli_lists_models(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in KNOWN_CHECKPOINTS)
+
+
+def test_license_changelog_and_lint():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "BSD 3-Clause" in (ROOT / "LICENSE").read_text() and project["project"]["license"] == "BSD-3-Clause"
+    assert {"LICENSE", "CHANGELOG.md"} <= set(project["tool"]["hatch"]["build"]["targets"]["sdist"]["include"])
+    assert (ROOT / "CHANGELOG.md").read_text().startswith("# Changelog")
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", str(ROOT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

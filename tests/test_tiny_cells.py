@@ -15,6 +15,8 @@ from napari_sam import Predictor
 from napari_sam.core.model_loading import BUNDLED_DIR, resolve_checkpoint
 from napari_sam.demo import CELL_RADIUS, synthetic_cells
 
+from helpers import iou
+
 HELD_OUT_SEEDS = range(500_000, 500_008)  # training draws seeds from its own generator; these are fixed
 FOLDER = BUNDLED_DIR / "tiny-cells"
 
@@ -22,10 +24,6 @@ FOLDER = BUNDLED_DIR / "tiny-cells"
 @pytest.fixture(scope="module")
 def predictor():
     return Predictor.from_pretrained("tiny-cells", device="cpu")
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
 
 
 def median_ious(predictor, shape=(256, 256), dtype=np.uint16, limits=None, seeds=HELD_OUT_SEEDS):

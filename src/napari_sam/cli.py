@@ -7,7 +7,6 @@ import sys
 
 from .core.model_loading import DEFAULT_CHECKPOINT, KNOWN_CHECKPOINTS
 
-
 DEMO_MODEL = "tiny-cells"
 
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-
 #: Bytes of upscaling work done at once (SAM ViT-B at 1024: one prompt at a time).
 UPSCALE_BYTES = 4 << 20
 
