@@ -119,6 +119,7 @@ def test_one_model_session_per_viewer_shared_by_the_docks(session, qtbot, cells,
     viewer, _, widget = session(image)
     _, everything = viewer.window.add_plugin_dock_widget("napari-sam", "Segment everything")
     assert everything.predictor is widget.predictor  # loaded once, for both
+    assert everything.model.model_name == "tiny-cells"
     assert everything.status.value.startswith("Loaded") or everything.status.value.startswith("Ready")
     everything.model.cache_megabytes.value = 32
     assert widget.predictor.cache.max_bytes == 32 << 20

@@ -21,7 +21,7 @@ from ..core.automatic_mask_generator import explain_empty, segment_everything
 from ..core.settings import EverythingSettings
 from .dock import Dock
 from .layout import row, status_line
-from .prompt_layers import image_transforms, spatial_shape, unwrapped
+from .prompt_layers import image_transforms, selection_kept, spatial_shape, unwrapped
 from .settings_form import SettingsForm
 from .tasks import CancellableTask, plane_progress
 
@@ -123,6 +123,7 @@ class EverythingWidget(Dock):
             return
         table = pd.concat(tables, ignore_index=True)
         table.insert(0, "index", table["label"])
-        self.result_layer = unwrapped(self.viewer.add_labels(labels, name=f"{image.name} everything",
-                                                             features=table, **image_transforms(image)))
+        with selection_kept(self.viewer):  # the prompt layer stays active
+            self.result_layer = unwrapped(self.viewer.add_labels(labels, name=f"{image.name} everything",
+                                                                 features=table, **image_transforms(image)))
         self.model.show(f"Found {offset} objects.")

@@ -26,9 +26,12 @@ def column(*widgets, labels: bool = True) -> Container:
 
 
 def status_line(text: str = "") -> Label:
-    """A label that wraps instead of widening its dock."""
+    """A label that takes the dock's width and wraps instead of widening it."""
+    from qtpy.QtWidgets import QSizePolicy
+
     label = Label(value=text)
     label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Minimum)
     return label
 
 

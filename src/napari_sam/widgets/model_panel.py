@@ -22,6 +22,13 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
+def _plane(index: tuple[int, ...]) -> str:
+    """", plane 3" (or ", plane (1, 3)") for a plane of a stack; "" for a 2D image."""
+    if not index:
+        return ""
+    return f", plane {index[0]}" if len(index) == 1 else f", plane {index}"
+
+
 class ModelPanel:
     """Image picker, checkpoint picker with its Load button, device/precision/cache options, and a status line.
 
@@ -45,6 +52,8 @@ class ModelPanel:
         self.model_picker = ComboBox(label="model", choices=list(KNOWN_CHECKPOINTS), value=DEFAULT_CHECKPOINT,
                                      tooltip="A known checkpoint, or type a hub id or the path of a saved folder.")
         self.model_picker.native.setEditable(True)
+        if self.session.predictor is not None:  # another dock of this viewer loaded it
+            self.model_picker.native.setCurrentText(self.session.name)
         narrow(self.model_picker)
         self.load_button = PushButton(text="Load", tooltip="Load the checkpoint for every napari-sam dock.")
         self.device_picker = ComboBox(label="device", choices=DEVICES, value="auto",
@@ -142,7 +151,7 @@ class ModelPanel:
         if index:
             depth = leading_shape(layer)[-1]
             neighbours = [index[:-1] + (z,) for z in (index[-1] + 1, index[-1] - 1) if 0 <= z < depth]
-        self.show(f"Embedding {layer.name} {index or ''} ...")
+        self.show(f"Embedding {layer.name}{_plane(index)} ...")
 
         def failed(error: Exception) -> None:
             self.show(f"Could not embed {layer.name}.")
@@ -155,4 +164,4 @@ class ModelPanel:
         if layer is not self.image_picker.value or self.closed:
             return
         self.embedded_index = (layer.name, index)
-        self.show(f"Ready: {layer.name} {index or ''}" + ("" if ran_encoder else " (cached)"))
+        self.show(f"Ready: {layer.name}{_plane(index)}" + ("" if ran_encoder else " (cached)"))
