@@ -61,17 +61,19 @@ class PreviewController:
         session: the viewer's model session (its predictor is used).
         layers: a function returning ``(image, points, shapes)`` layers (any may be None).
         start_worker: starts a napari worker and counts it as the dock's work.
+        mask_prompt: a function saying whether an object being refined is prompted with its mask (besides its
+            box).
     """
 
-    def __init__(self, viewer, session, layers, start_worker):
+    def __init__(self, viewer, session, layers, start_worker, mask_prompt):
         self.viewer, self.session, self.layers, self.start_worker = viewer, session, layers, start_worker
+        self.mask_prompt = mask_prompt
         self.layer = None  # the preview Labels layer
         self.preview: Preview | None = None
         self.candidate = 0  # which candidate (in score order) is shown for a single object
         self.request = 0  # increases with every prompt change
         self.shown_request = 0  # the request whose result is shown
         self.target: RefineTarget | None = None
-        self.use_mask_of_target = True
         self._history = None  # (predictor, index, points, labels, logits) of the last points-only prediction
         self.closed = False
 
@@ -85,7 +87,7 @@ class PreviewController:
         objects."""
         if target is None:
             return group_objects(prompts)
-        mask = target.mask if self.use_mask_of_target else None
+        mask = target.mask if self.mask_prompt() else None
         return [PromptObject(prompts.points, prompts.labels, target.box, mask)]
 
     def update(self, event=None) -> None:

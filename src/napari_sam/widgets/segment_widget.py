@@ -42,7 +42,8 @@ class SegmentWidget(Dock):
         self.shapes_picker = create_widget(annotation=Shapes, label="boxes", options={"nullable": True})
         for picker in (self.points_picker, self.shapes_picker):
             narrow(picker)
-        self.preview_control = PreviewController(viewer, self.session, self._prompt_layers, self.start_worker)
+        self.preview_control = PreviewController(viewer, self.session, self._prompt_layers, self.start_worker,
+                                                 lambda: self.refine.settings.controls["use_mask_input"].value)
         self.labels = LabelsTarget(viewer, lambda: [self.preview_control.layer])
         self.commit_button = PushButton(text="Commit (C)", tooltip="Write the previewed objects into the labels "
                                                                    "layer; one Ctrl+Z undoes it.")
@@ -60,6 +61,7 @@ class SegmentWidget(Dock):
         self._editing_points = False
         self.commit_button.changed.connect(self.commit)
         self.refine.selected_button.changed.connect(self.refine_selected)
+        self.refine.settings.edited.connect(self.preview_control.update)  # the refined object's prompt changed
         self.clear_button.changed.connect(self.clear_prompts)
         self.model.image_picker.changed.connect(self._on_image_changed)
         self.model.ready.connect(self._on_model_ready)
@@ -134,7 +136,6 @@ class SegmentWidget(Dock):
     def _on_model_ready(self) -> None:
         predictor = self.session.predictor
         self.preview_control.forget_logits()
-        self.preview_control.use_mask_of_target = predictor.recommended.refine.use_mask_input
         self.propagation.model_ready(predictor)
         self.refine.model_ready(predictor)
         self.ensure_prompt_layers()
