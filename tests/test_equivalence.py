@@ -12,8 +12,11 @@ from transformers import SamModel, SamProcessor
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
 from napari_sam import Predictor
+from napari_sam.core.settings import TilingSettings
 
 from helpers import blob_image, processor_inputs
+
+WHOLE = TilingSettings(mode="whole")  # transformers' path sees every image whole
 
 SHAPES = [(37, 91), (300, 700), (700, 300)]
 KINDS = ["rgb_uint8", "gray_uint8", "rgba_uint8", "gray_uint16", "float_nan"]
@@ -100,7 +103,8 @@ def references(tiny_checkpoints):
 
 @pytest.fixture(scope="module")
 def predictors(tiny_checkpoints):
-    return {size: Predictor.from_pretrained(folder, device="cpu") for size, folder in tiny_checkpoints.items()}
+    return {size: Predictor.from_pretrained(folder, device="cpu", tiling=WHOLE)
+            for size, folder in tiny_checkpoints.items()}
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -148,36 +148,52 @@ def test_batched_boxes_match_one_by_one(predictor, image):
 
 # --- embedding cache ------------------------------------------------------------------------------------------
 
+def embed(predictor, image, **kwargs) -> bool:
+    """Set ``image`` and embed it now; whether the encoder ran."""
+    predictor.set_image(image, **kwargs)
+    return predictor.precompute() > 0
+
+
+def test_set_image_is_lazy(predictor, image):
+    runs = count_encoder_runs(predictor)
+    predictor.set_image(image)
+    assert not runs  # nothing encoded yet
+    predictor.predict(points=[[60, 45]])
+    assert len(runs) == 1
+    assert predictor.precompute() == 0  # already embedded
+
+
 def test_same_image_twice_runs_the_encoder_once(predictor, image):
     runs = count_encoder_runs(predictor)
-    assert predictor.set_image(image) is True
-    assert predictor.set_image(image.copy()) is False  # same content, another array
+    assert embed(predictor, image) is True
+    assert embed(predictor, image.copy()) is False  # same content, another array
     assert len(runs) == 1
-    predictor.set_image(image, contrast_limits=(0, 3000))  # other contrast: another embedding
+    embed(predictor, image, contrast_limits=(0, 3000))  # other contrast: another embedding
     assert len(runs) == 2
     changed = image.copy()
     changed[0, 0] += 1
-    predictor.set_image(changed)
+    embed(predictor, changed)
     assert len(runs) == 3
-    predictor.set_image(image)  # back to the first: cached
+    embed(predictor, image)  # back to the first: cached
     assert len(runs) == 3
 
 
 def test_cache_respects_its_memory_budget(tiny_checkpoint):
     one = Predictor.from_pretrained(tiny_checkpoint, device="cpu")
-    one.set_image(np.zeros((8, 8), np.uint8))
+    embed(one, np.zeros((8, 8), np.uint8))
     per_embedding = one.cache.nbytes
     cache = EmbeddingCache(max_items=10, max_bytes=2 * per_embedding)
     predictor = Predictor.from_pretrained(tiny_checkpoint, device="cpu", cache=cache)
     runs = count_encoder_runs(predictor)
     images = [np.full((8, 8), value, np.uint8) for value in (10, 20, 30)]
     for img in images:
-        predictor.set_image(img)
-    assert len(cache) == 2 and cache.nbytes <= 2 * per_embedding
-    predictor.set_image(images[2])
-    predictor.set_image(images[1])
+        embed(predictor, img)
     assert len(runs) == 3
-    predictor.set_image(images[0])  # evicted, computed again
+    assert len(cache) == 2 and cache.nbytes <= 2 * per_embedding
+    embed(predictor, images[2])
+    embed(predictor, images[1])
+    assert len(runs) == 3
+    embed(predictor, images[0])  # evicted, computed again
     assert len(runs) == 4
 
 

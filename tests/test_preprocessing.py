@@ -22,8 +22,11 @@ from napari_sam.core.image_preparation import default_contrast_limits, display_r
 from napari_sam.core.model_loading import geometry_from_config
 from napari_sam.core.random_weights import random_sam, tiny_sam_config
 from napari_sam.core.resampling import PIL_FILTERS, pil_resize
+from napari_sam.core.settings import TilingSettings
 
 from helpers import blob_image, processor_inputs
+
+WHOLE = TilingSettings(mode="whole")  # transformers' path sees every image whole
 
 
 def published_preprocessor(image_size: int, **changes) -> dict:
@@ -146,14 +149,14 @@ def compare(predictor, reference, images, prompts=("box_and_points", "three_boxe
 @pytest.mark.parametrize("case", list(CASES))
 def test_preprocessor_configs_match_transformers_64(case, weights, tmp_path):
     folder = hub_folder(weights[64], tmp_path / case, CASES[case](64))
-    predictor = Predictor.from_pretrained(folder, device="cpu")
+    predictor = Predictor.from_pretrained(folder, device="cpu", tiling=WHOLE)
     compare(predictor, HubReference(folder, 64), ALL_IMAGES if case in MAIN_CASES else ONE_IMAGE)
 
 
 @pytest.mark.parametrize("case", CASES_256)
 def test_preprocessor_configs_match_transformers_256(case, weights, tmp_path):
     folder = hub_folder(weights[256], tmp_path / case, CASES[case](256))
-    predictor = Predictor.from_pretrained(folder, device="cpu")
+    predictor = Predictor.from_pretrained(folder, device="cpu", tiling=WHOLE)
     compare(predictor, HubReference(folder, 256), [((513, 200), "rgb_uint8")])
 
 
@@ -163,7 +166,8 @@ def test_masks_follow_the_image_and_the_config(weights, tmp_path):
     points, labels, boxes = prompt_cases(shape)["box_and_points"]
     results = {}
     for case in ("published", "medsam_like"):
-        predictor = Predictor.from_pretrained(hub_folder(weights[64], tmp_path / case, CASES[case](64)), device="cpu")
+        folder = hub_folder(weights[64], tmp_path / case, CASES[case](64))
+        predictor = Predictor.from_pretrained(folder, device="cpu", tiling=WHOLE)
         for seed in (0, 7):
             predictor.set_image(make_image("gray_uint8", shape, seed=seed)[0])
             results[case, seed] = predictor.predict(points=points, point_labels=labels, boxes=boxes)
@@ -175,12 +179,13 @@ def test_masks_follow_the_image_and_the_config(weights, tmp_path):
 
 def test_do_pad_false_takes_square_images_only(weights, tmp_path):
     folder = hub_folder(weights[64], tmp_path / "no-pad", published_preprocessor(64, do_pad=False))
-    predictor = Predictor.from_pretrained(folder, device="cpu")
+    predictor = Predictor.from_pretrained(folder, device="cpu", tiling=WHOLE)
     assert predictor.geometry.do_pad is False
     compare(predictor, HubReference(folder, 64), [((100, 100), "rgb_uint8"), ((64, 64), "gray_uint8"),
                                                   ((40, 40), "gray_uint16")])
+    predictor.set_image(make_image("rgb_uint8", (37, 91))[0])  # lazy: the model input is made when needed
     with pytest.raises(ValueError, match="do_pad"):
-        predictor.set_image(make_image("rgb_uint8", (37, 91))[0])
+        predictor.precompute()
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +206,7 @@ def test_minimal_config_json_takes_transformers_defaults(preprocessor, minimal_c
     config = {"none": None, "type_only": {"image_processor_type": "SamImageProcessor"},
               "published": published_preprocessor(defaults.image_size)}[preprocessor]
     folder = hub_folder(minimal_config_weights, tmp_path / preprocessor, config)
-    predictor = Predictor.from_pretrained(folder, device="cpu")
+    predictor = Predictor.from_pretrained(folder, device="cpu", tiling=WHOLE)
     geometry = predictor.geometry
     embedding = defaults.image_size // defaults.patch_size
     assert (geometry.image_size, geometry.longest_edge, geometry.pad_size) == (
@@ -256,7 +261,7 @@ def test_pil_resize_refuses_unknown_filters_and_empty_sizes():
 
 @pytest.mark.parametrize("shape", [(1, 513), (513, 1), (2, 1025), (1025, 2)])
 def test_thin_images_are_segmented(shape, tiny_checkpoints):
-    predictor = Predictor.from_pretrained(tiny_checkpoints[256], device="cpu")
+    predictor = Predictor.from_pretrained(tiny_checkpoints[256], device="cpu", tiling=WHOLE)
     longest_edge = predictor.geometry.longest_edge
     resized = resized_shape(shape, longest_edge)
     assert min(resized) == 1 and max(resized) == longest_edge
@@ -276,7 +281,7 @@ def test_flat_images_get_usable_default_limits(dtype, tiny_checkpoint):
     assert limits == (1000.0, 1001.0)
     assert display_rgb(flat, contrast_limits=limits).max() == 0.0  # shown black, as without limits
     np.testing.assert_array_equal(display_rgb(flat).numpy(), display_rgb(flat, contrast_limits=limits).numpy())
-    predictor = Predictor.from_pretrained(tiny_checkpoint, device="cpu")
+    predictor = Predictor.from_pretrained(tiny_checkpoint, device="cpu", tiling=WHOLE)
     predictor.set_image(flat, contrast_limits=limits)
     assert predictor.predict(points=[[20, 25]]).masks.shape == (1, 3, 40, 50)
 

@@ -13,6 +13,7 @@ import torch
 
 from napari_sam import Predictor
 from napari_sam.core.model_loading import BUNDLED_DIR, resolve_checkpoint
+from napari_sam.core.settings import TilingSettings
 from napari_sam.demo import CELL_RADIUS, synthetic_cells
 
 from helpers import iou
@@ -23,7 +24,8 @@ FOLDER = BUNDLED_DIR / "tiny-cells"
 
 @pytest.fixture(scope="module")
 def predictor():
-    return Predictor.from_pretrained("tiny-cells", device="cpu")
+    """Every image seen whole: these scenes scale with the image, as if resized from 256 pixels."""
+    return Predictor.from_pretrained("tiny-cells", device="cpu", tiling=TilingSettings(mode="whole"))
 
 
 def median_ious(predictor, shape=(256, 256), dtype=np.uint16, limits=None, seeds=HELD_OUT_SEEDS):
@@ -46,9 +48,10 @@ def median_ious(predictor, shape=(256, 256), dtype=np.uint16, limits=None, seeds
             if len(rows) < 30:  # cut by the image border
                 continue
             pick = rng.integers(len(rows))
-            clicks.append(iou(predictor.predict(points=[[rows[pick], cols[pick]]]).best_masks()[0], target))
-            box = [rows.min(), cols.min(), rows.max(), cols.max()]
-            boxes.append(iou(predictor.predict(boxes=[box]).best_masks()[0], target))
+            click = predictor.predict(points=[[rows[pick], cols[pick]]])
+            clicks.append(iou(click.full_masks(click.best_masks())[0], target))
+            box = predictor.predict(boxes=[[rows.min(), cols.min(), rows.max(), cols.max()]])
+            boxes.append(iou(box.full_masks(box.best_masks())[0], target))
     assert len(clicks) >= 30
     return float(np.median(clicks)), float(np.median(boxes))
 

@@ -162,7 +162,12 @@ def test_a_direction_stops_at_the_first_slice_without_the_object(model, stack, m
         values = np.array([iou(free.masks[i], free.masks[i - 1 if i > 5 else i + 1]) for i in range(16)])
     else:
         values = free.scores.astype(float) if rule == "score" else free.masks.sum(axis=(1, 2))
-    limit = float(max(values[6:].min(), values[:5].min()) + (1 if rule == "area" else 1e-4))
+    # just above the larger of the two directions' minima, halfway to the next value: a clear margin either side,
+    # so that rounding in another thread layout cannot move a slice across the limit
+    floor = max(values[6:].min(), values[:5].min())
+    above = np.sort(np.unique(values[np.r_[0:5, 6:16]]))
+    above = above[above > floor]
+    limit = float(floor + 1) if rule == "area" else float((floor + above[0]) / 2 if len(above) else floor + 1e-4)
     limits = dict(score_threshold=0.0, iou_threshold=0.0, min_area=0)
     limits[{"score": "score_threshold", "overlap": "iou_threshold", "area": "min_area"}[rule]] = limit
     calls = recording(model, monkeypatch)

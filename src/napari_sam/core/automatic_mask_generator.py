@@ -1,4 +1,4 @@
-"""Segment everything: SAM's automatic mask generator, filtering at low resolution.
+"""Segment everything: SAM's automatic mask generator, filtering at low resolution, on images of any size.
 
 The semantics are those of Meta's ``SamAutomaticMaskGenerator`` and transformers' ``mask-generation`` pipeline:
 a point grid per crop, three candidates per point, the predicted-IoU and stability-score filters (a threshold of
@@ -6,9 +6,16 @@ a point grid per crop, three candidates per point, the predicted-IoU and stabili
 removal. What differs is the cost:
 
 - candidates are filtered on their low-resolution logits first; only survivors are upsampled (in chunks), to
-  compute their exact stability score, box and, at the end, their mask;
+  compute their exact stability score, box and mask;
 - NMS runs in torch on the model's device (``utils.amg.nms``), no torchvision;
-- each crop is embedded exactly once; peak memory is bounded by one batch and the survivors' low-res logits.
+- each crop is a frame of the predictor's image, embedded exactly once;
+- objects are kept as a box and a mask cropped to it (:class:`~napari_sam.core.mask_objects.MaskObject`), never as
+  image-sized masks, and painted into a labels array at the end (which may be a zarr array on disk).
+
+A large image (see :class:`~napari_sam.core.settings.TilingSettings`) is segmented in its native-resolution tiles
+instead of crops: the tiles overlap by twice the halo, an object cut by a tile's inner border is dropped there
+(the crop-edge rule, a few pixels wide) and kept from the tile that holds it whole, and duplicates across tiles are
+merged by box NMS, so each object appears once, with one id. Memory is bounded by a few tiles plus the labels.
 
 All positions are (row, col) in the image's data pixels.
 """
@@ -24,7 +31,8 @@ import torch
 
 from .candidates import Candidates
 from .errors import SegmentationCancelled
-from .image_preparation import default_contrast_limits, image_layout, resized_shape
+from .frames import Frame, whole_frame
+from .mask_objects import MaskObject, cleaned, cropped, paint_labels
 from .predictor import Predictor, upscale_logits
 from .settings import EverythingSettings
 from .utils.amg import (
@@ -34,16 +42,17 @@ from .utils.amg import (
     generate_crop_boxes,
     masks_to_boxes,
     nms,
-    remove_small_regions,
     stability_score,
 )
 
-__all__ = ["EverythingResult", "SegmentationCancelled", "explain_empty", "instance_labels", "segment_everything"]
+__all__ = ["EverythingResult", "SegmentationCancelled", "explain_empty", "segment_everything"]
 
 #: Survivors are upsampled this many full-resolution pixels at a time (bounds the float memory: 64 MiB).
 UPSAMPLE_PIXELS = 16 * 1024 * 1024
 #: The low-resolution stability pre-filter keeps candidates within this margin of the threshold.
 STABILITY_MARGIN = 0.1
+#: Meta's crop-edge rule: a box within this many pixels of a crop's inner edge is cut by it.
+CROP_EDGE_PIXELS = 20.0
 
 
 def _chunk(height: int, width: int) -> int:
@@ -53,49 +62,48 @@ def _chunk(height: int, width: int) -> int:
 
 @dataclass
 class EverythingResult:
-    """Masks of every object found, ordered by predicted IoU (best first).
+    """Every object found, ordered by predicted IoU (best first).
 
     Attributes:
-        masks: (n, H, W) bool.
+        objects: one :class:`MaskObject` (a box and the mask cropped to it) per object.
         scores: (n,) predicted IoU; stability_scores: (n,).
         boxes: (n, 4) (row_min, col_min, row_max, col_max), inclusive.
         point_coords: (n, 2) (row, col) of the grid point that prompted each mask.
-        labels: (H, W) uint32 instance image, 0 = background; label k is ``masks[k - 1]``, painted from the
-            largest mask to the smallest so that small objects stay visible.
+        labels: (H, W) instance image (uint32 by default, or the ``out`` array it was painted into), 0 =
+            background; label k is ``objects[k - 1]``, painted from the largest object to the smallest so that
+            small objects stay visible.
+        image_size: (H, W).
         stats: what the filters saw, to explain an empty result: ``candidates`` (decoded), ``best_score`` (the
             highest predicted IoU), ``passed_score`` (candidates above the IoU threshold) and ``passed_both``
             (those also above the stability threshold, before NMS and the crop-edge rule).
     """
 
-    masks: np.ndarray
+    objects: list[MaskObject]
     scores: np.ndarray
     stability_scores: np.ndarray
     boxes: np.ndarray
     point_coords: np.ndarray
-    labels: np.ndarray
+    labels: object
+    image_size: tuple[int, int]
     stats: dict = field(default_factory=dict)
+
+    @property
+    def masks(self) -> np.ndarray:
+        """(n, H, W) bool: every object at the image's size. This materialises image-sized masks; prefer
+        ``objects`` (or ``labels``) for large images."""
+        masks = np.zeros((len(self.objects), *self.image_size), dtype=bool)
+        for index, obj in enumerate(self.objects):
+            masks[index, obj.rows, obj.cols] = obj.mask
+        return masks
 
     def features(self) -> dict[str, np.ndarray]:
         """One row per object, as columns: label, area, score, stability and its box (row/col min/max)."""
-        columns = {"label": np.arange(1, len(self.masks) + 1), "area": self.masks.sum(axis=(1, 2)),
+        columns = {"label": np.arange(1, len(self.objects) + 1),
+                   "area": np.array([obj.area for obj in self.objects], dtype=np.int64),
                    "score": self.scores, "stability": self.stability_scores}
         for index, name in enumerate(("box_row_min", "box_col_min", "box_row_max", "box_col_max")):
             columns[name] = self.boxes[:, index]
         return columns
-
-
-@dataclass(frozen=True)
-class _Crop:
-    """One crop of the image: its box (row0, col0, row1, col1, end-exclusive), its layer, and the size it takes
-    in the model's input (computed from the checkpoint's geometry, without embedding it)."""
-
-    box: tuple[int, int, int, int]
-    layer: int
-    resized_size: tuple[int, int]
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.box[2] - self.box[0], self.box[3] - self.box[1]
 
 
 class _Steps:
@@ -123,25 +131,50 @@ class _Steps:
             self.progress(self.done, self.total)
 
 
-def _decode_crop(predictor: Predictor, crops: list[_Crop], index: int, points_rc: np.ndarray,
-                 settings: EverythingSettings, image_size: tuple[int, int], steps: _Steps) -> Candidates:
-    """Decode the point grid of crop ``index`` (already the predictor's current image); the candidates that
-    pass, before NMS."""
-    crop = crops[index]
-    row0, col0 = crop.box[:2]
-    geometry, current = predictor.geometry, predictor.current
+@dataclass(frozen=True)
+class _Pass:
+    """The frames a run decodes: Meta's crops (the whole image, then crop layers) or a large image's tiles, each
+    with its grid of points (in the frame's pixels) and the width of its crop-edge rule."""
+
+    frames: list[Frame]
+    grids: list[np.ndarray]
+    edge: float
+    tiled: bool
+
+
+def _plan(predictor: Predictor, settings: EverythingSettings) -> _Pass:
+    size, input_size = predictor.image_size, predictor.geometry.longest_edge
+    sides = settings.grid_sides()
+    if predictor.tiled:
+        frames = predictor.frames()
+        grid = build_point_grid(sides[0])
+        halo = predictor.tile_grid.halo
+        return _Pass(frames, [grid * np.array(frame.size) for frame in frames], max(2.0, halo / 8), True)
+    boxes, layers = generate_crop_boxes(size, settings.crop_n_layers, settings.crop_overlap_ratio)
+    frames = [whole_frame(size, input_size)] + [
+        Frame(r0, c0, r1, c1, input_size / max(r1 - r0, c1 - c0)) for r0, c0, r1, c1 in boxes[1:]]
+    grids = [build_point_grid(sides[layer]) * np.array(frame.size) for frame, layer in zip(frames, layers)]
+    return _Pass(frames, grids, CROP_EDGE_PIXELS, False)
+
+
+def _decode_frame(predictor: Predictor, plan: _Pass, index: int, settings: EverythingSettings,
+                  steps: _Steps) -> Candidates:
+    """Decode the point grid of frame ``index``; the candidates that pass, before NMS."""
+    frame, points_rc = plan.frames[index], plan.grids[index]
+    geometry = predictor.geometry
     iou_filter = settings.pred_iou_thresh if settings.pred_iou_thresh > 0 else None  # 0: off, as Meta's
     stability_filter = settings.stability_score_thresh if settings.stability_score_thresh > 0 else None
     offset_value = settings.stability_score_offset
-    valid_rows = math.ceil(crop.resized_size[0] * geometry.mask_size / geometry.pad_size[0])
-    valid_cols = math.ceil(crop.resized_size[1] * geometry.mask_size / geometry.pad_size[1])
-    offset = torch.tensor([row0, col0, row0, col0], dtype=torch.float32, device=predictor.device)
-    image_box = [0, 0, *image_size]
+    valid_rows = math.ceil(frame.resized_size[0] * geometry.mask_size / geometry.pad_size[0])
+    valid_cols = math.ceil(frame.resized_size[1] * geometry.mask_size / geometry.pad_size[1])
+    offset = torch.tensor([frame.row0, frame.col0] * 2, dtype=torch.float32, device=predictor.device)
+    box = [frame.row0, frame.col0, frame.row1, frame.col1]
+    image_box = [0, 0, *predictor.image_size]
     parts = []
     for start in range(0, len(points_rc), settings.points_per_batch):
         steps.check()
         points = points_rc[start: start + settings.points_per_batch]
-        logits, scores, kept = predictor.point_grid_logits(points, min_score=iou_filter)
+        logits, scores, kept = predictor.point_grid_logits(points, min_score=iou_filter, frame=frame)
         point_index = kept.repeat_interleave(scores.shape[1])  # the point of each candidate
         all_scores, logits, scores = scores, logits.flatten(0, 1), scores[kept].flatten()
         keep = torch.ones_like(scores, dtype=torch.bool) if iou_filter is None else scores > iou_filter
@@ -151,17 +184,17 @@ def _decode_crop(predictor: Predictor, crops: list[_Crop], index: int, points_rc
             keep &= rough > stability_filter - STABILITY_MARGIN
         logits, scores, point_index = logits[keep], scores[keep], point_index[keep]
         grid = torch.as_tensor(points, dtype=torch.float32, device=logits.device)
-        step = _chunk(*crop.size)
+        step = _chunk(*frame.size)
         for chunk in range(0, len(logits), step):
             part = logits[chunk: chunk + step]
-            full = upscale_logits(part, geometry, current.resized_size, crop.size)
+            full = upscale_logits(part, geometry, frame.resized_size, frame.size)
             stability = stability_score(full, 0.0, offset_value)
             passed = (full > 0).flatten(1).any(dim=1)
             if stability_filter is not None:
                 passed &= stability > stability_filter
             steps.stats["passed_both"] += int(passed.sum())
             boxes = masks_to_boxes(full > 0) + offset
-            passed &= ~box_near_crop_edge(boxes, crop.box, image_box)
+            passed &= ~box_near_crop_edge(boxes, box, image_box, atol=plan.edge)
             chosen = torch.nonzero(passed).flatten()
             parts.append(Candidates(
                 logits=part[chosen].to(torch.float16), scores=scores[chunk: chunk + step][chosen],
@@ -172,27 +205,23 @@ def _decode_crop(predictor: Predictor, crops: list[_Crop], index: int, points_rc
     return Candidates.cat(parts, geometry.mask_size, predictor.device)
 
 
-def plan_crops(image_size: tuple[int, int], settings: EverythingSettings, longest_edge: int) -> list[_Crop]:
-    """The crops of an image of ``image_size`` (H, W), with the size each takes in a model resizing its longest
-    side to ``longest_edge``."""
-    boxes, layers = generate_crop_boxes(image_size, settings.crop_n_layers, settings.crop_overlap_ratio)
-    return [_Crop(tuple(box), layer, resized_shape((box[2] - box[0], box[3] - box[1]), longest_edge))
-            for box, layer in zip(boxes, layers)]
-
-
-def segment_everything(predictor: Predictor, image: np.ndarray, settings: EverythingSettings | None = None, *,
-                       contrast_limits=None, rgb: bool | None = None,
+def segment_everything(predictor: Predictor, image, settings: EverythingSettings | None = None, *,
+                       contrast_limits=None, rgb: bool | None = None, out=None, first_id: int = 1,
                        progress: Callable[[int, int], None] | None = None,
                        cancel: Callable[[], bool] | None = None, **overrides) -> EverythingResult:
-    """Find every object in a 2D image (gray, RGB or RGBA; any dtype), as SAM's automatic mask generator.
+    """Find every object in a 2D image (gray, RGB or RGBA; any dtype and size), as SAM's automatic mask generator.
 
     Args:
-        predictor: the model to use; its current image is replaced by the image's crops.
-        image: (H, W), (H, W, 3) or (H, W, 4) array.
+        predictor: the model to use; ``image`` becomes its current image, seen whole or in tiles as its
+            ``tiling`` settings say.
+        image: (H, W), (H, W, 3) or (H, W, 4) array-like (numpy, dask, zarr): only the frames decoded are read.
         settings: the generator's settings (:class:`~napari_sam.core.settings.EverythingSettings`; None: its
-            defaults). ``overrides`` replace single settings by name, e.g. ``points_per_side=16``.
-        contrast_limits, rgb: as for :meth:`Predictor.set_image`; without limits, the whole image's default
-            limits serve every crop.
+            defaults). ``overrides`` replace single settings by name, e.g. ``points_per_side=16``. On a tiled
+            image the grid is ``points_per_side`` per tile, and crop layers are not used (tiles are native
+            resolution already).
+        contrast_limits, rgb: as for :meth:`Predictor.set_image`; the same limits serve every frame.
+        out: an (H, W) integer array-like (e.g. a zarr array on disk) to paint the labels into; None: a new uint32
+            numpy array. ``first_id``: the label of the first object (the others follow).
         progress: called as ``progress(done, total)`` after every batch of points.
         cancel: checked between batches; returning True raises :class:`SegmentationCancelled`.
 
@@ -200,84 +229,77 @@ def segment_everything(predictor: Predictor, image: np.ndarray, settings: Everyt
         ValueError: an unknown or invalid setting, or an unsupported image.
     """
     settings = (settings or EverythingSettings()).replace(**overrides)
-    image = np.asarray(image)
-    has_channels = image_layout(image, rgb)
-    limits = contrast_limits if contrast_limits is not None else default_contrast_limits(image, has_channels)
-    height, width = image.shape[:2]
-    crops = plan_crops((height, width), settings, predictor.geometry.longest_edge)
-    grids = [build_point_grid(side) for side in settings.grid_sides()]
-    steps = _Steps(sum(math.ceil(len(grids[crop.layer]) / settings.points_per_batch) for crop in crops), progress,
-                   cancel)
-    kept = []
-    for index, crop in enumerate(crops):
-        (row0, col0, row1, col1), points = crop.box, grids[crop.layer] * np.array(crop.size)
-        with predictor.locked():  # the crop stays the current image for all its batches
-            predictor.set_image(image[row0:row1, col0:col1], contrast_limits=limits, rgb=has_channels)
-            found = _decode_crop(predictor, crops, index, points, settings, (height, width), steps)
-        kept.append(found[nms(found.boxes, found.scores, settings.box_nms_thresh)])
-    candidates = Candidates.cat(kept, predictor.geometry.mask_size, predictor.device)
-    if len(crops) > 1 and len(candidates):
-        crop_boxes = torch.tensor([crop.box for crop in crops], dtype=torch.float32, device=predictor.device)
-        preference = 1.0 / box_area(crop_boxes)[candidates.crops] if settings.prefer_smaller_crops \
-            else candidates.scores
-        candidates = candidates[nms(candidates.boxes, preference, settings.crop_nms_thresh)]
-    masks = _full_masks(predictor, candidates, crops, (height, width))
-    scores, stability, boxes, points = (t.cpu().numpy() for t in (candidates.scores, candidates.stability,
-                                                                  candidates.boxes, candidates.points))
+    with predictor.locked():  # the image stays the current one for the whole run
+        predictor.set_image(image, contrast_limits=contrast_limits, rgb=rgb)
+        size = predictor.image_size
+        plan = _plan(predictor, settings)
+        steps = _Steps(sum(math.ceil(len(grid) / settings.points_per_batch) for grid in plan.grids), progress,
+                       cancel)
+        kept = []
+        for index in range(len(plan.frames)):
+            found = _decode_frame(predictor, plan, index, settings, steps)
+            found = found[nms(found.boxes, found.scores, settings.box_nms_thresh)]
+            kept.append(_as_objects(predictor, plan, found))
+    objects = [obj for part in kept for obj in part[0]]
+    values = [np.concatenate([part[1][i] for part in kept]) if kept else np.zeros((0,)) for i in range(4)]
+    scores, stability, boxes, points = values[0], values[1], values[2].reshape(-1, 4), values[3].reshape(-1, 2)
+    crops = np.concatenate([part[2] for part in kept]) if kept else np.zeros(0, dtype=np.int64)
+    if len(plan.frames) > 1 and objects:
+        if plan.tiled or not settings.prefer_smaller_crops:
+            preference = scores
+        else:
+            areas = box_area(torch.tensor([[f.row0, f.col0, f.row1, f.col1] for f in plan.frames], dtype=torch.float32))
+            preference = (1.0 / areas[torch.from_numpy(crops)]).numpy()
+        keep = nms(torch.from_numpy(boxes), torch.from_numpy(np.asarray(preference, np.float32)),
+                   settings.crop_nms_thresh).numpy()
+        objects = [objects[i] for i in keep]
+        scores, stability, boxes, points = scores[keep], stability[keep], boxes[keep], points[keep]
     if settings.min_mask_region_area > 0:
-        masks, scores, stability, boxes, points = _remove_small_regions(
-            masks, scores, stability, boxes, points, settings.min_mask_region_area, settings.box_nms_thresh)
-    order = np.argsort(-scores, kind="stable")
-    result = _result(masks[order], scores[order], stability[order], boxes[order], points[order])
-    result.stats = steps.stats
-    return result
+        objects, scores, stability, boxes, points = _remove_small_regions(
+            objects, scores, stability, points, settings.min_mask_region_area, settings.box_nms_thresh)
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    objects = [objects[i] for i in order]
+    return EverythingResult(objects=objects, scores=np.asarray(scores, np.float32)[order],
+                            stability_scores=np.asarray(stability, np.float32)[order],
+                            boxes=np.asarray(boxes, np.float32).reshape(-1, 4)[order],
+                            point_coords=np.asarray(points, np.float32).reshape(-1, 2)[order],
+                            labels=paint_labels(objects, size, out, first_id=first_id), image_size=size,
+                            stats=steps.stats)
 
 
-def _full_masks(predictor: Predictor, candidates: Candidates, crops: list[_Crop],
-                image_size: tuple[int, int]) -> np.ndarray:
-    """(n, H, W) bool: each candidate's low-res logits upsampled into its crop, in chunks."""
-    masks = np.zeros((len(candidates), *image_size), dtype=bool)
-    for index in torch.unique(candidates.crops).tolist():
-        crop = crops[index]
-        row0, col0, row1, col1 = crop.box
-        rows = torch.nonzero(candidates.crops == index).flatten()
-        step = _chunk(*crop.size)
-        for chunk in range(0, len(rows), step):
-            part = rows[chunk: chunk + step]
-            full = upscale_logits(candidates.logits[part].float(), predictor.geometry, crop.resized_size, crop.size)
-            masks[part.cpu().numpy(), row0:row1, col0:col1] = (full > 0).cpu().numpy()
-    return masks
+def _as_objects(predictor: Predictor, plan: _Pass, found: Candidates):
+    """The frame's kept candidates as cropped objects with their scores, stability, boxes, points and frame."""
+    objects, rows = [], []
+    if len(found):
+        frame = plan.frames[int(found.crops[0])]
+        step = _chunk(*frame.size)
+        for chunk in range(0, len(found), step):
+            part = found.logits[chunk: chunk + step].float()
+            full = (upscale_logits(part, predictor.geometry, frame.resized_size, frame.size) > 0).cpu().numpy()
+            for offset, mask in enumerate(full):
+                obj = cropped(mask, frame.row0, frame.col0)
+                if obj is not None:
+                    objects.append(obj)
+                    rows.append(chunk + offset)
+    index = torch.as_tensor(rows, dtype=torch.long)
+    values = tuple(t.cpu()[index].numpy() for t in (found.scores, found.stability, found.boxes, found.points))
+    return objects, values, found.crops.cpu()[index].numpy()
 
 
-def _remove_small_regions(masks, scores, stability, boxes, coords, min_area, nms_thresh):
+def _remove_small_regions(objects, scores, stability, points, min_area, nms_thresh):
     """Meta's post-processing: drop small islands, fill small holes, then NMS preferring unchanged masks."""
-    preference = np.ones(len(masks), dtype=np.float32)
-    for index, mask in enumerate(masks):
-        mask, changed_holes = remove_small_regions(mask, min_area, "holes")
-        mask, changed_islands = remove_small_regions(mask, min_area, "islands")
-        masks[index] = mask
-        if changed_holes or changed_islands:
-            preference[index] = 0.0
-    boxes = masks_to_boxes(torch.from_numpy(masks)).numpy()
-    keep = nms(torch.from_numpy(boxes), torch.from_numpy(preference), nms_thresh).numpy()
-    keep = keep[masks[keep].any(axis=(1, 2))]
-    return masks[keep], scores[keep], stability[keep], boxes[keep], coords[keep]
-
-
-def instance_labels(masks: np.ndarray) -> np.ndarray:
-    """(H, W) uint32: label k for ``masks[k - 1]``, painted largest first so that small masks stay visible."""
-    labels = np.zeros(masks.shape[1:], dtype=np.uint32)
-    for index in np.argsort(-masks.sum(axis=(1, 2)), kind="stable"):
-        labels[masks[index]] = index + 1
-    return labels
-
-
-def _result(masks, scores, stability, boxes, coords) -> EverythingResult:
-    return EverythingResult(masks=masks, scores=np.asarray(scores, np.float32),
-                            stability_scores=np.asarray(stability, np.float32),
-                            boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
-                            point_coords=np.asarray(coords, np.float32).reshape(-1, 2),
-                            labels=instance_labels(masks))
+    cleaned_objects, preference, keep = [], [], []
+    for index, obj in enumerate(objects):
+        obj, changed = cleaned(obj, min_area)
+        if obj is not None:
+            cleaned_objects.append(obj)
+            preference.append(0.0 if changed else 1.0)
+            keep.append(index)
+    keep = np.asarray(keep, dtype=np.int64)
+    boxes = np.array([obj.box for obj in cleaned_objects], dtype=np.float32).reshape(-1, 4)
+    survivors = nms(torch.from_numpy(boxes), torch.tensor(preference, dtype=torch.float32), nms_thresh).numpy()
+    return ([cleaned_objects[i] for i in survivors], scores[keep][survivors], stability[keep][survivors],
+            boxes[survivors], points[keep][survivors])
 
 
 def explain_empty(stats: dict, settings: EverythingSettings) -> str:

@@ -59,7 +59,7 @@ class EmbeddingCache:
     The newest entry is always kept, even when it alone exceeds ``max_bytes``.
     """
 
-    def __init__(self, max_items: int = 8, max_bytes: int = 1 << 30):
+    def __init__(self, max_items: int = 1024, max_bytes: int = 1 << 30):
         if max_items < 1 or max_bytes < 0:
             raise ValueError("An embedding cache needs max_items >= 1 and max_bytes >= 0.")
         self.max_items = max_items

@@ -172,12 +172,14 @@ def resized_shape(original_size: tuple[int, int], longest_edge: int) -> tuple[in
     return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
-def model_input(rgb01: torch.Tensor, geometry: ModelGeometry, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def model_input(rgb01: torch.Tensor, geometry: ModelGeometry, dtype: torch.dtype = torch.float32,
+                resized: tuple[int, int] | None = None) -> torch.Tensor:
     """SAM's pixel values from a (3, H, W) float RGB image in [0, 1], as transformers' SAM image processor makes
     them from the 8-bit image the screen shows.
 
     1. The image is taken as 8-bit levels (``floor(255 * v + 0.5)``), as SAM was trained.
-    2. Its longest side is resized to ``geometry.longest_edge`` (:func:`resized_shape`) with the PIL filter
+    2. Its longest side is resized to ``geometry.longest_edge`` (:func:`resized_shape`), or the image to
+       ``resized`` (height, width) when given (a tile at its own scale), with the PIL filter
        ``geometry.resample``, level for level as Pillow does (:func:`~napari_sam.core.resampling.pil_resize`).
     3. Levels are multiplied by ``geometry.rescale_factor`` if ``geometry.do_rescale`` (1/255: values in [0, 1]).
     4. They are normalised per channel with ``geometry.mean``/``std`` if ``geometry.do_normalize``.
@@ -191,8 +193,10 @@ def model_input(rgb01: torch.Tensor, geometry: ModelGeometry, dtype: torch.dtype
             ``pad_size`` (only square images do).
     """
     height, width = rgb01.shape[-2:]
-    new_h, new_w = resized_shape((height, width), geometry.longest_edge)
+    new_h, new_w = resized or resized_shape((height, width), geometry.longest_edge)
     pad_h, pad_w = geometry.pad_size
+    if new_h > pad_h or new_w > pad_w:
+        raise ValueError(f"An image resized to {new_h}x{new_w} does not fit the model's {pad_h}x{pad_w} input.")
     if not geometry.do_pad and (new_h, new_w) != (pad_h, pad_w):
         raise ValueError(
             f"This checkpoint's preprocessor config sets do_pad to false, so its model takes only images that resize "

@@ -1,11 +1,17 @@
-"""SAM prediction from points, boxes and masks, with the image embedding computed once.
+"""SAM prediction from points, boxes and masks, on images of any size, each region embedded once.
 
 Usage::
 
     predictor = Predictor.from_pretrained("facebook/sam-vit-base")
-    predictor.set_image(image, contrast_limits=(100, 4000))   # runs the encoder, or reuses a cached embedding
+    predictor.set_image(image, contrast_limits=(100, 4000))   # lazy: nothing is read or encoded yet
     prediction = predictor.predict(points=[[120, 64]], point_labels=[1])
-    mask = prediction.best_masks()[0]                          # (H, W) bool
+    mask = prediction.best_masks()[0]                          # (h, w) bool over prediction.window
+
+A small image is seen whole, resized to the model's input. A large one (see
+:class:`~napari_sam.core.settings.TilingSettings`) is seen in native-resolution tiles
+(:mod:`~napari_sam.core.frames`): a prompt is decoded in the tile that holds it best and, when its mask reaches
+that tile's inner border, again in a window centred on the object, so that objects crossing tile borders come
+out whole. Embeddings are kept in memory (:class:`EmbeddingCache`) and, when a store is attached, on disk.
 
 All positions are (row, col) in the image's data pixels.
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,88 +29,76 @@ import torch.nn.functional as F
 
 from .coordinates import boxes_to_model, points_to_model
 from .embedding_cache import CachedEmbedding, EmbeddingCache, EmbeddingKey, content_signature
+from .frames import Frame, Tiling, place_in_frame, prompt_extent, touches_inner_edge, whole_frame
 from .grid_decoder import GridDecoder, PreparedImage
-from .image_preparation import check_contrast_limits, display_rgb, image_layout, model_input, resized_shape
+from .image_preparation import display_rgb, model_input
+from .image_source import ImageSource, open_image
 from .model_loading import DEFAULT_CHECKPOINT, ModelGeometry, load_sam, resolve_checkpoint
+from .prediction import Prediction, upscale_logits
 from .prompts import ObjectPrompts, check_prompts
-from .settings import Recommendations, read_recommendations
+from .settings import Recommendations, TilingSettings, read_recommendations
+
+__all__ = ["ImagePlan", "Prediction", "Predictor", "upscale_logits"]
 
 #: Bytes of image tokens decoded at once in :meth:`Predictor.point_grid_logits`: each prompt has its own copy of
 #: the image tokens after the first block, and small chunks keep them in the CPU's caches (SAM ViT-B at 1024,
 #: 4 MiB per prompt in float32: one prompt at a time in float32, two in bfloat16, measured fastest on CPU).
 DECODER_BYTES = 4 << 20
+#: How many times a prompt's frame grows around an object that reaches its inner border.
+MAX_GROWTH = 2
 
 
 @dataclass(frozen=True)
-class Prediction:
-    """Masks for one or more objects, several candidates each.
+class ImagePlan:
+    """An image as the model sees it: its source (read lazily) and its tile grid (None: seen whole)."""
 
-    Attributes:
-        masks: bool, (objects, candidates, H, W), at the image's original size.
-        scores: float32, (objects, candidates): the model's predicted IoU of each candidate.
-        logits: float32, (objects, candidates, m, m): low-resolution logits (m is the checkpoint's mask size),
-            usable as the next call's ``mask_input``.
-    """
+    source: ImageSource
+    tiles: Tiling | None
 
-    masks: np.ndarray
-    scores: np.ndarray
-    logits: np.ndarray
-
-    def best(self) -> np.ndarray:
-        """(objects,) index of the best-scoring candidate of each object."""
-        return self.scores.argmax(axis=1)
-
-    def best_masks(self) -> np.ndarray:
-        """(objects, H, W) bool: each object's best-scoring mask."""
-        return self.masks[np.arange(len(self.masks)), self.best()]
-
-    def best_logits(self) -> np.ndarray:
-        """(objects, m, m) float32: each object's best-scoring low-resolution logits."""
-        return self.logits[np.arange(len(self.logits)), self.best()]
-
-
-def upscale_logits(low_res: torch.Tensor, geometry: ModelGeometry, resized_size: tuple[int, int],
-                   original_size: tuple[int, int]) -> torch.Tensor:
-    """Low-res logits (n, m, m) to logits at the original (n, H, W), as SAM does: to the padded input size,
-    crop the padding away, then to the original size (bilinear both times)."""
-    logits = F.interpolate(low_res[:, None].float(), size=geometry.pad_size, mode="bilinear", align_corners=False)
-    logits = logits[..., : resized_size[0], : resized_size[1]]
-    if tuple(resized_size) == tuple(original_size):  # resizing to the same size is the identity
-        return logits[:, 0]
-    return F.interpolate(logits, size=original_size, mode="bilinear", align_corners=False)[:, 0]
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.source.size
 
 
 class Predictor:
-    """Owns a SAM model and a cache of image embeddings; predicts masks from prompts.
+    """Owns a SAM model and the embeddings of the current image's frames; predicts masks from prompts.
 
     Thread-safe: ``set_image`` and ``predict`` may be called from worker threads; calls are serialised.
 
     Attributes:
         recommended: the settings the checkpoint recommends for segment everything, propagation and refinement
             (``napari_sam.json`` in its folder; the defaults otherwise).
+        tiling: how large images are seen (:class:`TilingSettings`); applies to the next ``set_image``.
+        store: an :class:`~napari_sam.core.embedding_store.EmbeddingStore` on disk, or None.
     """
 
     def __init__(self, model, geometry: ModelGeometry, device: torch.device, name: str = "sam",
-                 cache: EmbeddingCache | None = None, recommended: Recommendations | None = None):
+                 cache: EmbeddingCache | None = None, recommended: Recommendations | None = None,
+                 tiling: TilingSettings | None = None, store=None, checkpoint: str | None = None):
         self.model = model
+        self.checkpoint = checkpoint or name.split(":")[0]
         self.recommended = recommended or Recommendations()
         self.geometry = geometry
         self.device = torch.device(device)
         self.name = name
         self.cache = cache if cache is not None else EmbeddingCache()
-        self._current: CachedEmbedding | None = None
+        self.tiling = tiling or TilingSettings()
+        self._stored = None
+        self.store = store
+        self._plan: ImagePlan | None = None
         self._grid_decoder = GridDecoder(model)
-        self._grid: tuple[CachedEmbedding, PreparedImage] | None = None  # the current image, prepared for it
+        self._grid: tuple[CachedEmbedding, PreparedImage] | None = None  # a frame, prepared for the grid decoder
         self._lock = threading.RLock()
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = DEFAULT_CHECKPOINT, device="auto", dtype=None,
-                        cache: EmbeddingCache | None = None) -> Predictor:
+                        cache: EmbeddingCache | None = None, tiling: TilingSettings | None = None,
+                        store=None) -> Predictor:
         """Load a SAM checkpoint (hub id or ``save_pretrained`` folder); see :func:`load_sam`."""
         model, geometry, resolved = load_sam(name_or_path, device=device, dtype=dtype)
         recommended = read_recommendations(resolve_checkpoint(name_or_path), label=os.fspath(name_or_path))
         return cls(model, geometry, resolved, name=f"{os.fspath(name_or_path)}:{model.dtype}", cache=cache,
-                   recommended=recommended)
+                   recommended=recommended, tiling=tiling, store=store, checkpoint=os.fspath(name_or_path))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -112,84 +107,287 @@ class Predictor:
     @property
     def image_size(self) -> tuple[int, int] | None:
         """(H, W) of the current image, or None before ``set_image``."""
-        return None if self._current is None else self._current.original_size
+        return None if self._plan is None else self._plan.size
 
-    def set_image(self, image: np.ndarray, contrast_limits=None, rgb: bool | None = None) -> bool:
-        """Make ``image`` the current image, computing its embedding unless it is cached.
+    @property
+    def tiled(self) -> bool:
+        """Whether the current image is seen in tiles."""
+        return self._plan is not None and self._plan.tiles is not None
 
-        Args:
-            image: (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA; any integer or float dtype (NaN/inf allowed).
-            contrast_limits: (low, high) as the napari layer shows it; None uses robust percentiles
-                (uint8: 0..255). See :func:`display_rgb`.
-            rgb: whether the last axis is colour; None guesses from the shape.
-
-        Returns:
-            True when the encoder ran, False when the embedding came from the cache.
-
-        Raises:
-            ValueError: for images of unsupported dtype or shape, or bad contrast limits.
-        """
-        with self._lock:
-            entry, computed = self._embedding(image, contrast_limits, rgb)
-            self._current = entry
-            return computed
-
-    def precompute(self, image: np.ndarray, contrast_limits=None, rgb: bool | None = None) -> bool:
-        """Put ``image``'s embedding into the cache without making it the current image (for prefetching).
-
-        Returns True when the encoder ran."""
-        with self._lock:
-            return self._embedding(image, contrast_limits, rgb)[1]
+    @property
+    def tile_grid(self) -> Tiling | None:
+        """The current image's tile grid, or None when it is seen whole."""
+        return None if self._plan is None else self._plan.tiles
 
     def locked(self):
         """A context manager that keeps other threads from changing the current image meanwhile, e.g. around
         ``set_image`` followed by several ``predict`` calls."""
         return self._lock
 
-    def _embedding(self, image, contrast_limits, rgb) -> tuple[CachedEmbedding, bool]:
-        image = np.asarray(image)
-        has_channels = image_layout(image, rgb)
-        limits = None if contrast_limits is None else check_contrast_limits(contrast_limits)
-        key = EmbeddingKey(self.name, content_signature(image), limits, has_channels)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached, False
-        rgb01 = display_rgb(image, limits, has_channels, device=self.device)
-        pixels = model_input(rgb01, self.geometry, dtype=self.dtype)
-        with torch.inference_mode():
-            embedding = self.model.get_image_embeddings(pixels)
-        entry = CachedEmbedding(
-            embedding=embedding,
-            original_size=(int(image.shape[0]), int(image.shape[1])),
-            resized_size=resized_shape((image.shape[0], image.shape[1]), self.geometry.longest_edge),
-        )
-        self.cache.put(key, entry)
-        return entry, True
+    # --- images and their frames ------------------------------------------------------------------------------
+
+    def plan(self, image, contrast_limits=None, rgb: bool | None = None) -> ImagePlan:
+        """How the model sees ``image`` (see :meth:`set_image` for the arguments), without making it current."""
+        source = open_image(image, contrast_limits, rgb)
+        tiles = None
+        if self.tiling.tiles(source.size, self.geometry.image_size):
+            tile, halo = self.tiling.resolved(self.geometry.image_size)
+            tiles = Tiling(source.size, tile, halo, self.geometry.image_size)
+        return ImagePlan(source, tiles)
+
+    def set_image(self, image, contrast_limits=None, rgb: bool | None = None) -> ImagePlan:
+        """Make ``image`` the current image. Nothing is read beyond what the contrast limits need, and nothing is
+        encoded until a prompt needs it or :meth:`precompute` is called.
+
+        Args:
+            image: (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA; a numpy, dask or zarr array (any array-like with
+                ``shape``, ``dtype`` and ``__getitem__``) of any integer or float dtype (NaN/inf allowed).
+            contrast_limits: (low, high) as the napari layer shows it; None uses robust percentiles (uint8:
+                0..255; a large lazy image: over a sample of regions). See :func:`display_rgb`.
+            rgb: whether the last axis is colour; None guesses from the shape.
+
+        Returns:
+            The image's :class:`ImagePlan`.
+
+        Raises:
+            ValueError: for images of unsupported dtype or shape, bad contrast limits or tiling settings.
+        """
+        plan = self.plan(image, contrast_limits, rgb)
+        with self._lock:
+            self._plan = plan
+        return plan
 
     def reset_image(self) -> None:
-        """Forget the current image (cached embeddings stay cached)."""
+        """Forget the current image (embeddings stay cached)."""
         with self._lock:
-            self._current = None
+            self._plan = None
 
-    def point_grid_logits(self, points_rc: np.ndarray, min_score: float | None = None):
+    def _require_image(self, caller: str) -> ImagePlan:
+        if self._plan is None:
+            raise RuntimeError(f"No image set: call set_image(image) before {caller}().")
+        return self._plan
+
+    def frames(self, region: tuple[int, int, int, int] | None = None, plan: ImagePlan | None = None) -> list[Frame]:
+        """The frames of an image (default: the current one) that cover ``region`` ((row0, col0, row1, col1);
+        None: all of it): the whole image, or the tiles that overlap the region."""
+        plan = plan or self._require_image("frames")
+        if plan.tiles is None:
+            return [whole_frame(plan.size, self.geometry.longest_edge)]
+        row0, col0, row1, col1 = region or (0, 0, *plan.size)
+        return [frame for frame in plan.tiles.frames()
+                if frame.row0 < row1 and row0 < frame.row1 and frame.col0 < col1 and col0 < frame.col1]
+
+    def precompute(self, region: tuple[int, int, int, int] | None = None,
+                   progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
+                   plan: ImagePlan | None = None) -> int:
+        """Embed the frames of an image (default: the current one) that cover ``region`` (None: all), each once;
+        returns how many ran the encoder (0: all were in the cache or the store). ``progress(done, total)`` after
+        each frame; ``cancel`` is checked before each and returning True stops (the frames done stay embedded)."""
+        plan = plan or self._require_image("precompute")
+        frames = self.frames(region, plan)
+        computed = 0
+        for done, frame in enumerate(frames, start=1):
+            if cancel is not None and cancel():
+                break
+            computed += self.frame_embedding(frame, plan)[1]
+            if progress is not None:
+                progress(done, len(frames))
+        return computed
+
+    def prefetch(self, image, contrast_limits=None, rgb: bool | None = None,
+                 region: tuple[int, int, int, int] | None = None) -> int:
+        """Embed another image's frames covering ``region`` into the cache, without making it the current image
+        (for the planes next to the shown one); returns how many ran the encoder."""
+        return self.precompute(region, plan=self.plan(image, contrast_limits, rgb))
+
+    def frame_embedding(self, frame: Frame, plan: ImagePlan | None = None) -> tuple[CachedEmbedding, bool]:
+        """The embedding of ``frame`` of an image (default: the current one) and whether the encoder ran for it:
+        from the memory cache, else from the store on disk, else computed (and kept in both)."""
+        with self._lock:
+            source = (plan or self._require_image("frame_embedding")).source
+            pixels = source.read(frame)
+            key = EmbeddingKey(self.name, content_signature(pixels) + f"@{frame.resized_size}",
+                               source.contrast_limits, source.rgb)
+            cached = self.cache.get(key)
+            if cached is not None:
+                return cached, False
+            stored = None if self._stored is None else self._stored.get(frame, source, key.image, self.device,
+                                                                         self.dtype)
+            if stored is not None:
+                self.cache.put(key, stored)
+                return stored, False
+            rgb01 = display_rgb(pixels, source.contrast_limits, source.rgb, device=self.device)
+            inputs = model_input(rgb01, self.geometry, dtype=self.dtype, resized=frame.resized_size)
+            with torch.inference_mode():
+                embedding = self.model.get_image_embeddings(inputs)
+            entry = CachedEmbedding(embedding=embedding, original_size=frame.size, resized_size=frame.resized_size)
+            self.cache.put(key, entry)
+            if self._stored is not None:
+                self._stored.put(frame, source, key.image, entry)
+            return entry, True
+
+    @property
+    def store(self):
+        """The :class:`~napari_sam.core.embedding_store.EmbeddingStore` embeddings are kept in on disk, or None."""
+        return None if self._stored is None else self._stored.store
+
+    @store.setter
+    def store(self, store) -> None:
+        from .stored_embeddings import StoredEmbeddings
+
+        self._stored = None if store is None else StoredEmbeddings(store, self.model, self.geometry, self.checkpoint)
+
+    # --- prompts ------------------------------------------------------------------------------------------------
+
+    def _frame_for(self, prompts: ObjectPrompts) -> Frame:
+        """The frame a prompt is decoded in: the whole image; else the tile that holds all its points and boxes
+        farthest from its inner borders; else a window around them."""
+        plan = self._plan
+        if plan.tiles is None:
+            return whole_frame(plan.size, self.geometry.longest_edge)
+        rows, cols = prompt_extent(prompts)
+        return plan.tiles.frame_holding(rows, cols) or plan.tiles.window_around(rows, cols)
+
+    def frame_for(self, points=None, boxes=None) -> Frame:
+        """The frame :meth:`predict` would first decode these prompts in (before growing it around an object that
+        reaches its border): the whole image, a tile, or a window around them."""
+        with self._lock:
+            source = self._require_image("frame_for")
+            return self._frame_for(check_prompts(points, None, boxes, None, source.size))
+
+    def mask_logits(self, masks: np.ndarray, eps: float = 1e-3, frame: Frame | None = None,
+                    offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+        """Low-res logits for ``mask_input`` from binary masks drawn on the current image.
+
+        Args:
+            masks: (objects, h, w) bool (or (h, w)) in image pixels, their top-left pixel at ``offset`` (row, col);
+                by default image-sized masks.
+            eps: the mask's fraction inside each low-res pixel is clipped to [eps, 1 - eps] before the logit.
+            frame: the frame the logits are for (default: the whole image, or for a tiled image the frame the masks'
+                box is decoded in).
+
+        Returns:
+            (objects, m, m) float32 logits in the frame's model input (resized, padded, at the mask size).
+        """
+        with self._lock:
+            source = self._require_image("mask_logits")
+            tiles = source.tiles
+            masks = np.asarray(masks, dtype=bool)
+            masks = masks[None] if masks.ndim == 2 else masks
+            end = (int(offset[0]) + masks.shape[1], int(offset[1]) + masks.shape[2])
+            if masks.ndim != 3 or min(offset) < 0 or end[0] > source.size[0] or end[1] > source.size[1]:
+                raise ValueError(f"Masks of shape {masks.shape[1:]} at {tuple(offset)} do not fit the {source.size} "
+                                 "image.")
+            if frame is None and tiles is None:
+                frame = whole_frame(source.size, self.geometry.longest_edge)
+            elif frame is None:
+                rows, cols = np.nonzero(masks.any(axis=0))
+                if not len(rows):
+                    rows, cols = np.array([0, masks.shape[1] - 1]), np.array([0, masks.shape[2] - 1])
+                box = np.array([[rows.min(), cols.min(), rows.max(), cols.max()]], dtype=float) + np.tile(offset, 2)
+                frame = self._frame_for(ObjectPrompts(None, None, box, None))
+        in_frame = place_in_frame(masks, offset, frame)
+        fraction = torch.from_numpy(in_frame).to(torch.float32)[:, None]
+        fraction = F.interpolate(fraction, size=frame.resized_size, mode="bilinear", align_corners=False,
+                                 antialias=True)
+        pad_h, pad_w = self.geometry.pad_size
+        fraction = F.pad(fraction, (0, pad_w - frame.resized_size[1], 0, pad_h - frame.resized_size[0]))
+        fraction = F.adaptive_avg_pool2d(fraction, self.geometry.mask_size)[:, 0].clamp(eps, 1 - eps)
+        return torch.logit(fraction).numpy()
+
+    def predict(self, points=None, point_labels=None, boxes=None, mask_input=None, multimask: bool = True,
+                frame: Frame | None = None) -> Prediction:
+        """Predict masks for the current image.
+
+        Args:
+            points: (n, 2) (row, col) data pixels for one object, or None.
+            point_labels: (n,) 1 positive / 0 negative; None makes every point positive.
+            boxes: (m, 4) (row_min, col_min, row_max, col_max): m objects, predicted in one batched call. With
+                points, at most one box (box and points describe one object).
+            mask_input: (objects, m, m) or (m, m) low-res logits from a previous prediction
+                (``Prediction.best_logits()``) or :meth:`mask_logits`, m being ``geometry.mask_size``; on a
+                tiled image, pass the ``frame`` they belong to (``prediction.frame``) with them.
+            multimask: return 3 candidates per object (True) or the single-mask output (False).
+            frame: decode in this frame; None chooses one (and grows it around objects that reach its border).
+
+        Returns:
+            A :class:`Prediction`: masks at full resolution over the frame the objects were decoded in (the whole
+            image for an image seen whole).
+
+        Raises:
+            RuntimeError: no image was set.
+            ValueError: empty, malformed or outside prompts; see :func:`check_prompts`.
+        """
+        with self._lock:
+            source = self._require_image("predict")
+            prompts = check_prompts(points, point_labels, boxes, mask_input, source.size, self.geometry.mask_size)
+            grow = frame is None and source.tiles is not None
+            frame = frame or self._frame_for(prompts)
+            for _ in range(MAX_GROWTH + 1):
+                prediction = self._decode(frame, prompts, multimask)
+                masks = prediction.best_masks()
+                if not grow or not touches_inner_edge(masks, frame, source.size):
+                    break
+                rows, cols = prompt_extent(prompts, masks, frame)
+                bigger = source.tiles.window_around(rows, cols)
+                if bigger == frame:
+                    break
+                frame = bigger
+            return prediction
+
+    def _decode(self, frame: Frame, prompts: ObjectPrompts, multimask: bool) -> Prediction:
+        """Decode ``prompts`` (image pixels) in ``frame``."""
+        current, _ = self.frame_embedding(frame)
+        n_objects = prompts.n_objects
+        to_tensor = {"device": self.device}
+        inputs: dict = {}
+        if prompts.points is not None:
+            xy = points_to_model(prompts.points - frame.offset, frame.size, frame.resized_size)
+            inputs["input_points"] = torch.tensor(xy, **to_tensor)[None, None].expand(n_objects, 1, -1, -1)
+            inputs["input_labels"] = torch.tensor(prompts.point_labels, **to_tensor)[None, None].expand(
+                n_objects, 1, -1)
+        if prompts.boxes is not None:
+            local = prompts.boxes - np.tile(frame.offset, 2)
+            local[:, [0, 2]] = local[:, [0, 2]].clip(0, frame.size[0] - 1)
+            local[:, [1, 3]] = local[:, [1, 3]].clip(0, frame.size[1] - 1)
+            boxes = boxes_to_model(local, frame.size, frame.resized_size)
+            inputs["input_boxes"] = torch.tensor(boxes, **to_tensor)[:, None]
+        if prompts.mask_input is not None:
+            inputs["input_masks"] = torch.tensor(prompts.mask_input, **to_tensor)[:, None].to(self.dtype)
+        embeddings = current.embedding.expand(n_objects, -1, -1, -1)
+        with torch.inference_mode():
+            output = self.model(image_embeddings=embeddings, multimask_output=multimask, **inputs)
+            low_res = output.pred_masks[:, 0].float()  # (objects, candidates, m, m)
+            scores = output.iou_scores[:, 0].float()
+            n_objects, n_candidates = low_res.shape[:2]
+            masks = torch.empty((n_objects, n_candidates, *frame.size), dtype=torch.bool)
+            for index in range(n_objects):  # one object at a time bounds the full-size float memory
+                logits = upscale_logits(low_res[index], self.geometry, frame.resized_size, frame.size)
+                masks[index] = (logits > 0).cpu()
+        return Prediction(masks=masks.numpy(), scores=scores.cpu().numpy(), logits=low_res.cpu().numpy(),
+                          frame=frame, image_size=self._plan.size)
+
+    def point_grid_logits(self, points_rc: np.ndarray, min_score: float | None = None, frame: Frame | None = None):
         """Decode each of ``points_rc`` as a one-point positive prompt of its own, without upsampling.
 
         Uses :class:`~napari_sam.core.grid_decoder.GridDecoder`: the same function as the model's mask decoder,
         sharing the prompt-independent work across the points.
 
         Args:
-            points_rc: (b, 2) (row, col) in the current image's data pixels.
+            points_rc: (b, 2) (row, col) in pixels of ``frame`` (its top-left pixel is (0, 0)).
             min_score: when given, points whose three candidates all have a predicted IoU at or below it get no
                 logits (their masks would be filtered out anyway).
+            frame: the frame of the current image (default: the whole image).
 
         Returns:
             ``(logits, scores, kept)`` on the model's device: (k, 3, m, m) float32 low-res logits of the kept
             points, (b, 3) float32 scores of all points, and (k,) the kept points' indices into ``points_rc``.
         """
         with self._lock:
-            current = self._require_image("point_grid_logits")
-            xy = points_to_model(np.asarray(points_rc, dtype=np.float64), current.original_size,
-                                 current.resized_size)
+            source = self._require_image("point_grid_logits")
+            frame = frame or whole_frame(source.size, self.geometry.longest_edge)
+            current, _ = self.frame_embedding(frame)
+            xy = points_to_model(np.asarray(points_rc, dtype=np.float64), frame.size, frame.resized_size)
             points = torch.tensor(xy, dtype=torch.float32, device=self.device)
             if self._grid is None or self._grid[0] is not current:
                 self._grid = (current, self._grid_decoder.prepare(current.embedding))
@@ -204,91 +402,3 @@ class Predictor:
                 kept.append(chunk_kept + start)
             return torch.cat(logits), torch.cat(scores), torch.cat(kept)
 
-    def _require_image(self, caller: str) -> CachedEmbedding:
-        if self._current is None:
-            raise RuntimeError(f"No image set: call set_image(image) before {caller}().")
-        return self._current
-
-    @property
-    def current(self) -> CachedEmbedding | None:
-        """The current image's embedding and sizes, or None."""
-        return self._current
-
-    def mask_logits(self, masks: np.ndarray, eps: float = 1e-3) -> np.ndarray:
-        """Low-res logits for ``mask_input`` from binary masks drawn on the current image.
-
-        Args:
-            masks: (objects, H, W) bool (or (H, W)) in the current image's data pixels.
-            eps: the mask's fraction inside each low-res pixel is clipped to [eps, 1 - eps] before the logit.
-
-        Returns:
-            (objects, m, m) float32 logits in the model's frame (resized, padded, at the mask size).
-        """
-        with self._lock:
-            current = self._require_image("mask_logits")
-        masks = np.asarray(masks, dtype=bool)
-        masks = masks[None] if masks.ndim == 2 else masks
-        if masks.shape[1:] != current.original_size:
-            raise ValueError(f"Masks of shape {masks.shape[1:]} do not fit the {current.original_size} image.")
-        fraction = torch.from_numpy(masks).to(torch.float32)[:, None]
-        fraction = F.interpolate(fraction, size=current.resized_size, mode="bilinear", align_corners=False,
-                                 antialias=True)
-        pad_h, pad_w = self.geometry.pad_size
-        fraction = F.pad(fraction, (0, pad_w - current.resized_size[1], 0, pad_h - current.resized_size[0]))
-        fraction = F.adaptive_avg_pool2d(fraction, self.geometry.mask_size)[:, 0].clamp(eps, 1 - eps)
-        return torch.logit(fraction).numpy()
-
-    def _model_prompts(self, prompts: ObjectPrompts, current: CachedEmbedding) -> dict:
-        """Prompt tensors for ``SamModel``: one batch entry per object, one prompt set each."""
-        n_objects = prompts.n_objects
-        to_tensor = {"device": self.device}
-        inputs: dict = {}
-        if prompts.points is not None:
-            xy = points_to_model(prompts.points, current.original_size, current.resized_size)
-            inputs["input_points"] = torch.tensor(xy, **to_tensor)[None, None].expand(n_objects, 1, -1, -1)
-            inputs["input_labels"] = torch.tensor(prompts.point_labels, **to_tensor)[None, None].expand(
-                n_objects, 1, -1)
-        if prompts.boxes is not None:
-            boxes = boxes_to_model(prompts.boxes, current.original_size, current.resized_size)
-            inputs["input_boxes"] = torch.tensor(boxes, **to_tensor)[:, None]
-        if prompts.mask_input is not None:
-            inputs["input_masks"] = torch.tensor(prompts.mask_input, **to_tensor)[:, None].to(self.dtype)
-        return inputs
-
-    def predict(self, points=None, point_labels=None, boxes=None, mask_input=None,
-                multimask: bool = True) -> Prediction:
-        """Predict masks for the current image.
-
-        Args:
-            points: (n, 2) (row, col) data pixels for one object, or None.
-            point_labels: (n,) 1 positive / 0 negative; None makes every point positive.
-            boxes: (m, 4) (row_min, col_min, row_max, col_max): m objects, predicted in one batched call. With
-                points, at most one box (box and points describe one object).
-            mask_input: (objects, m, m) or (m, m) low-res logits from a previous prediction
-                (``Prediction.best_logits()``), m being ``geometry.mask_size``.
-            multimask: return 3 candidates per object (True) or the single-mask output (False).
-
-        Returns:
-            A :class:`Prediction`, masks at the image's original size.
-
-        Raises:
-            RuntimeError: no image was set.
-            ValueError: empty, malformed or outside prompts; see :func:`check_prompts`.
-        """
-        with self._lock:
-            current = self._require_image("predict")
-            prompts = check_prompts(points, point_labels, boxes, mask_input, current.original_size,
-                                    self.geometry.mask_size)
-            inputs = self._model_prompts(prompts, current)
-            embeddings = current.embedding.expand(prompts.n_objects, -1, -1, -1)
-            with torch.inference_mode():
-                output = self.model(image_embeddings=embeddings, multimask_output=multimask, **inputs)
-                low_res = output.pred_masks[:, 0].float()  # (objects, candidates, m, m)
-                scores = output.iou_scores[:, 0].float()
-                n_objects, n_candidates = low_res.shape[:2]
-                masks = torch.empty((n_objects, n_candidates, *current.original_size), dtype=torch.bool)
-                for index in range(n_objects):  # one object at a time bounds the full-size float memory
-                    logits = upscale_logits(low_res[index], self.geometry, current.resized_size,
-                                            current.original_size)
-                    masks[index] = (logits > 0).cpu()
-            return Prediction(masks=masks.numpy(), scores=scores.cpu().numpy(), logits=low_res.cpu().numpy())

@@ -78,14 +78,18 @@ class SamStepper:
                 if not mask_input:
                     return Segmented(self.first_mask, 1.0)
                 predictor.set_image(plane, contrast_limits=self.limits, rgb=self.rgb)
-                return Segmented(self.first_mask, 1.0, predictor.mask_logits(self.first_mask)[0])
+                box = _box(self.first_mask)
+                frame = predictor.frame_for(boxes=[box])
+                return Segmented(self.first_mask, 1.0, (predictor.mask_logits(self.first_mask, frame=frame)[0], frame))
             predictor.set_image(plane, contrast_limits=self.limits, rgb=self.rgb)
+            logits, frame = previous.carry if previous.carry is not None else (None, None)
             prediction = predictor.predict(points=interior_points(previous.mask, self.settings.n_points),
                                            boxes=[_box(previous.mask)],
-                                           mask_input=None if previous.carry is None else previous.carry[None],
+                                           mask_input=None if logits is None else logits[None], frame=frame,
                                            multimask=False)
-        logits = prediction.logits[0, 0] if mask_input else None
-        return Segmented(prediction.masks[0, 0], float(prediction.scores[0, 0]), logits)
+        carry = (prediction.logits[0, 0], prediction.frame) if mask_input else None
+        mask = prediction.full_masks(prediction.masks[0, :1])[0]  # at the slice's size, whatever frame it came from
+        return Segmented(mask, float(prediction.scores[0, 0]), carry)
 
 
 def propagate(predictor: Predictor, volume, start_index: int, axis: int, first_mask: np.ndarray,

@@ -1,7 +1,8 @@
 """Refining existing objects (committed earlier, or from Cellpose, StarDist, a threshold ...) with SAM.
 
 Each object of a labels plane is prompted by its bounding box and, for checkpoints trained with mask prompts, its
-mask; SAM's best-scoring mask replaces it. Objects are decoded in batches of boxes. An object whose refined mask
+mask; SAM's best-scoring mask replaces it. Objects are decoded in batches of boxes, grouped by the frame their box is
+decoded in (on a large image seen in tiles: the tile that holds it). An object whose refined mask
 comes out empty keeps its old pixels. Each result is kept cropped to its own box, so memory follows the objects'
 sizes, not the image's.
 
@@ -17,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import SegmentationCancelled
+from .mask_objects import cropped
 from .predictor import Predictor
 from .settings import RefineSettings
 
@@ -47,9 +49,16 @@ class RefinedObject:
         return int(np.count_nonzero(self.mask))
 
 
-def _cropped(object_id: int, mask: np.ndarray, score: float, refined: bool) -> RefinedObject:
-    rows, cols = ndimage.find_objects(mask.astype(np.uint8))[0]
-    return RefinedObject(object_id, rows, cols, mask[rows, cols].copy(), score, refined)
+def _batches(predictor: Predictor, ids: np.ndarray, slices: dict) -> list[tuple]:
+    """``[(frame, ids), ...]``: the objects grouped by the frame their box is decoded in (on a tiled image, the
+    tile or window that holds each box), at most :data:`BATCH` per decoder call."""
+    groups: dict = {}
+    for object_id in ids:
+        rows, cols = slices[object_id]
+        frame = predictor.frame_for(boxes=[[rows.start, cols.start, rows.stop - 1, cols.stop - 1]])
+        groups.setdefault(frame, []).append(object_id)
+    return [(frame, members[start: start + BATCH]) for frame, members in groups.items()
+            for start in range(0, len(members), BATCH)]
 
 
 @dataclass
@@ -101,24 +110,28 @@ def refine_objects(predictor: Predictor, image: np.ndarray, labels: np.ndarray,
     slices = dict(zip(ids, ndimage.find_objects(compact.reshape(labels.shape) + 1)))
     ids = ids[ids != 0]
     refined: list[RefinedObject] = []
-    total = -(-len(ids) // BATCH)
     with predictor.locked():
         if len(ids):
             predictor.set_image(image, contrast_limits=contrast_limits, rgb=rgb)
-        for number, start in enumerate(range(0, len(ids), BATCH), start=1):
+        batches = _batches(predictor, ids, slices)
+        for number, (frame, batch) in enumerate(batches, start=1):
             if cancel is not None and cancel():
                 raise SegmentationCancelled()
-            batch = ids[start: start + BATCH]
             boxes = [[s.start, c.start, s.stop - 1, c.stop - 1] for s, c in (slices[i] for i in batch)]
-            olds = [labels == i for i in batch]
-            mask_input = predictor.mask_logits(np.stack(olds)) if settings.use_mask_input else None
-            prediction = predictor.predict(boxes=boxes, mask_input=mask_input)
+            olds = [(slices[i], labels[slices[i]] == i) for i in batch]
+            mask_input = None
+            if settings.use_mask_input:
+                mask_input = np.concatenate([predictor.mask_logits(old, frame=frame, offset=(rows.start, cols.start))
+                                             for (rows, cols), old in olds])
+            prediction = predictor.predict(boxes=boxes, mask_input=mask_input, frame=frame)
             best, scores = prediction.best_masks(), prediction.scores.max(axis=1)
-            for object_id, new, old, score in zip(batch, best, olds, scores):
-                found = bool(new.any())
-                refined.append(_cropped(int(object_id), new if found else old, float(score) if found else np.nan,
-                                        found))
+            for object_id, new, ((rows, cols), old), score in zip(batch, best, olds, scores):
+                found = cropped(new, frame.row0, frame.col0)
+                if found is None:  # nothing from SAM: the object keeps its pixels
+                    found = cropped(old, rows.start, cols.start)
+                refined.append(RefinedObject(int(object_id), found.rows, found.cols, found.mask,
+                                             float(score) if new.any() else np.nan, bool(new.any())))
             if progress is not None:
-                progress(number, total)
+                progress(number, len(batches))
     refined.sort(key=lambda o: -o.area)
     return RefineResult(refined, tuple(size))

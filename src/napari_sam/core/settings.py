@@ -29,11 +29,12 @@ RECOMMENDATIONS_FILE = "napari_sam.json"
 
 
 def setting(default, low=None, high=None, help: str = "", *, advanced: bool = False, label: str | None = None,
-            step=None):
-    """A dataclass field with its limits (inclusive), help text, whether it is an advanced setting, its short
-    label in a widget, and the step of a spin box."""
+            step=None, choices: tuple[str, ...] | None = None, flag: str | None = None):
+    """A dataclass field with its limits (inclusive; for text settings, its ``choices``), help text, whether it is
+    an advanced setting, its short label in a widget, the step of a spin box, and its command-line option (default:
+    ``--`` and its name with dashes)."""
     return field(default=default, metadata={"low": low, "high": high, "help": help, "advanced": advanced,
-                                            "label": label, "step": step})
+                                            "label": label, "step": step, "choices": choices, "flag": flag})
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,17 @@ class SettingInfo:
     advanced: bool
     label: str
     step: Any
+    choices: tuple[str, ...] | None = None
+    flag: str = ""
 
 
-def _coerce(name: str, kind: type, value, low, high):
-    """``value`` as ``kind`` within [low, high], or a ValueError naming ``name``."""
+def _coerce(name: str, kind: type, value, low, high, choices=None):
+    """``value`` as ``kind`` within [low, high] (or one of ``choices``), or a ValueError naming ``name``."""
     limits = f" from {low} to {high}" if low is not None and high is not None else ""
+    if kind is str:
+        if value not in (choices or ()):
+            raise ValueError(f"{name} must be one of {list(choices or ())}, got {value!r}.")
+        return str(value)
     if kind is bool:
         if isinstance(value, (bool, np.bool_)):
             return bool(value)
@@ -78,7 +85,7 @@ class _Settings:
 
     def __post_init__(self):
         for info in self.fields():
-            value = _coerce(info.name, info.kind, getattr(self, info.name), info.low, info.high)
+            value = _coerce(info.name, info.kind, getattr(self, info.name), info.low, info.high, info.choices)
             object.__setattr__(self, info.name, value)
         self._check()
 
@@ -91,7 +98,9 @@ class _Settings:
         hints = typing.get_type_hints(cls)
         return [SettingInfo(name=f.name, kind=hints[f.name], default=f.default, low=f.metadata["low"],
                             high=f.metadata["high"], help=f.metadata["help"], advanced=f.metadata["advanced"],
-                            label=f.metadata["label"] or f.name.replace("_", " "), step=f.metadata["step"])
+                            label=f.metadata["label"] or f.name.replace("_", " "), step=f.metadata["step"],
+                            choices=f.metadata["choices"],
+                            flag=f.metadata["flag"] or "--" + f.name.replace("_", "-"))
                 for f in dataclasses.fields(cls)]
 
     def replace(self, **changes):
@@ -204,6 +213,48 @@ class RefineSettings(_Settings):
     use_mask_input: bool = setting(
         True, help="Prompt with the object's mask as well as its box (for checkpoints trained with mask prompts, "
         "such as Meta's SAM); unticked, the box alone.", label="object's mask as prompt")
+
+
+@dataclass(frozen=True)
+class TilingSettings(_Settings):
+    """How a large image is seen by the model: whole (resized to the model's input) or in native-resolution tiles.
+
+    ``auto`` tiles an image when resizing it whole would shrink it by more than half (its longest side is more than
+    twice the tile size): below that, objects keep most of their pixels in the resized image.
+    """
+
+    mode: str = setting(
+        "auto", help="auto: native-resolution tiles for images more than twice the tile size, else the whole image "
+        "resized; tiles: always tiles; whole: always the whole image resized to the model's input.",
+        choices=("auto", "tiles", "whole"), label="tiling", flag="--tiling")
+    tile_size: int = setting(
+        0, 0, 1 << 16, "Side of a tile in image pixels (0: the model's input size, so tiles are seen at native "
+        "resolution).", advanced=True, label="tile (px)", step=64)
+    halo: int = setting(
+        0, 0, 1 << 15, "Overlap kept around each tile's core, in pixels (0: an eighth of the tile). An object about "
+        "twice the halo across, cut by a tile border, still lies whole in a neighbouring tile.", advanced=True,
+        label="halo (px)", step=8)
+
+    def resolved(self, input_size: int) -> tuple[int, int]:
+        """(tile, halo) in pixels for a model of ``input_size``, checked.
+
+        Raises:
+            ValueError: a halo of half the tile or more (no core would be left).
+        """
+        tile = self.tile_size or input_size
+        halo = self.halo or tile // 8
+        if tile < 32:
+            raise ValueError(f"tile_size must be at least 32 pixels (or 0 for the model's input), got {tile}.")
+        if 2 * halo >= tile - 8:
+            raise ValueError(f"halo ({halo}) must be less than half the tile ({tile}) minus 4 pixels, so that each "
+                             "tile keeps a core: lower the halo or raise the tile size.")
+        return tile, halo
+
+    def tiles(self, image_size: tuple[int, int], input_size: int) -> bool:
+        """Whether an image of ``image_size`` (H, W) is seen in tiles."""
+        if self.mode == "whole":
+            return False
+        return self.mode == "tiles" or max(image_size) > 2 * self.resolved(input_size)[0]
 
 
 #: The settings classes by their key in a checkpoint's ``napari_sam.json``.

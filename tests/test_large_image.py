@@ -1,0 +1,235 @@
+"""Large images: native-resolution tiles for prompts and segment everything, lazy reads, bounded memory.
+
+A 4096² uint16 image of 20-30 px cells: resized whole into tiny-cells' 256-pixel input, a cell becomes 1-2 pixels
+and its mask is garbage; seen in native tiles it comes out as well as on a small image.
+"""
+
+import numpy as np
+import pytest
+
+from napari_sam import Predictor, segment_everything
+from napari_sam.core.frames import Tiling
+from napari_sam.core.settings import TilingSettings
+from napari_sam.demo import synthetic_cells
+
+from helpers import iou
+
+
+@pytest.fixture(scope="module")
+def large():
+    """(image, labels): 4096² uint16, ~5000 cells of 10-15 px radius."""
+    return synthetic_cells((4096, 4096), seed=930_001, radius_range=(10.0, 15.0), n_cells=5000)
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor.from_pretrained("tiny-cells", device="cpu")
+
+
+def full_best(prediction):
+    return prediction.full_masks(prediction.best_masks())[0]
+
+
+def sample_cells(labels, count, seed=0, min_pixels=150):
+    rng = np.random.default_rng(seed)
+    cells = [c for c in rng.permutation(np.arange(1, labels.max() + 1))[: 3 * count]
+             if (labels == c).sum() >= min_pixels]
+    return cells[:count]
+
+
+def straddling_cells(labels, tiling: Tiling, count):
+    """Cells that cross an inner border of the tile their centre's tile core belongs to (they lie in two tiles)."""
+    borders = [set(np.r_[starts[1:], starts + tiling.tile][:-1].tolist()) for starts in tiling.starts]
+    found = []
+    for cell in range(1, labels.max() + 1):
+        rows, cols = np.nonzero(labels == cell)
+        if len(rows) < 150:
+            continue
+        if any(rows.min() < b <= rows.max() for b in borders[0]) or any(cols.min() < b <= cols.max()
+                                                                         for b in borders[1]):
+            found.append(cell)
+        if len(found) == count:
+            break
+    return found
+
+
+def quality(predictor, labels, cells, seed=1):
+    rng = np.random.default_rng(seed)
+    clicks, boxes = [], []
+    for cell in cells:
+        target = labels == cell
+        rows, cols = np.nonzero(target)
+        pick = rng.integers(len(rows))
+        clicks.append(iou(full_best(predictor.predict(points=[[rows[pick], cols[pick]]])), target))
+        boxes.append(iou(full_best(predictor.predict(boxes=[[rows.min(), cols.min(), rows.max(), cols.max()]])),
+                         target))
+    return float(np.median(clicks)), float(np.median(boxes))
+
+
+@pytest.mark.slow
+def test_native_tiles_give_full_quality_masks_where_the_whole_image_cannot(large, predictor):
+    image, labels = large
+    predictor.set_image(image)
+    assert predictor.tiled and predictor.image_size == (4096, 4096)
+    cells = sample_cells(labels, 40)
+    click, box = quality(predictor, labels, cells)
+    assert click >= 0.8 and box >= 0.85, (click, box)
+    whole = Predictor(predictor.model, predictor.geometry, "cpu", tiling=TilingSettings(mode="whole"))
+    whole.set_image(image)
+    assert not whole.tiled
+    click_whole, box_whole = quality(whole, labels, cells[:15])
+    assert click_whole < 0.4 and box_whole < 0.4, (click_whole, box_whole)
+
+
+@pytest.mark.slow
+def test_cells_crossing_tile_borders_come_out_whole(large, predictor):
+    image, labels = large
+    predictor.set_image(image[:1536, :1536])
+    cells = straddling_cells(labels[:1536, :1536], predictor.tile_grid, 30)
+    assert len(cells) == 30
+    click, box = quality(predictor, labels[:1536, :1536], cells)
+    assert click >= 0.8 and box >= 0.85, (click, box)
+
+
+def test_an_object_past_its_tiles_border_is_decoded_again_around_it(predictor):
+    """A click at col 200 is decoded in the tile of cols 0..255 (farthest from an inner border); its cell spans
+    cols ~190..270, so the mask reaches that tile's border, and the prompt is decoded again in a tile-sized window
+    centred on the cell, at native resolution."""
+    image, labels = synthetic_cells((768, 768), seed=930_002, n_cells=1, radius_range=(38.0, 42.0))
+    cell_rows, cell_cols = np.nonzero(labels == 1)
+    shift = (380 - int(cell_rows.mean()), 230 - int(cell_cols.mean()))
+    image, labels = np.roll(image, shift, axis=(0, 1)), np.roll(labels, shift, axis=(0, 1))
+    predictor.set_image(image)
+    rows, cols = np.nonzero(labels == 1)
+    assert cols.min() < 256 <= cols.max()
+    click = [[380, max(200, cols.min() + 15)]]
+    first = predictor.tile_grid.frame_holding((380, 380), (click[0][1], click[0][1]))
+    assert (first.col0, first.col1) == (0, 256)
+    cut = predictor.predict(points=click, frame=first)
+    prediction = predictor.predict(points=click)
+    assert prediction.frame.col1 > 256 and prediction.frame.scale == 1.0
+    whole, truncated = iou(full_best(prediction), labels == 1), iou(full_best(cut), labels == 1)
+    assert whole >= 0.8 and whole > truncated + 0.1, (whole, truncated)
+
+
+def test_only_the_tiles_a_prompt_needs_are_read_and_encoded(predictor):
+    """A dask image of 16 chunks: set_image reads a sample for the contrast limits only when none are given; a
+    click reads and encodes one tile."""
+    import dask
+    import dask.array as da
+
+    image, labels = synthetic_cells((1024, 1024), seed=930_003, radius_range=(10.0, 15.0), n_cells=300)
+    reads = []
+
+    def chunk(r, c):
+        reads.append((r, c))
+        return image[r: r + 256, c: c + 256]
+
+    lazy = da.block([[da.from_delayed(dask.delayed(chunk)(r, c), (256, 256), image.dtype) for c in range(0, 1024, 256)]
+                     for r in range(0, 1024, 256)])
+    runs = []
+    hook = predictor.model.vision_encoder.register_forward_hook(lambda *args: runs.append(1))
+    try:
+        predictor.set_image(lazy, contrast_limits=(float(image.min()), float(image.max())))
+        assert not reads and not runs
+        cell = sample_cells(labels, 1)[0]
+        rows, cols = np.nonzero(labels == cell)
+        predictor.predict(points=[[rows[0], cols[0]]])
+        assert len(runs) == 1 and 1 <= len(set(reads)) <= 4  # one tile: at most the 4 chunks under it
+        assert predictor.precompute((0, 0, 300, 300)) >= 1  # the tiles over that region
+        assert predictor.precompute((0, 0, 300, 300)) == 0  # now cached
+    finally:
+        hook.remove()
+
+
+def test_tiling_settings_and_bad_input(predictor):
+    image = np.zeros((600, 600), np.uint16)
+    predictor.tiling = TilingSettings(mode="whole")
+    predictor.set_image(image)
+    assert not predictor.tiled and len(predictor.frames()) == 1
+    predictor.tiling = TilingSettings(mode="tiles", tile_size=128, halo=16)
+    predictor.set_image(image)
+    grid = predictor.tile_grid
+    assert predictor.tiled and (grid.tile, grid.halo) == (128, 16)
+    frames = predictor.frames()
+    covered = np.zeros((600, 600), int)
+    for frame in frames:
+        covered[frame.slices] += 1
+        assert frame.size == (128, 128)  # full tiles, the last ones shifted back
+    assert covered.min() >= 1
+    with pytest.raises(ValueError, match="halo"):
+        predictor.tiling = TilingSettings(mode="tiles", tile_size=128, halo=64)
+        predictor.set_image(image)
+    predictor.tiling = TilingSettings()
+
+
+@pytest.mark.slow
+def test_segment_everything_in_tiles_finds_the_cells_once(large, predictor, tmp_path):
+    import zarr
+
+    image, labels = large[0][:1536, :1536], large[1][:1536, :1536]
+    out = zarr.create_array(tmp_path / "labels.zarr", shape=image.shape, chunks=(512, 512), dtype="uint32")
+    result = segment_everything(predictor, image, pred_iou_thresh=0.7, stability_score_thresh=0.8,
+                                points_per_side=16, out=out)
+    assert result.labels is out and predictor.tiled
+    found = np.asarray(out[:])
+    tile = predictor.tile_grid.tile  # objects are kept cropped, never image-sized
+    assert all(obj.mask.shape[0] <= tile and obj.mask.shape[1] <= tile for obj in result.objects)
+    cells = [c for c in range(1, labels.max() + 1) if (labels == c).sum() >= 150]
+    recovered = 0
+    for cell in cells:
+        target = labels == cell
+        ids = np.unique(found[target])
+        recovered += max((iou(found == k, target) for k in ids if k), default=0) >= 0.7
+    assert recovered >= 0.8 * len(cells), (recovered, len(cells))
+    # cells crossing tile borders come out whole, each as one object, as often as the others
+    straddling = straddling_cells(labels, predictor.tile_grid, 80)
+    whole, split = 0, 0
+    for cell in straddling:
+        target = labels == cell
+        ids, counts = np.unique(found[target], return_counts=True)
+        whole += max((iou(found == k, target) for k in ids if k), default=0) >= 0.7
+        split += sum(1 for k, n in zip(ids, counts) if k and n > 0.2 * target.sum()) > 1
+    assert whole >= 0.8 * len(straddling) and split <= 0.05 * len(straddling), (whole, split, len(straddling))
+
+
+def test_embeddings_kept_on_disk_serve_a_new_session(tmp_path):
+    """A second predictor (a napari restart) on the same store runs no encoder and gives the same masks; a corrupt
+    entry is recomputed; another model's entries are not used."""
+    from napari_sam.core.embedding_store import EmbeddingStore
+
+    image, labels = synthetic_cells((700, 700), seed=930_004, radius_range=(10.0, 15.0), n_cells=120)
+    cell = sample_cells(labels, 1)[0]
+    rows, cols = np.nonzero(labels == cell)
+    point = [[rows[0], cols[0]]]
+
+    def session(model="tiny-cells"):
+        predictor = Predictor.from_pretrained(model, device="cpu", store=EmbeddingStore(tmp_path / "store"))
+        runs = []
+        predictor.model.vision_encoder.register_forward_hook(lambda *args: runs.append(1))
+        predictor.set_image(image)
+        return predictor, runs
+
+    first, runs = session()
+    assert first.tiled and first.precompute() == len(first.frames()) == len(runs)
+    expected = full_best(first.predict(points=point))
+    second, runs = session()
+    assert second.precompute() == 0 and not runs  # all from disk
+    assert np.array_equal(full_best(second.predict(points=point)), expected)
+    chunk = next(p for p in (tmp_path / "store").rglob("c*") if p.is_file() and ".napari-sam-tmp" not in str(p))
+    chunk.write_bytes(b"\0" * chunk.stat().st_size)  # damaged on disk
+    third, runs = session()
+    assert third.precompute() == 1 and len(runs) == 1  # the damaged one only
+    assert np.array_equal(full_best(third.predict(points=point)), expected)
+
+
+def test_another_model_on_the_same_store_computes_its_own(tmp_path, tiny_checkpoints):
+    from napari_sam.core.embedding_store import EmbeddingStore
+
+    store = EmbeddingStore(tmp_path / "store")
+    image = synthetic_cells((100, 100), seed=930_005)[0]
+    for folder in (tiny_checkpoints[64], tiny_checkpoints[256]):
+        predictor = Predictor.from_pretrained(folder, device="cpu", store=store, tiling=TilingSettings(mode="whole"))
+        predictor.set_image(image)
+        assert predictor.precompute() == 1
+    assert len(store) == 2 and len(store.summary()["models"]) == 2
