@@ -1,11 +1,19 @@
-"""The ``napari-sam`` command line: ``napari-sam demo``, ``napari-sam models``."""
+"""The ``napari-sam`` command line: ``napari-sam demo``, ``napari-sam models``, ``napari-sam embed``.
+
+Options of settings (``--tiling``, ``--tile-size``, ``--halo``) are generated from the settings classes of
+:mod:`napari_sam.core.settings`, the same ones the docks are generated from.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from pathlib import Path
 
+from .core.errors import ModelLoadError
 from .core.model_loading import DEFAULT_CHECKPOINT, KNOWN_CHECKPOINTS
+from .core.settings import TilingSettings
 
 DEMO_MODEL = "tiny-cells"
 
@@ -19,6 +27,27 @@ def open_demo(viewer, model: str = DEMO_MODEL):
     widget.model_picker.native.setCurrentText(model)
     widget.load_model()
     return widget
+
+
+def add_settings(parser: argparse.ArgumentParser, settings_class) -> None:
+    """One ``--option`` per field of ``settings_class``, with its type, default, limits and help."""
+    for info in settings_class.fields():
+        flag = info.flag
+        limits = f" [{info.low}..{info.high}]" if info.low is not None else ""
+        if info.kind is bool:
+            parser.add_argument(flag, dest=info.name, action=argparse.BooleanOptionalAction, default=info.default,
+                                help=info.help)
+        elif info.choices:
+            parser.add_argument(flag, dest=info.name, choices=info.choices, default=info.default, help=info.help)
+        else:
+            parser.add_argument(flag, dest=info.name, type=info.kind, default=info.default,
+                                metavar=info.kind.__name__.upper(),
+                                help=f"{info.help}{limits} (default {info.default})")
+
+
+def settings_from(args: argparse.Namespace, settings_class):
+    """The settings object of ``args`` (checked; a bad value exits with a message naming the option)."""
+    return settings_class(**{info.name: getattr(args, info.name) for info in settings_class.fields()})
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -35,6 +64,37 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embed(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .core.embedding_store import EmbeddingStore
+    from .core.image_source import plane_of
+    from .core.predictor import Predictor
+    from .io import is_rgb, napari_contrast_limits, planes, read_image
+
+    tiling = settings_from(args, TilingSettings)
+    store = EmbeddingStore(args.store, max_bytes=int(args.max_gb * (1 << 30)))
+    images = []
+    for path in args.images:
+        data = read_image(path)
+        rgb = is_rgb(tuple(data.shape))
+        limits = tuple(args.contrast) if args.contrast else napari_contrast_limits(data, rgb)
+        images.append((path, data, rgb, limits))
+    predictor = Predictor.from_pretrained(args.model, device=args.device, dtype=args.precision, tiling=tiling,
+                                          store=store)
+    start, computed, total = time.perf_counter(), 0, 0
+    for path, data, rgb, limits in images:
+        plans = [predictor.plan(plane_of(data, index), limits, rgb) for index in planes(data.shape, rgb)]
+        frames = sum(len(predictor.frames(plan=plan)) for plan in plans)
+        with tqdm(total=frames, desc=Path(path).name, unit="frame") as bar:
+            for plan in plans:
+                computed += predictor.precompute(plan=plan, progress=lambda done, count: bar.update(1))
+        total += frames
+    print(f"{total} frames of {len(images)} image(s): {computed} computed, {total - computed} already stored; "
+          f"{time.perf_counter() - start:.1f} s. Store: {store.root} ({store.nbytes / 2**20:.0f} MiB).")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="napari-sam", description="Segment Anything in napari.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -44,8 +104,28 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(run=_demo)
     models = commands.add_parser("models", help="list the known checkpoints")
     models.set_defaults(run=_models)
+    embed = commands.add_parser(
+        "embed", help="precompute image embeddings into the store the docks read from",
+        description="Embed every plane of each image (in native-resolution tiles where it is large) into an "
+                    "embedding store on disk; napari-sam's docks then prompt these images without running the "
+                    "encoder. Run it again: what is stored already is not computed again.")
+    embed.add_argument("images", nargs="+", help="TIFF (also multi-page and OME-TIFF), zarr, PNG or JPEG files")
+    embed.add_argument("--model", default=DEFAULT_CHECKPOINT, help="bundled name, hub id or folder of a checkpoint")
+    embed.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    embed.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+                       help="auto: bfloat16 where the device computes it fast")
+    embed.add_argument("--store", default=None, help="the store's folder (default: the per-user cache the docks use)")
+    embed.add_argument("--max-gb", type=float, default=20.0, help="the store's size cap in GiB (default 20)")
+    embed.add_argument("--contrast", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                       help="contrast limits (default: the data range, as napari shows a new image)")
+    add_settings(embed, TilingSettings)
+    embed.set_defaults(run=_embed)
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, PermissionError, ModelLoadError) as error:  # bad input: one clear line, no traceback
+        print(f"napari-sam {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,77 @@
+"""Reading images from files for the command line, lazily where the format allows it.
+
+TIFF (including multi-page and OME-TIFF) is read through tifffile's zarr view, so only the planes and tiles used
+are read; zarr and OME-zarr arrays are opened in place; PNG and JPEG are small enough to load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+#: File endings this module reads.
+IMAGE_SUFFIXES = (".tif", ".tiff", ".zarr", ".png", ".jpg", ".jpeg")
+
+
+def read_image(path: str | Path):
+    """The image at ``path`` as an array-like (numpy, or zarr for TIFF and zarr files: nothing is read yet).
+
+    An OME-zarr (multiscale) group gives its full-resolution array.
+
+    Raises:
+        ValueError: a file that does not exist or has another ending, or that cannot be read as an image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path} does not exist.")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+            import zarr
+
+            return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+        if suffix == ".zarr":
+            import zarr
+
+            opened = zarr.open(str(path), mode="r")
+            if hasattr(opened, "shape"):
+                return opened
+            datasets = opened.attrs.get("multiscales", [{}])[0].get("datasets", [])
+            if datasets:
+                return opened[datasets[0]["path"]]
+            arrays = list(opened.array_keys())
+            if not arrays:
+                raise ValueError("the zarr group holds no array")
+            return opened[sorted(arrays)[0]]
+        if suffix in (".png", ".jpg", ".jpeg"):
+            from PIL import Image
+
+            with Image.open(path) as image:
+                return np.asarray(image)
+    except ValueError as error:
+        raise ValueError(f"Could not read {path}: {error}") from error
+    except Exception as error:  # noqa: BLE001 - a corrupt file: one clear message
+        raise ValueError(f"Could not read {path} as an image: {type(error).__name__}: {error}") from error
+    raise ValueError(f"{path} is not an image this reads ({', '.join(IMAGE_SUFFIXES)}).")
+
+
+def is_rgb(shape: tuple[int, ...]) -> bool:
+    """Whether an image of ``shape`` has a colour axis last (3 or 4 channels after at least two spatial axes)."""
+    return len(shape) >= 3 and shape[-1] in (3, 4)
+
+
+def planes(shape: tuple[int, ...], rgb: bool) -> list[tuple[int, ...]]:
+    """The indices of every 2D plane of an image of ``shape`` (leading axes before the last two spatial ones)."""
+    spatial = len(shape) - (3 if rgb else 2)
+    return list(np.ndindex(*shape[:spatial])) if spatial > 0 else [()]
+
+
+def napari_contrast_limits(data, rgb: bool) -> tuple[float, float]:
+    """The contrast limits napari gives a new image layer of ``data`` (its data range), so that embeddings made here
+    are the ones the napari-sam docks look for."""
+    from napari.layers.utils.layer_utils import calc_data_range
+
+    low, high = calc_data_range(data, rgb=rgb)
+    return float(low), float(high)

@@ -1,0 +1,57 @@
+"""The command line: ``napari-sam embed`` fills the embedding store that prompt mode then reads."""
+
+import pytest
+import tifffile
+
+from napari_sam import Predictor
+from napari_sam.cli import main
+from napari_sam.core.embedding_store import EmbeddingStore
+from napari_sam.demo import synthetic_cells
+from napari_sam.io import napari_contrast_limits
+
+
+@pytest.fixture()
+def stack_file(tmp_path):
+    """A 2-plane 600x600 uint16 TIFF: each plane is seen in 9 tiles by tiny-cells."""
+    stack = synthetic_cells((2, 600, 600), seed=940_101, ndim=3, radius_range=(10.0, 15.0), n_cells=100)[0]
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, stack)
+    return path, stack
+
+
+def test_embed_fills_the_store_once_and_the_predictor_reads_it(stack_file, tmp_path, capsys):
+    path, stack = stack_file
+    store = tmp_path / "store"
+    assert main(["embed", str(path), "--model", "tiny-cells", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "18 frames of 1 image(s): 18 computed" in out
+    assert main(["embed", str(path), "--model", "tiny-cells", "--store", str(store)]) == 0
+    assert "0 computed, 18 already stored" in capsys.readouterr().out
+    predictor = Predictor.from_pretrained("tiny-cells", device="cpu", dtype="auto", store=EmbeddingStore(store))
+    predictor.set_image(stack[1], contrast_limits=napari_contrast_limits(stack, False))
+    assert predictor.tiled and predictor.precompute() == 0  # what the dock does: nothing to compute
+
+
+def test_embed_names_bad_input(stack_file, tmp_path, capsys):
+    path, _ = stack_file
+    assert main(["embed", str(tmp_path / "missing.tif"), "--model", "tiny-cells"]) == 2
+    assert "missing.tif does not exist" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["embed", str(path), "--model", "tiny-cells", "--store", str(blocker)]) == 2
+    assert str(blocker) in capsys.readouterr().err
+    assert main(["embed", str(path), "--model", "tiny-cells", "--store", str(tmp_path / "s"), "--tiling", "tiles",
+                 "--tile-size", "128", "--halo", "64"]) == 2
+    assert "halo" in capsys.readouterr().err
+    assert main(["embed", str(path), "--model", "no/such-model", "--store", str(tmp_path / "s")]) == 2
+    assert "no/such-model" in capsys.readouterr().err
+    (tmp_path / "broken.tif").write_bytes(b"not a tiff at all")
+    assert main(["embed", str(tmp_path / "broken.tif"), "--model", "tiny-cells"]) == 2
+    assert "broken.tif" in capsys.readouterr().err
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["embed", "--help"])
+    text = capsys.readouterr().out
+    assert all(option in text for option in ("--store", "--tiling", "--tile-size", "--halo", "--contrast"))
