@@ -305,10 +305,11 @@ def test_polygon_and_ellipse_prompts_are_a_mask_plus_a_box(session, qtbot, cells
     assert masks.shape[0] == 2
     prompts = read_prompts(widget.image_picker.value, (), labels.shape, shapes_layer=shapes)
     drawn = shapes.to_masks(mask_shape=labels.shape)  # napari's own rasterisation, for comparison
-    assert all(np.mean(a != b) < 0.01 for a, b in zip(prompts.masks, drawn))
+    assert all(np.mean(a.full(labels.shape) != b) < 0.01 for a, b in zip(prompts.masks, drawn))
     boxes = [[r0, c0, r1, c1], np.ravel(cell_box(labels, second))]
     np.testing.assert_allclose(prompts.boxes, boxes)
-    expected = widget.predictor.predict(boxes=boxes, mask_input=widget.predictor.mask_logits(np.stack(prompts.masks)))
+    full = np.stack([m.full(labels.shape) for m in prompts.masks])
+    expected = widget.predictor.predict(boxes=boxes, mask_input=widget.predictor.mask_logits(full))
     for ours, theirs in zip(masks, expected.best_masks()):
         assert np.array_equal(ours, theirs)
 

@@ -102,5 +102,5 @@ def test_neighbouring_planes_are_prefetched_within_the_budget(make_napari_viewer
     qtbot.waitUntil(lambda: widget.embedded_index == ("stack", (3,)) and not widget.busy, timeout=60_000)
     limits = tuple(layer.contrast_limits)
     for z in (2, 4):  # already embedded in the background: no encoder run now
-        assert widget.predictor.precompute(stack[z], contrast_limits=limits, rgb=False) is False
-    assert widget.predictor.precompute(stack[0], contrast_limits=limits, rgb=False) is True
+        assert widget.predictor.prefetch(stack[z], contrast_limits=limits, rgb=False) == 0
+    assert widget.predictor.prefetch(stack[0], contrast_limits=limits, rgb=False) == 1

@@ -38,24 +38,27 @@ def _reach(matrix: np.ndarray, plane_index: tuple[int, ...], rows: tuple[float, 
 
 
 def plane_coverage(mask: np.ndarray, plane_index: tuple[int, ...], matrix: np.ndarray | None,
-                   labels_shape: tuple[int, ...]) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray]:
-    """Labels-data indices covered by ``mask`` ((H, W) bool, the image plane at ``plane_index``), with the image
-    pixel each one takes its value from.
+                   labels_shape: tuple[int, ...], offset: tuple[int, int] = (0, 0)
+                   ) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray]:
+    """Labels-data indices covered by ``mask`` ((h, w) bool on the image plane at ``plane_index``, its top-left
+    pixel at image pixel ``offset``), with the mask pixel each one takes its value from.
 
     On the image's own grid these are the mask's pixels (outside the labels array included: the caller
     checks). On another grid, the labels pixels whose centres fall inside a mask pixel, within the labels array.
 
     Returns:
-        ``(indices, rows, cols)``: a tuple of D int arrays, and the (row, col) image pixel of each index.
+        ``(indices, rows, cols)``: a tuple of D int arrays, and the (row, col) pixel of ``mask`` of each index.
     """
     rows, cols = np.nonzero(mask)
+    row0, col0 = (int(v) for v in offset)
     if matrix is None:
-        return tuple(np.full(rows.shape, value, dtype=np.intp) for value in plane_index) + (rows, cols), rows, cols
+        lead = tuple(np.full(rows.shape, value, dtype=np.intp) for value in plane_index)
+        return lead + (rows + row0, cols + col0), rows, cols
     empty = np.zeros(0, dtype=np.intp)
     if rows.size == 0:
         return tuple(empty for _ in labels_shape), empty, empty
-    reach = _reach(matrix, plane_index, (rows.min() - 0.5, rows.max() + 0.5), (cols.min() - 0.5, cols.max() + 0.5),
-                   0.5)
+    reach = _reach(matrix, plane_index, (rows.min() + row0 - 0.5, rows.max() + row0 + 0.5),
+                   (cols.min() + col0 - 0.5, cols.max() + col0 + 0.5), 0.5)
     low = np.clip(np.floor(reach.min(axis=0)).astype(int), 0, None)
     high = np.minimum(np.ceil(reach.max(axis=0)).astype(int) + 1, labels_shape)
     if (high <= low).any():
@@ -63,6 +66,8 @@ def plane_coverage(mask: np.ndarray, plane_index: tuple[int, ...], matrix: np.nd
     grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(low, high)], indexing="ij"), axis=-1)
     candidates = grid.reshape(-1, len(labels_shape))
     back = np.rint(apply(np.linalg.inv(matrix), candidates)).astype(np.intp)
+    back[:, -2] -= row0
+    back[:, -1] -= col0
     lead = len(plane_index)
     on_plane = (back[:, :lead] == np.asarray(plane_index, dtype=np.intp)).all(axis=1)
     inside = on_plane & (back[:, -2] >= 0) & (back[:, -2] < mask.shape[0]) & (back[:, -1] >= 0) & (
@@ -73,17 +78,19 @@ def plane_coverage(mask: np.ndarray, plane_index: tuple[int, ...], matrix: np.nd
 
 
 def plane_indices(mask: np.ndarray, plane_index: tuple[int, ...], matrix: np.ndarray | None,
-                  labels_shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+                  labels_shape: tuple[int, ...], offset: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, ...]:
     """The labels-data indices of :func:`plane_coverage` (a tuple of D int arrays)."""
-    return plane_coverage(mask, plane_index, matrix, labels_shape)[0]
+    return plane_coverage(mask, plane_index, matrix, labels_shape, offset)[0]
 
 
 def outside_labels(mask: np.ndarray, plane_index: tuple[int, ...], matrix: np.ndarray | None,
-                   labels_shape: tuple[int, ...]) -> bool:
-    """Whether part of ``mask`` (its pixel centres) lies outside the labels array, where it cannot be stored."""
+                   labels_shape: tuple[int, ...], offset: tuple[int, int] = (0, 0)) -> bool:
+    """Whether part of ``mask`` (its pixel centres; its top-left pixel at image pixel ``offset``) lies outside the
+    labels array, where it cannot be stored."""
     rows, cols = np.nonzero(mask)
     if rows.size == 0:
         return False
+    rows, cols = rows + int(offset[0]), cols + int(offset[1])
     if matrix is None:
         position = np.array(list(plane_index) + [rows.max(), cols.max()])
         return bool((position >= np.asarray(labels_shape)).any())

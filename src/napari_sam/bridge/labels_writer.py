@@ -87,9 +87,17 @@ def _check_fits(labels_layer, largest_id: int) -> None:
 
 
 def next_id(labels_layer) -> int:
-    """The id a new object gets: one more than the largest id of the layer."""
+    """The id a new object gets: one more than the largest id of the layer (lazy data such as zarr is scanned
+    chunk by chunk, never loaded whole)."""
     data = labels_layer.data
-    return int(np.max(data)) + 1 if data.size else 1
+    if not np.prod(data.shape):
+        return 1
+    if isinstance(data, np.ndarray):
+        return int(np.max(data)) + 1
+    import dask.array as da
+
+    chunks = getattr(data, "chunks", None) or "auto"
+    return int(da.from_array(data, chunks=chunks).max().compute()) + 1
 
 
 def _mapped(labels_layer, image_layer, planes: list[PlaneMask]) -> list[tuple[np.ndarray, ...]]:
@@ -97,24 +105,25 @@ def _mapped(labels_layer, image_layer, planes: list[PlaneMask]) -> list[tuple[np
     matrix = grid_matrix(labels_layer, image_layer)
     shape = labels_layer.data.shape
     mapped = []
-    for number, (plane_index, mask) in enumerate(planes, start=1):
-        mask = np.asarray(mask, dtype=bool)
-        if outside_labels(mask, tuple(plane_index), matrix, shape):
+    for number, (plane_index, mask, *offset) in enumerate(planes, start=1):
+        mask, offset = np.asarray(mask, dtype=bool), tuple(offset[0]) if offset else (0, 0)
+        if outside_labels(mask, tuple(plane_index), matrix, shape, offset):
             raise ValueError(
                 f"Object {number} reaches outside the labels layer {labels_layer.name!r} (shape {shape}): choose a "
                 "labels layer that covers the image. Nothing was written.")
-        mapped.append(plane_indices(mask, tuple(plane_index), matrix, shape))
+        mapped.append(plane_indices(mask, tuple(plane_index), matrix, shape, offset))
     return mapped
 
 
 def commit_masks(labels_layer, image_layer, masks: np.ndarray, plane_index: tuple[int, ...] = (),
-                 overwrite: bool = False) -> list[int]:
+                 overwrite: bool = False, offset: tuple[int, int] = (0, 0)) -> list[int]:
     """Write each (H, W) mask of ``masks`` as a new object of ``labels_layer``: all or nothing, one undo step.
 
     Args:
         labels_layer: the target napari Labels layer (any transform, same dimensionality as the image).
         image_layer: the layer whose data pixels the masks are in.
-        masks: (k, H, W) bool, in the image's data pixels of the plane at ``plane_index``.
+        masks: (k, h, w) bool, in the image's data pixels of the plane at ``plane_index``, their top-left pixel at
+            image pixel ``offset`` (row, col): image-sized masks by default, or the window of a prediction.
         plane_index: the index of the image's non-displayed leading axes ((), for 2D images).
         overwrite: whether the new objects may replace existing labels; by default they fill only label 0 (and
             an earlier mask of the same commit keeps its pixels).
@@ -128,7 +137,7 @@ def commit_masks(labels_layer, image_layer, masks: np.ndarray, plane_index: tupl
         Nothing is written in either case.
     """
     masks = np.asarray(masks, dtype=bool).reshape(-1, *np.shape(masks)[-2:])
-    mapped = _mapped(labels_layer, image_layer, [(plane_index, mask) for mask in masks])
+    mapped = _mapped(labels_layer, image_layer, [(plane_index, mask, offset) for mask in masks])
     edit, new_id, ids = _Edit(labels_layer, mapped), next_id(labels_layer), []
     for indices in mapped:
         if edit.write(_Write(new_id, indices, None if overwrite else 0)):

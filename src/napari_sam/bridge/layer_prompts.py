@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..core.mask_objects import MaskObject
 from .transforms import to_target_data
 
 #: How far (in data pixels of a non-displayed axis) a prompt may lie from the shown plane.
@@ -24,7 +25,8 @@ class PlanePrompts:
     Attributes:
         points: (n, 2) float, positions; labels: (n,) int, 1 positive, 0 negative.
         boxes: (m, 4) float (row_min, col_min, row_max, col_max), one object each.
-        masks: one entry per box: an (H, W) bool mask for polygons and ellipses, None for rectangles.
+        masks: one entry per box: the shape's mask cropped to its box (a ``MaskObject``) for polygons and ellipses,
+            None for rectangles.
     """
 
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
@@ -63,13 +65,26 @@ def read_points(points_layer, image_layer, plane_index, world_point=None) -> tup
     return positions[keep][:, -2:], labels[keep]
 
 
-def _polygon_mask(vertices: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(H, W) bool: pixel centres inside the polygon of (k, 2) (row, col) vertices (even-odd rule)."""
-    mask = np.zeros(shape, dtype=bool)
-    low = np.clip(np.floor(vertices.min(axis=0)).astype(int), 0, None)
-    high = np.minimum(np.ceil(vertices.max(axis=0)).astype(int) + 1, shape)
-    if (high <= low).any():
-        return mask
+def _region(corners: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(low, high) pixel bounds (end-exclusive) of the (k, 2) corners' box within an image of ``shape``."""
+    low = np.clip(np.floor(corners.min(axis=0)).astype(int), 0, None)
+    high = np.minimum(np.ceil(corners.max(axis=0)).astype(int) + 1, shape)
+    return None if (high <= low).any() else (low, high)
+
+
+def _cropped(low, high, inside: np.ndarray | None) -> MaskObject:
+    if inside is None:  # nothing of the shape inside the image: one empty pixel
+        return MaskObject(slice(0, 1), slice(0, 1), np.zeros((1, 1), dtype=bool))
+    return MaskObject(slice(int(low[0]), int(high[0])), slice(int(low[1]), int(high[1])), inside)
+
+
+def _polygon_mask(vertices: np.ndarray, shape: tuple[int, int]) -> MaskObject:
+    """The pixel centres inside the polygon of (k, 2) (row, col) vertices (even-odd rule), cropped to its box
+    within an image of ``shape``."""
+    region = _region(vertices, shape)
+    if region is None:
+        return _cropped(None, None, None)
+    low, high = region
     rows, cols = np.mgrid[low[0]: high[0], low[1]: high[1]]
     inside = np.zeros(rows.shape, dtype=bool)
     start = vertices
@@ -79,31 +94,29 @@ def _polygon_mask(vertices: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             at = c0 + (rows - r0) * (c1 - c0) / (r1 - r0)
         inside ^= crosses & (cols < at)
-    mask[low[0]: high[0], low[1]: high[1]] = inside
-    return mask
+    return _cropped(low, high, inside)
 
 
-def _ellipse_mask(corners: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(H, W) bool: pixel centres inside the ellipse inscribed in the parallelogram of 4 (row, col) corners."""
+def _ellipse_mask(corners: np.ndarray, shape: tuple[int, int]) -> MaskObject:
+    """The pixel centres inside the ellipse inscribed in the parallelogram of 4 (row, col) corners, cropped to its
+    box within an image of ``shape``."""
     centre = corners.mean(axis=0)
     axes = np.stack([(corners[1] - corners[0]) / 2, (corners[3] - corners[0]) / 2], axis=1)  # columns u, v
-    mask = np.zeros(shape, dtype=bool)
-    if abs(np.linalg.det(axes)) < 1e-9:
-        return mask
-    low = np.clip(np.floor(corners.min(axis=0)).astype(int), 0, None)
-    high = np.minimum(np.ceil(corners.max(axis=0)).astype(int) + 1, shape)
-    if (high <= low).any():
-        return mask
+    region = _region(corners, shape)
+    if abs(np.linalg.det(axes)) < 1e-9 or region is None:
+        return _cropped(None, None, None)
+    low, high = region
     rows, cols = np.mgrid[low[0]: high[0], low[1]: high[1]]
     offsets = np.stack([rows - centre[0], cols - centre[1]], axis=-1)
     local = offsets @ np.linalg.inv(axes).T
-    mask[low[0]: high[0], low[1]: high[1]] = (local**2).sum(axis=-1) <= 1.0
-    return mask
+    return _cropped(low, high, (local**2).sum(axis=-1) <= 1.0)
 
 
 def read_shapes(shapes_layer, image_layer, plane_index, plane_shape: tuple[int, int],
                 world_point=None) -> tuple[np.ndarray, list]:
-    """(boxes (m, 4), masks) of the rectangles, polygons and ellipses on the shown plane, in image data pixels."""
+    """(boxes (m, 4), masks) of the rectangles, polygons and ellipses on the shown plane, in image data pixels: a
+    mask (cropped to its box, a :class:`~napari_sam.core.mask_objects.MaskObject`) for each polygon and ellipse,
+    None for each rectangle."""
     boxes, masks = [], []
     if shapes_layer is None:
         return np.zeros((0, 4)), masks

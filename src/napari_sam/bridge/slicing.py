@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..core.image_source import plane_of
+
 
 def full_resolution(layer):
     """The layer's data at full resolution (level 0 of a multiscale layer), not loaded."""
@@ -45,6 +47,24 @@ def planes_to_run(layer, dims_point, every_plane: bool) -> list[tuple[int, ...]]
     return list(np.ndindex(*leading_shape(layer))) if every_plane and index else [index]
 
 
+def visible_region(layer, margin: float = 0.25) -> tuple[int, int, int, int] | None:
+    """(row0, col0, row1, col1) of the layer's plane that the canvas shows, at full resolution (level 0 of a
+    multiscale layer), grown by ``margin`` of its size on every side and clipped to the plane; None when the layer
+    is not drawn (no canvas yet)."""
+    corners = np.asarray(layer.corner_pixels, dtype=float)
+    if corners.ndim != 2 or corners.shape[0] != 2 or corners.shape[1] < 2:
+        return None
+    if getattr(layer, "multiscale", False):
+        corners = corners * np.asarray(layer.downsample_factors[layer.data_level], dtype=float)[-corners.shape[1]:]
+    (row0, col0), (row1, col1) = corners[:, -2:]
+    if row1 <= row0 or col1 <= col0:
+        return None
+    grow_rows, grow_cols = margin * (row1 - row0), margin * (col1 - col0)
+    height, width = plane_shape(layer)
+    return (int(max(0, row0 - grow_rows)), int(max(0, col0 - grow_cols)),
+            int(min(height, np.ceil(row1 + 1 + grow_rows))), int(min(width, np.ceil(col1 + 1 + grow_cols))))
+
+
 def read_plane(layer, index: tuple[int, ...]) -> np.ndarray:
     """The plane at ``index`` of the leading axes, as a numpy array (H, W) or (H, W, C); only it is read."""
     data = full_resolution(layer)
@@ -54,6 +74,28 @@ def read_plane(layer, index: tuple[int, ...]) -> np.ndarray:
 def plane_reader(layer, index: tuple[int, ...]) -> Callable[[], np.ndarray]:
     """A function that reads the plane at ``index`` when called (on a worker thread, say)."""
     return lambda: read_plane(layer, index)
+
+
+class PlaneWriter:
+    """The plane at ``index`` of an array (numpy or zarr), to read and write region by region: ``shape`` (H, W),
+    ``writer[rows, cols]`` and ``writer[rows, cols] = values`` address that plane only."""
+
+    def __init__(self, array, index: tuple[int, ...]):
+        self.array, self.index = array, tuple(index)
+        self.shape = tuple(array.shape[len(self.index):])
+        self.dtype = array.dtype
+
+    def __getitem__(self, key):
+        return np.asarray(self.array[self.index + (key if isinstance(key, tuple) else (key,))])
+
+    def __setitem__(self, key, values) -> None:
+        self.array[self.index + (key if isinstance(key, tuple) else (key,))] = values
+
+
+def plane_view(layer, index: tuple[int, ...]):
+    """The plane at ``index`` of the layer (level 0), read only where it is indexed (see
+    :func:`~napari_sam.core.image_source.plane_of`)."""
+    return plane_of(full_resolution(layer), index)
 
 
 def current_plane(layer, dims_point) -> tuple[np.ndarray, tuple[int, ...]]:

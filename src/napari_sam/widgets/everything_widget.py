@@ -11,17 +11,16 @@ expects); a run that finds nothing says why and what to lower, and a cancelled o
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 from magicgui.widgets import CheckBox, PushButton
 from napari.utils.notifications import show_info
 
-from ..bridge.slicing import planes_to_run, read_plane
+from ..bridge.slicing import PlaneWriter, plane_view, planes_to_run
 from ..core.automatic_mask_generator import explain_empty, segment_everything
 from ..core.settings import EverythingSettings
 from .dock import Dock
 from .layout import row, status_line
-from .prompt_layers import image_transforms, selection_kept, spatial_shape, unwrapped
+from .prompt_layers import image_transforms, labels_array, selection_kept, spatial_shape, unwrapped
 from .settings_form import SettingsForm
 from .tasks import CancellableTask, plane_progress
 
@@ -92,32 +91,35 @@ class EverythingWidget(Dock):
             return
         indices = planes_to_run(image, self.viewer.dims.point, self.whole_stack.value)
         limits, rgb = tuple(image.contrast_limits), image.rgb
+        labels, folder = labels_array(spatial_shape(image), f"{image.name} everything")
 
         def work(report, cancelled):
-            planes = []
+            tables, stats, next_id = [], [], 1
             for number, plane_index in enumerate(indices):
-                found = segment_everything(predictor, read_plane(image, plane_index), settings,
-                                           contrast_limits=limits, rgb=rgb,
-                                           progress=plane_progress(report, number, len(indices)), cancel=cancelled)
-                planes.append((plane_index, found.labels, found.features(), found.stats))  # masks dropped
-            return planes
+                found = segment_everything(predictor, plane_view(image, plane_index), settings,
+                                           contrast_limits=limits, rgb=rgb, out=PlaneWriter(labels, plane_index),
+                                           first_id=next_id, progress=plane_progress(report, number, len(indices)),
+                                           cancel=cancelled)
+                table = pd.DataFrame(found.features())
+                table["label"] += next_id - 1
+                if plane_index:
+                    table["plane"] = [plane_index] * len(table)
+                tables.append(table)
+                stats.append(found.stats)
+                next_id += len(table)  # each plane is painted straight into the labels: no masks are kept
+            return tables, stats
 
-        self.task.run(work, lambda planes: self._add_layer(image, planes, settings))
+        def finished(result) -> None:
+            self._add_layer(image, labels, folder, *result, settings)
 
-    def _add_layer(self, image, planes, settings) -> None:
-        labels = np.zeros(spatial_shape(image), dtype=np.uint32)
-        tables, offset = [], 0
-        for plane_index, plane_labels, features, _ in planes:
-            labels[plane_index] = np.where(plane_labels > 0, plane_labels + offset, 0)
-            table = pd.DataFrame(features)
-            table["label"] += offset
-            if plane_index:
-                table["plane"] = [plane_index] * len(table)
-            tables.append(table)
-            offset += len(table)
-        if offset == 0:
-            where = "on any plane" if len(planes) > 1 else "on this plane"
-            message = f"Found no objects {where}. {explain_empty(planes[0][3], settings)}"
+        self.task.run(work, finished, on_failure=lambda: _discard(folder))
+
+    def _add_layer(self, image, labels, folder, tables, stats, settings) -> None:
+        count = sum(len(table) for table in tables)
+        if count == 0:
+            _discard(folder)
+            where = "on any plane" if len(tables) > 1 else "on this plane"
+            message = f"Found no objects {where}. {explain_empty(stats[0], settings)}"
             self.model.show(message)
             show_info(message)
             return
@@ -126,4 +128,13 @@ class EverythingWidget(Dock):
         with selection_kept(self.viewer):  # the prompt layer stays active
             self.result_layer = unwrapped(self.viewer.add_labels(labels, name=f"{image.name} everything",
                                                                  features=table, **image_transforms(image)))
-        self.model.show(f"Found {offset} objects.")
+        where = f" (kept on disk in {folder})" if folder is not None else ""
+        self.model.show(f"Found {count} objects{where}.")
+
+
+def _discard(folder) -> None:
+    """Remove the on-disk labels of a run that added no layer."""
+    if folder is not None:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)

@@ -12,13 +12,16 @@ from magicgui.widgets import ComboBox, Container, PushButton, SpinBox, create_wi
 from napari.layers import Image
 from napari.utils.notifications import show_error
 from psygnal import Signal
+from qtpy.QtCore import QTimer
 
-from ..bridge.slicing import current_index, leading_shape, plane_reader
+from ..bridge.slicing import current_index, leading_shape, plane_shape, plane_view, visible_region
 from ..core.model_loading import DEFAULT_CHECKPOINT, KNOWN_CHECKPOINTS
 from .layout import Fold, column, narrow, narrow_spin, row, status_line
 from .session import session_for
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: How long the view must rest after a pan or zoom before the tiles that came into view are embedded.
+CAMERA_REST_MS = 300
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
@@ -86,6 +89,12 @@ class ModelPanel:
         viewer.dims.events.current_step.connect(self.embed_current_plane)
         viewer.layers.events.inserted.connect(self._refresh_layers)
         viewer.layers.events.removed.connect(self._refresh_layers)
+        self._camera_timer = QTimer()
+        self._camera_timer.setSingleShot(True)
+        self._camera_timer.setInterval(CAMERA_REST_MS)
+        self._camera_timer.timeout.connect(self._embed_if_tiled)
+        viewer.camera.events.center.connect(self._on_camera)
+        viewer.camera.events.zoom.connect(self._on_camera)
 
     def close(self) -> None:
         """Stop listening to the viewer and the session (the dock is gone)."""
@@ -93,6 +102,9 @@ class ModelPanel:
         self.viewer.dims.events.current_step.disconnect(self.embed_current_plane)
         self.viewer.layers.events.inserted.disconnect(self._refresh_layers)
         self.viewer.layers.events.removed.disconnect(self._refresh_layers)
+        self.viewer.camera.events.center.disconnect(self._on_camera)
+        self.viewer.camera.events.zoom.disconnect(self._on_camera)
+        self._camera_timer.stop()
         for signal, slot in ((self.session.loading, self._on_loading), (self.session.loaded, self._on_loaded),
                              (self.session.failed, self._on_failed), (self.session.embedded, self._on_embedded)):
             signal.disconnect(slot)
@@ -141,8 +153,9 @@ class ModelPanel:
             show_error(message)
 
     def embed_current_plane(self, event=None) -> None:
-        """Embed the shown plane of the chosen image (a cached embedding returns at once), then prefetch the
-        planes before and after it along the last leading axis."""
+        """Embed the shown plane of the chosen image (a cached embedding returns at once; on a large plane seen in
+        tiles, the tiles around the view), then prefetch the planes before and after it along the last leading
+        axis."""
         layer = self.image_picker.value
         if self.closed or layer is None or self.session.predictor is None:
             return
@@ -157,8 +170,18 @@ class ModelPanel:
             self.show(f"Could not embed {layer.name}.")
             show_error(f"Could not embed {layer.name!r}: {error}")
 
-        self.session.embed(self, layer, index, plane_reader(layer, index), failed,
-                           prefetch=[(n, plane_reader(layer, n)) for n in neighbours])
+        self.session.embed(self, layer, index, lambda: plane_view(layer, index), failed, visible_region(layer),
+                           prefetch=[(n, lambda n=n: plane_view(layer, n)) for n in neighbours])
+
+    def _on_camera(self, event=None) -> None:
+        """The view moved: embed the tiles that came into view, once it rests."""
+        self._camera_timer.start()
+
+    def _embed_if_tiled(self) -> None:
+        predictor, layer = self.session.predictor, self.image_picker.value
+        if predictor is not None and layer is not None and predictor.tiling.tiles(plane_shape(layer),
+                                                                                   predictor.geometry.image_size):
+            self.embed_current_plane()
 
     def _on_embedded(self, layer, index, ran_encoder: bool) -> None:
         if layer is not self.image_picker.value or self.closed:

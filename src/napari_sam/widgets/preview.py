@@ -2,7 +2,9 @@
 
 Each request carries a number; a result that a newer request superseded is dropped, and so is a result for an
 image layer that was removed or replaced meanwhile, or one from a model that is no longer loaded. The preview is
-drawn in a Labels layer of its own, in one colour that committed labels do not get.
+drawn in a small Labels layer of its own that covers only the predicted objects' window (placed on the image's
+plane with an affine transform: a click on a 20k² image previews a tile, not a 20k² array), in one colour that
+committed labels do not get.
 """
 
 from __future__ import annotations
@@ -16,22 +18,24 @@ from napari.utils.notifications import show_error
 
 from ..bridge.layer_prompts import PlanePrompts, read_prompts
 from ..bridge.prompt_objects import PromptObject, group_objects, predict_objects
-from ..bridge.slicing import current_index, plane_shape, read_plane
+from ..bridge.slicing import current_index, plane_shape, plane_view
+from ..bridge.transforms import data_to_world
+from ..core.mask_objects import MaskObject
 from .prompt_layers import add_preview_layer, selection_kept
 
 
 @dataclass(frozen=True)
 class RefineTarget:
-    """An existing object being refined: its id, the plane it is refined on, and its (H, W) bool mask there."""
+    """An existing object being refined: its id, the plane it is refined on, and its mask there (cropped to its
+    box)."""
 
     object_id: int
     index: tuple[int, ...]
-    mask: np.ndarray
+    mask: MaskObject
 
     @property
     def box(self) -> np.ndarray:
-        rows, cols = np.nonzero(self.mask)
-        return np.array([rows.min(), cols.min(), rows.max(), cols.max()], dtype=float)
+        return np.array(self.mask.box, dtype=float)
 
 
 @dataclass
@@ -40,17 +44,41 @@ class Preview:
 
     Attributes:
         image: the image layer they were predicted on; index: the plane's index along its leading axes.
-        masks: per object, (candidates, H, W) bool, best-scoring first; scores: per object, (candidates,)
-            predicted IoU, descending; logits: per object, (candidates, m, m) low-res logits.
+        window: (row0, col0, row1, col1) of the plane that ``masks`` cover.
+        masks: per object, (candidates, h, w) bool over the window, best-scoring first; scores: per object,
+            (candidates,) predicted IoU, descending; logits: per object, (candidates, m, m) low-res logits.
+        frames: per object, the frame its logits belong to.
         target: the object being refined, or None.
     """
 
     image: object
     index: tuple[int, ...]
+    window: tuple[int, int, int, int]
     masks: list
     scores: list
     logits: list
+    frames: list
     target: RefineTarget | None = None
+
+    @property
+    def offset(self) -> tuple[int, int]:
+        return self.window[0], self.window[1]
+
+
+def _in_window(results) -> tuple[tuple[int, int, int, int], list]:
+    """The union window of the objects' frames, and each object's candidates placed in it."""
+    window = (min(r.frame.row0 for r in results), min(r.frame.col0 for r in results),
+              max(r.frame.row1 for r in results), max(r.frame.col1 for r in results))
+    placed = []
+    for result in results:
+        if (result.frame.row0, result.frame.col0, result.frame.row1, result.frame.col1) == window:
+            placed.append(result.masks)
+            continue
+        masks = np.zeros((len(result.masks), window[2] - window[0], window[3] - window[1]), dtype=bool)
+        masks[:, result.frame.row0 - window[0]: result.frame.row1 - window[0],
+              result.frame.col0 - window[1]: result.frame.col1 - window[1]] = result.masks
+        placed.append(masks)
+    return window, placed
 
 
 class PreviewController:
@@ -74,7 +102,7 @@ class PreviewController:
         self.request = 0  # increases with every prompt change
         self.shown_request = 0  # the request whose result is shown
         self.target: RefineTarget | None = None
-        self._history = None  # (predictor, index, points, labels, logits) of the last points-only prediction
+        self._history = None  # (predictor, index, points, labels, (logits, frame)) of the last points-only result
         self.closed = False
 
     @property
@@ -115,22 +143,25 @@ class PreviewController:
         def predict():
             if request != self.request:
                 return None  # superseded before it started
-            plane = read_plane(image, index)
             with predictor.locked():  # no other worker may switch the image between these calls
-                predictor.set_image(plane, contrast_limits=limits, rgb=rgb)
+                predictor.set_image(plane_view(image, index), contrast_limits=limits, rgb=rgb)
                 return predictor, predict_objects(predictor, objects, mask_input)
 
         def predicted(result) -> None:
             if result is None or self.closed or request != self.request:
                 return  # superseded by a newer prompt change
-            used, (masks, scores, logits) = result
+            used, results = result
             if used is not self.session.predictor or image not in self.viewer.layers or image is not self.layers()[0]:
                 return  # the model or the image changed meanwhile
             self.candidate = 0
             self._history = None
-            if target is None and len(prompts.boxes) == 0 and len(masks) == 1:
-                self._history = (used, index, prompts.points.copy(), prompts.labels.copy(), logits[0][0])
-            self.draw(Preview(image, index, masks, scores, logits, target), request)
+            if target is None and len(prompts.boxes) == 0 and len(results) == 1:
+                best = results[0]
+                self._history = (used, index, prompts.points.copy(), prompts.labels.copy(),
+                                 (best.logits[0], best.frame))
+            window, masks = _in_window(results)
+            self.draw(Preview(image, index, window, masks, [r.scores for r in results], [r.logits for r in results],
+                              [r.frame for r in results], target), request)
 
         def failed(error: Exception) -> None:
             if self.closed:
@@ -143,8 +174,8 @@ class PreviewController:
                                         _connect={"returned": predicted, "errored": failed}))
 
     def _reusable_logits(self, predictor, index, prompts: PlanePrompts):
-        """The last logits, when the new prompt only adds points to the same points-only object of the same
-        model."""
+        """The last (logits, frame), when the new prompt only adds points to the same points-only object of the
+        same model."""
         if self._history is None or len(prompts.boxes):
             return None
         model, old_index, old_points, old_labels, logits = self._history
@@ -159,7 +190,7 @@ class PreviewController:
         self._history = None
 
     def shown_masks(self) -> np.ndarray:
-        """(objects, H, W) bool: the masks the preview shows now."""
+        """(objects, h, w) bool: the masks the preview shows now, over ``preview.window``."""
         if self.preview is None or not self.preview.masks:
             return np.zeros((0, 0, 0), dtype=bool)
         masks = self.preview.masks
@@ -174,23 +205,25 @@ class PreviewController:
 
     def draw(self, preview: Preview | None, request: int) -> None:
         """Show ``preview`` (None: nothing) as the answer to ``request``."""
-        old = self.preview
         self.preview, self.shown_request = preview, request
-        if preview is None and (self.layer is None or self.layer not in self.viewer.layers):
+        if preview is None:
+            if self.layer is not None and self.layer in self.viewer.layers:
+                self.layer.data = np.zeros_like(self.layer.data)
             return
+        plane = np.zeros(self.shown_masks().shape[1:], dtype=np.uint8)
+        for value, mask in enumerate(self.shown_masks(), start=1):
+            plane[mask] = min(value, 255)
+        data = plane.reshape((1,) * len(preview.index) + plane.shape)
+        shift = np.eye(data.ndim + 1)
+        shift[:-1, -1] = [*preview.index, preview.window[0], preview.window[1]]
+        affine = data_to_world(preview.image) @ shift  # the window's pixels onto the image's plane
         if self.layer is None or self.layer not in self.viewer.layers:
             with selection_kept(self.viewer):
-                self.layer = add_preview_layer(self.viewer, preview.image)
+                self.layer = add_preview_layer(self.viewer, data, affine)
+        else:
+            self.layer.data = data
+            self.layer.affine = affine
         self._above_labels()
-        data = self.layer.data
-        if old is not None and (preview is None or old.index != preview.index):
-            data[old.index] = 0
-        if preview is not None:
-            plane = np.zeros(data.shape[len(preview.index):], dtype=data.dtype)
-            for value, mask in enumerate(self.shown_masks(), start=1):
-                plane[mask] = min(value, np.iinfo(data.dtype).max)
-            data[preview.index] = plane
-        self.layer.refresh()
 
     def _above_labels(self) -> None:
         """Keep the preview above every Labels layer (a refined object's new outline shows over its old one) and,

@@ -8,9 +8,11 @@ its layers through its pickers, never by name.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
+from napari.utils.notifications import show_info
 
 from ..bridge.slicing import full_resolution
 
@@ -19,6 +21,8 @@ NEGATIVE_COLOUR = (0.95, 0.1, 0.1, 1.0)
 #: Every previewed mask is drawn in magenta: far from every colour napari gives committed labels (at least 0.36
 #: apart in RGB over the first 1000 ids) and from the green and red points.
 PREVIEW_COLOUR = (1.0, 0.0, 1.0, 1.0)
+#: Labels arrays larger than this many bytes are created as zarr arrays on disk.
+LARGE_LABELS_BYTES = 512 << 20
 
 
 def unwrapped(layer):
@@ -72,17 +76,39 @@ def add_shapes_layer(viewer, image_layer, name: str = "SAM boxes"):
     return unwrapped(layer)
 
 
+def labels_array(shape: tuple[int, ...], name: str):
+    """An empty uint32 labels array of ``shape``: in memory, or for more than :data:`LARGE_LABELS_BYTES` a zarr
+    array on disk in the user's data folder (named after ``name``). Returns ``(array, its folder or None)``."""
+    if np.prod(shape, dtype=np.int64) * 4 <= LARGE_LABELS_BYTES:
+        return np.zeros(shape, dtype=np.uint32), None
+    import time
+
+    import zarr
+    from platformdirs import user_data_dir
+
+    folder = Path(user_data_dir("napari-sam")) / "labels" / f"{_safe(name)}-{time.strftime('%Y%m%d-%H%M%S')}.zarr"
+    chunks = (1,) * (len(shape) - 2) + tuple(min(1024, side) for side in shape[-2:])
+    return zarr.create_array(folder, shape=shape, chunks=chunks, dtype="uint32", fill_value=0), folder
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "labels"
+
+
 def add_labels_layer(viewer, image_layer, name: str = "SAM labels"):
-    """An empty uint32 Labels layer over the whole image (every slice), with the image's transforms."""
-    return unwrapped(viewer.add_labels(np.zeros(spatial_shape(image_layer), dtype=np.uint32), name=name,
-                                       **image_transforms(image_layer)))
+    """An empty uint32 Labels layer over the whole image (every slice), with the image's transforms; zarr-backed on
+    disk for images too large for memory (a notification says where)."""
+    data, folder = labels_array(spatial_shape(image_layer), f"{image_layer.name} {name}")
+    if folder is not None:
+        show_info(f"The labels of {image_layer.name!r} are too large for memory: they are kept on disk in {folder}.")
+    return unwrapped(viewer.add_labels(data, name=name, **image_transforms(image_layer)))
 
 
-def add_preview_layer(viewer, image_layer, name: str = "SAM preview"):
-    """A Labels layer that shows the previewed masks; it never holds committed results."""
+def add_preview_layer(viewer, data: np.ndarray, affine: np.ndarray, name: str = "SAM preview"):
+    """A Labels layer that shows previewed masks: ``data`` (uint8, the window of one plane, leading axes of size 1)
+    placed by the homogeneous ``affine`` (data -> world). It never holds committed results."""
     colours = DirectLabelColormap(color_dict={None: PREVIEW_COLOUR, 0: (0.0, 0.0, 0.0, 0.0)})
-    layer = viewer.add_labels(np.zeros(spatial_shape(image_layer), dtype=np.uint8), name=name, opacity=0.5,
-                              colormap=colours, **image_transforms(image_layer))
+    layer = viewer.add_labels(data, name=name, opacity=0.5, colormap=colours, affine=affine)
     layer.editable = False
     return unwrapped(layer)
 

@@ -16,7 +16,8 @@ from napari.utils.notifications import show_info
 
 from ..bridge.labels_grid import labels_on_plane
 from ..bridge.labels_writer import replace_plane_objects
-from ..bridge.slicing import current_index, plane_shape, planes_to_run, read_plane
+from ..bridge.slicing import current_index, plane_shape, plane_view, planes_to_run
+from ..core.mask_objects import cropped
 from ..core.refine import refine_objects
 from ..core.settings import RefineSettings
 from .layout import Fold, column, row
@@ -91,10 +92,11 @@ class RefinePanel:
 
     @staticmethod
     def _target(labels, index, plane, object_id) -> RefineTarget | None:
-        if object_id == 0 or not (plane == object_id).any():
+        mask = cropped(plane == object_id) if object_id else None
+        if mask is None:
             show_info(f"There is no object of {labels.name!r} there to refine on this plane.")
             return None
-        return RefineTarget(object_id, index, plane == object_id)
+        return RefineTarget(object_id, index, mask)
 
     def refine_all(self) -> None:
         """Refine every object of the shown plane (or every plane) on a worker."""
@@ -113,7 +115,7 @@ class RefinePanel:
             for number, plane_index in enumerate(indices):
                 objects = labels_on_plane(labels, image, plane_index, shape)
                 if objects.any():
-                    result = refine_objects(predictor, read_plane(image, plane_index), objects, settings,
+                    result = refine_objects(predictor, plane_view(image, plane_index), objects, settings,
                                             contrast_limits=limits, rgb=rgb,
                                             progress=plane_progress(report, number, len(indices)), cancel=cancelled)
                     results.append((plane_index, result, np.unique(objects[objects != 0])))

@@ -19,7 +19,7 @@ from napari.layers import Points, Shapes
 from napari.utils.notifications import show_info
 
 from ..bridge.labels_writer import commit_masks, replace_object
-from ..bridge.slicing import current_index
+from ..bridge.slicing import current_index, plane_shape
 from ..bridge.transforms import to_target_data
 from .dock import Dock
 from .labels_target import LabelsTarget
@@ -107,10 +107,15 @@ class SegmentWidget(Dock):
         return self.image_picker.value, self.points_picker.value, self.shapes_picker.value
 
     def _previewed_object(self):
+        """(plane index, (H, W) mask) of the single previewed object, or None."""
         control = self.preview_control
-        if control.preview is None or len(control.preview.masks) != 1 or not control.settled:
+        preview = control.preview
+        if preview is None or len(preview.masks) != 1 or not control.settled:
             return None
-        return control.preview.index, control.shown_masks()[0]
+        mask = np.zeros(plane_shape(preview.image), dtype=bool)
+        row0, col0, row1, col1 = preview.window
+        mask[row0:row1, col0:col1] = control.shown_masks()[0]
+        return preview.index, mask
 
     def closing(self) -> None:
         self.preview_control.closed = True
@@ -271,13 +276,14 @@ class SegmentWidget(Dock):
         if preview.target is not None:
             target = preview.target
             written, _ = self.labels.write(labels, lambda: replace_object(
-                labels, image, target.object_id, [(preview.index, masks[0])], [preview.index], overwrite))
+                labels, image, target.object_id, [(preview.index, masks[0], preview.offset)], [preview.index],
+                overwrite))
             ids = [target.object_id] if written else []
             if written:
                 self.model.show(f"Object {target.object_id} replaced by its refined version.")
         else:
             written, ids = self.labels.write(labels, lambda: commit_masks(labels, image, masks, preview.index,
-                                                                          overwrite))
+                                                                          overwrite, preview.offset))
             ids = ids or []
             if written:
                 self.model.show(f"Committed {len(ids)} object(s): {ids}." if ids else

@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import weakref
 
-import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from psygnal import Signal
@@ -21,6 +20,8 @@ from ..core.predictor import Predictor
 from ..core.video_propagation import load_video_model
 
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: At most this many tiles are embedded ahead of a prompt (around the view, and on the neighbouring planes).
+MAX_TILES_AHEAD = 36
 
 
 def session_for(viewer) -> ModelSession:
@@ -93,10 +94,12 @@ class ModelSession:
                                  _start_thread=False,
                                  _connect={"returned": loaded, "errored": failed, "finished": bar.close}))
 
-    def embed(self, caller, layer, index: tuple[int, ...], read_plane, on_error, prefetch=()) -> None:
-        """Embed the plane ``read_plane()`` of ``layer`` at ``index`` on a worker, then the planes of ``prefetch``
-        (``[(index, read_plane), ...]``) in the background. Only the newest request of each ``caller`` reports
-        :attr:`embedded`; ``on_error(error)`` is called for a failed request that is still the newest."""
+    def embed(self, caller, layer, index: tuple[int, ...], view, on_error, region=None, prefetch=()) -> None:
+        """Embed the plane ``view()`` of ``layer`` at ``index`` on a worker (on a large plane seen in tiles, the
+        tiles over ``region``; none when more than :data:`MAX_TILES_AHEAD` would be needed: they are embedded when a
+        prompt needs them), with a progress bar; then the planes of ``prefetch`` (``[(index, view), ...]``) in the
+        background. Only the newest request of each ``caller`` reports :attr:`embedded`; ``on_error(error)`` is
+        called for a failed request that is still the newest."""
         predictor = self.predictor
         if predictor is None:
             return
@@ -105,27 +108,44 @@ class ModelSession:
         bar = progress(total=0, desc="Embedding image")
 
         def work():
-            return predictor.set_image(np.asarray(read_plane()), contrast_limits=limits, rgb=rgb)
+            plan = predictor.set_image(view(), contrast_limits=limits, rgb=rgb)  # the shown plane is current
+            frames = predictor.frames(region, plan)
+            if len(frames) > MAX_TILES_AHEAD:
+                return False
+            ran = False
+            for done, frame in enumerate(frames, start=1):
+                if self._requests.get(caller) != request:
+                    break  # a newer request took over
+                ran |= predictor.frame_embedding(frame, plan)[1]
+                yield done, len(frames)
+            return ran
+
+        def step(counts) -> None:
+            bar.total, bar.n = counts[1], counts[0]
+            bar.refresh()
 
         def done(ran_encoder: bool) -> None:
             if self._requests.get(caller) == request:
                 self.embedded.emit(layer, index, ran_encoder)
-                self._prefetch(predictor, prefetch, limits, rgb)
+                self._prefetch(predictor, prefetch, limits, rgb, region)
 
         def failed(error: Exception) -> None:
             if self._requests.get(caller) == request:
                 on_error(error)
 
         self.start(create_worker(work, _start_thread=False,
-                                 _connect={"returned": done, "errored": failed, "finished": bar.close}))
+                                 _connect={"yielded": step, "returned": done, "errored": failed,
+                                           "finished": bar.close}))
 
-    def _prefetch(self, predictor: Predictor, planes, limits, rgb) -> None:
+    def _prefetch(self, predictor: Predictor, planes, limits, rgb, region) -> None:
         if not planes:
             return
 
         def work():
-            for _, read_plane in planes:
-                predictor.precompute(np.asarray(read_plane()), contrast_limits=limits, rgb=rgb)
+            for _, view in planes:
+                plan = predictor.plan(view(), contrast_limits=limits, rgb=rgb)
+                if len(predictor.frames(region, plan)) <= MAX_TILES_AHEAD:
+                    predictor.precompute(region, plan=plan)
 
         self.start(create_worker(work, _start_thread=False,
                                  _connect={"errored": lambda error: None}))  # a failed prefetch costs nothing

@@ -37,7 +37,9 @@ class CancellableTask:
         cancel_button.enabled = False
         cancel_button.changed.connect(self.cancelled.set)
 
-    def run(self, work: Callable, on_result: Callable) -> None:
+    def run(self, work: Callable, on_result: Callable, on_failure: Callable | None = None) -> None:
+        """Run ``work(report, cancelled)``; its result goes to ``on_result``, and ``on_failure()`` is called after a
+        cancelled or failed run (to clean up)."""
         self.cancelled.clear()
         bar = progress(total=0, desc=self.description)
         counts = [0, 0]
@@ -67,6 +69,8 @@ class CancellableTask:
                 on_result(result)
 
         def failed(error: Exception) -> None:
+            if on_failure is not None:
+                on_failure()
             if isinstance(error, SegmentationCancelled):
                 self.show_status(f"{self.description} cancelled: nothing was changed.")
             else:
