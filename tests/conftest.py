@@ -1,8 +1,12 @@
 """Shared fixtures: tiny SAM checkpoints with seeded random weights, saved and reloaded like real ones."""
 
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# the docks keep embeddings and large labels in per-user folders: a fresh pair for each test run
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="napari-sam-tests-cache-")
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="napari-sam-tests-data-")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
@@ -68,3 +72,10 @@ def session(make_napari_viewer, qtbot):
     yield start
     for widget in docks:
         qtbot.waitUntil(lambda w=widget: not w.busy, timeout=60_000)
+
+
+@pytest.fixture(autouse=True)
+def own_user_folders(tmp_path_factory, monkeypatch):
+    """Each test gets its own per-user cache and data folders: the docks' embedding store starts empty."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data")))

@@ -18,6 +18,7 @@ from ..bridge.slicing import current_index, leading_shape, plane_shape, plane_vi
 from ..core.model_loading import DEFAULT_CHECKPOINT, KNOWN_CHECKPOINTS
 from .layout import Fold, column, narrow, narrow_spin, row, status_line
 from .session import session_for
+from .tiles_and_store import TilesAndStore
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: How long the view must rest after a pan or zoom before the tiles that came into view are embedded.
@@ -72,8 +73,10 @@ class ModelPanel:
         narrow_spin(self.cache_megabytes)
         self.status = status_line("No model loaded." if self.session.predictor is None else
                                   f"Loaded {self.session.name}.")
-        self.options = Fold("Device and memory", column(self.device_picker, self.precision_picker,
-                                                        self.cache_megabytes))
+        self.tiles_and_store = TilesAndStore(self.session)
+        self.options = Fold("Device, memory, tiles", column(self.device_picker, self.precision_picker,
+                                                            self.cache_megabytes, *self.tiles_and_store.widgets,
+                                                            labels=True))
         self.container = Container(widgets=[column(self.image_picker),
                                             row(self.model_picker, self.load_button, labels=False),
                                             *self.options.widgets, self.status], labels=False)
@@ -143,6 +146,7 @@ class ModelPanel:
             self.model_picker.native.setCurrentText(self.session.name)
         self.show(f"Loaded {self.session.name} on {predictor.device} "
                   f"({str(predictor.dtype).removeprefix('torch.')}).")
+        self.tiles_and_store._describe()
         self.ready.emit()
         self.embed_current_plane()
 

@@ -17,11 +17,14 @@ from psygnal import Signal
 
 from ..core.model_loading import resolve_device
 from ..core.predictor import Predictor
+from ..core.settings import TilingSettings
 from ..core.video_propagation import load_video_model
 
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: At most this many tiles are embedded ahead of a prompt (around the view, and on the neighbouring planes).
 MAX_TILES_AHEAD = 36
+#: The embedding store's size cap unless the user sets another, in GB.
+DEFAULT_STORE_GB = 10.0
 
 
 def session_for(viewer) -> ModelSession:
@@ -56,6 +59,14 @@ class ModelSession:
         self.predictor: Predictor | None = None
         self.name = ""
         self.cache_bytes = 1 << 30
+        self.tiling = TilingSettings()
+        self.store_folder: str | None = ""  # None: no store; "": the per-user cache folder
+        self.store_gb = DEFAULT_STORE_GB
+        self.store = None
+        try:  # embeddings are kept on disk by default, in the per-user cache folder
+            self.set_store("", DEFAULT_STORE_GB)
+        except (ValueError, PermissionError):
+            pass  # a read-only home: memory only (the dock's store line says so)
         self._workers: set = set()
         self._requests: dict = {}  # caller -> the number of its newest embedding request
         self._video: tuple | None = None  # (name, device, model, geometry) of the loaded video checkpoint
@@ -72,6 +83,30 @@ class ModelSession:
         worker.finished.connect(lambda: self._workers.discard(worker))
         worker.start()
 
+    def set_tiling(self, settings: TilingSettings) -> None:
+        """How the session's models see large images (from the next image they are given)."""
+        self.tiling = settings
+        if self.predictor is not None:
+            self.predictor.tiling = settings
+
+    def set_store(self, folder: str | None, gigabytes: float) -> None:
+        """Keep embeddings in the store at ``folder`` ("": the per-user cache; None: none), capped at ``gigabytes``.
+
+        Raises:
+            ValueError, PermissionError: the folder cannot hold a store (the session keeps none).
+        """
+        self.store_folder, self.store_gb, self.store = folder, gigabytes, None
+        if folder is not None:
+            from ..core.embedding_store import EmbeddingStore
+
+            try:
+                self.store = EmbeddingStore(folder or None, max_bytes=int(gigabytes * (1 << 30)))
+            except (ValueError, PermissionError):
+                self.store_folder = None
+                raise
+        if self.predictor is not None:
+            self.predictor.store = self.store
+
     def set_cache_budget(self, megabytes: int) -> None:
         self.cache_bytes = int(megabytes) << 20
         if self.predictor is not None:
@@ -84,6 +119,7 @@ class ModelSession:
 
         def loaded(predictor: Predictor) -> None:
             predictor.cache.max_bytes = self.cache_bytes
+            predictor.tiling, predictor.store = self.tiling, self.store
             self.predictor, self.name = predictor, name
             self.loaded.emit(predictor)
 

@@ -3,7 +3,7 @@ its limits and help, the basic ones shown and the advanced ones folded."""
 
 from __future__ import annotations
 
-from magicgui.widgets import CheckBox, FloatSpinBox, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, SpinBox
 from napari.utils.notifications import show_error
 from psygnal import Signal
 
@@ -20,6 +20,8 @@ def control(info):
     """A magicgui control for one :class:`~napari_sam.core.settings.SettingInfo`."""
     if info.kind is bool:
         return CheckBox(text=info.label, value=info.default, tooltip=info.help)
+    if info.choices:
+        return ComboBox(label=info.label, choices=info.choices, value=info.default, tooltip=info.help)
     if info.kind is int:
         spin = SpinBox(label=info.label, value=info.default, min=info.low, max=info.high, step=info.step or 1,
                        tooltip=info.help)

@@ -1,0 +1,147 @@
+"""Dask-, zarr- and multiscale-backed layers in the docks (under Xvfb): read only where needed, never whole; a small
+preview; commits into zarr-backed labels, all or nothing, undoable."""
+
+import threading
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+from napari_sam.bridge.labels_writer import commit_masks
+from napari_sam.demo import synthetic_cells
+
+from helpers import cell_point, iou, largest_cells, settle
+
+
+def counted(array, chunk, reads, name):
+    """``array`` as a dask array of ``chunk``-sided blocks that records each block it reads in ``reads``."""
+    def block(index, region):
+        reads.append((name, index, threading.current_thread().name))
+        return array[region]
+
+    rows, cols = array.shape[-2:]
+    lead = array.shape[:-2]
+    blocks = np.empty(lead + (rows // chunk, cols // chunk), dtype=object)
+    for index in np.ndindex(*blocks.shape):
+        *outer, r, c = index
+        region = tuple(outer) + (slice(r * chunk, (r + 1) * chunk), slice(c * chunk, (c + 1) * chunk))
+        shape = (1,) * len(outer) + (chunk, chunk)
+        blocks[index] = da.from_delayed(dask.delayed(block)(index, region), shape[len(outer):], array.dtype)
+        if outer:
+            blocks[index] = blocks[index][(None,) * len(outer)]
+    return da.block(blocks.tolist())
+
+
+def test_a_multiscale_layer_is_read_only_around_the_prompt(session, qtbot):
+    """A 2048² pyramid: napari shows a coarse level; the dock reads level 0 only in the tile of the click, and the
+    preview is a tile-sized layer placed over it."""
+    image, labels = synthetic_cells((2048, 2048), seed=950_001, radius_range=(10.0, 15.0), n_cells=1500)
+    reads = []
+    pyramid = [counted(image, 256, reads, "level0"), counted(image[::2, ::2], 256, reads, "level1"),
+               counted(image[::4, ::4], 256, reads, "level2")]
+    viewer, layer, widget = session(pyramid, show=True, multiscale=True, contrast_limits=(0, float(image.max())),
+                                    scale=(0.5, 0.5))
+    cell = largest_cells(labels, 1)[0]
+    reads.clear()
+    widget.points_picker.value.add(np.asarray(layer.data_to_world(cell_point(labels, cell))) / 0.5)
+    settle(qtbot, widget)
+    level0 = {index for name, index, _ in reads if name == "level0"}
+    assert 1 <= len(level0) <= 9, len(level0)  # the click's tile (and some of its neighbours), of 64 blocks
+    assert widget.preview_layer.data.shape == (256, 256)
+    masks = widget.shown_masks()
+    assert masks.shape == (1, 256, 256)
+    (new,) = widget.commit()
+    committed = widget.labels_picker.value.data
+    assert committed.shape == (2048, 2048) and np.allclose(widget.labels_picker.value.scale, (0.5, 0.5))
+    assert iou(committed == new, labels == cell) >= 0.75
+
+
+class Recorded:
+    """An array-like over ``data`` that records, for every read, the calling thread and the planes and pixel
+    region asked for (as napari and the dock index it)."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype, self.ndim, self.reads = data, data.shape, data.dtype, data.ndim, []
+
+    def __getitem__(self, key):
+        part = self.data[key]
+        key = key if isinstance(key, tuple) else (key,)
+        plane = key[0] if isinstance(key[0], (int, np.integer)) else key[0].start
+        self.reads.append((threading.current_thread().name, plane, part.shape[-2:]))
+        return part
+
+    def __array__(self, dtype=None, copy=None):
+        raise AssertionError("the whole stack was read")
+
+
+def test_a_stack_is_read_plane_by_plane_and_tile_by_tile(session, qtbot):
+    """An 8-plane 1024² stack: napari reads the plane it shows; the dock reads, on its workers, only tiles of the
+    shown plane and of its neighbours, never a whole plane and never the whole stack."""
+    stack, truth = synthetic_cells((8, 1024, 1024), seed=950_002, ndim=3, radius_range=(10.0, 15.0), n_cells=250)
+    lazy = Recorded(stack)
+    viewer, layer, widget = session(lazy, contrast_limits=(0, float(stack.max())))
+    lazy.reads.clear()
+    viewer.dims.set_point(0, 4)
+    settle(qtbot, widget)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    ours = [(plane, shape) for thread, plane, shape in lazy.reads if thread != "MainThread"]  # napari displays
+    assert ours and {plane for plane, _ in ours} <= {3, 4, 5}, ours  # on the UI thread; the dock reads on workers
+    assert all(shape[0] <= 256 and shape[1] <= 256 for _, shape in ours)
+    cell = largest_cells(truth[4], 1)[0]
+    widget.points_picker.value.add(np.r_[4, cell_point(truth[4], cell)])
+    settle(qtbot, widget)
+    (new,) = widget.commit()
+    assert iou(widget.labels_picker.value.data[4] == new, truth[4] == cell) >= 0.75
+
+
+def test_commits_into_zarr_backed_labels_are_all_or_nothing_and_undoable(session, qtbot, tmp_path):
+    import zarr
+
+    image, labels = synthetic_cells((200, 240), seed=950_003)
+    viewer, layer, widget = session(image)
+    store = zarr.create_array(tmp_path / "labels.zarr", shape=(200, 240), chunks=(64, 64), dtype="uint32")
+    target = viewer.add_labels(store, name="on disk")
+    widget.labels_picker.value = target
+    viewer.layers.selection.active = widget.points_picker.value
+    first, second = largest_cells(labels, 2)
+    widget.points_picker.value.add(cell_point(labels, first))
+    settle(qtbot, widget)
+    assert widget.commit() == [1]
+    on_disk = zarr.open_array(tmp_path / "labels.zarr", mode="r")[:]
+    assert iou(on_disk == 1, labels == first) >= 0.75
+    widget.points_picker.value.add(cell_point(labels, second))
+    settle(qtbot, widget)
+    assert widget.commit() == [2]
+    target.undo()
+    assert not (np.asarray(store[:]) == 2).any() and (np.asarray(store[:]) == 1).any()
+    small = viewer.add_labels(zarr.create_array(tmp_path / "small.zarr", shape=(120, 240), chunks=(64, 64),
+                                                dtype="uint32"), name="smaller than the image")
+    masks = np.zeros((2, 200, 240), dtype=bool)
+    masks[0, 10:20, 10:20] = True
+    masks[1, 150:190, 10:20] = True  # below the 120 rows of the labels
+    with pytest.raises(ValueError, match="outside"):
+        commit_masks(small, layer, masks)
+    assert not np.asarray(small.data[:]).any()
+
+
+def test_a_changed_image_shape_gives_clear_messages_and_loses_nothing(session, qtbot, notifications):
+    """The image layer's data is replaced by one of another shape: the dock embeds the new data; a commit into the
+    old labels layer, which no longer covers the image, is refused and writes nothing."""
+    image, labels = synthetic_cells((200, 240), seed=950_004)
+    viewer, layer, widget = session(image)
+    cell = largest_cells(labels, 1)[0]
+    widget.points_picker.value.add(cell_point(labels, cell))
+    settle(qtbot, widget)
+    (first,) = widget.commit()
+    target = widget.labels_picker.value
+    kept = target.data.copy()
+    bigger, bigger_labels = synthetic_cells((300, 320), seed=950_005)
+    layer.data = bigger
+    settle(qtbot, widget)
+    far = largest_cells(bigger_labels[220:], 1)[0]
+    widget.points_picker.value.add(cell_point(bigger_labels, far))
+    settle(qtbot, widget)
+    assert widget.preview is not None and widget.commit() == []
+    assert any("outside the labels layer" in n.message for n in notifications())
+    assert np.array_equal(target.data, kept)
