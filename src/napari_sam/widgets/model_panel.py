@@ -187,8 +187,12 @@ class ModelPanel:
                                                                                    predictor.geometry.image_size):
             self.embed_current_plane()
 
-    def _on_embedded(self, layer, index, ran_encoder: bool) -> None:
+    def _on_embedded(self, layer, index, ran_encoder: bool | None) -> None:
         if layer is not self.image_picker.value or self.closed:
             return
         self.embedded_index = (layer.name, index)
-        self.show(f"Ready: {layer.name}{_plane(index)}" + ("" if ran_encoder else " (cached)"))
+        if ran_encoder is None:
+            self.show(f"Ready: {layer.name}{_plane(index)}: a large image, seen in tiles; each tile is embedded when "
+                      "a prompt needs it, and those in view once you zoom in.")
+        else:
+            self.show(f"Ready: {layer.name}{_plane(index)}" + ("" if ran_encoder else " (cached)"))

@@ -42,7 +42,8 @@ class ModelSession:
         loading(str): a checkpoint started loading (its name).
         loaded(object): a :class:`Predictor` is ready (the new one).
         failed(str): loading failed (the message, already shown to the user).
-        embedded(object, tuple, bool): ``(image layer, plane index, encoder ran)`` for every finished embedding.
+        embedded(object, tuple, object): ``(image layer, plane index, encoder ran)`` for every finished embedding
+            (None: the view holds too many tiles to embed ahead; each is embedded when a prompt needs it).
 
     Attributes:
         predictor: the loaded predictor, or None.
@@ -53,7 +54,7 @@ class ModelSession:
     loading = Signal(str)
     loaded = Signal(object)
     failed = Signal(str)
-    embedded = Signal(object, tuple, bool)
+    embedded = Signal(object, tuple, object)
 
     def __init__(self):
         self.predictor: Predictor | None = None
@@ -147,7 +148,7 @@ class ModelSession:
             plan = predictor.set_image(view(), contrast_limits=limits, rgb=rgb)  # the shown plane is current
             frames = predictor.frames(region, plan)
             if len(frames) > MAX_TILES_AHEAD:
-                return False
+                return None  # too many for now: a prompt embeds its own tile
             ran = False
             for done, frame in enumerate(frames, start=1):
                 if self._requests.get(caller) != request:
