@@ -145,3 +145,36 @@ def test_a_changed_image_shape_gives_clear_messages_and_loses_nothing(session, q
     assert widget.preview is not None and widget.commit() == []
     assert any("outside the labels layer" in n.message for n in notifications())
     assert np.array_equal(target.data, kept)
+
+
+def test_tiling_and_store_options_in_the_dock(session, qtbot, notifications, tmp_path, monkeypatch):
+    image, labels = synthetic_cells((200, 240), seed=950_006)
+    viewer, layer, widget = session(image)
+    options = widget.model.tiles_and_store
+    assert widget.session.store is not None and "Store:" in options.store_status.value  # on by default
+    options.tiling.controls["mode"].value = "tiles"
+    assert widget.predictor.tiling.mode == "tiles"
+    options.tiling.controls["halo"].value = 200  # more than half the tile
+    widget.points_picker.value.add(cell_point(labels, largest_cells(labels, 1)[0]))
+    qtbot.waitUntil(lambda: any("halo" in n.message for n in notifications()), timeout=10_000)
+    options.tiling.controls["halo"].value = 0
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    options.store_folder.value = str(blocker)
+    assert any(str(blocker) in n.message for n in notifications())
+    assert widget.session.store is None and not options.use_store.value
+    assert "memory only" in options.store_status.value
+    options.store_folder.value = str(tmp_path / "store")
+    options.use_store.value = True
+    assert widget.predictor.store is not None and widget.predictor.store.root == tmp_path / "store"
+
+
+def test_labels_too_large_for_memory_go_to_zarr_on_disk(monkeypatch):
+    from napari_sam.widgets import prompt_layers
+
+    monkeypatch.setattr(prompt_layers, "LARGE_LABELS_BYTES", 1000)
+    array, folder = prompt_layers.labels_array((3, 40, 50), "big image labels")
+    assert folder is not None and folder.exists() and array.shape == (3, 40, 50) and array.dtype == np.uint32
+    assert not np.asarray(array[:]).any()
+    small, none = prompt_layers.labels_array((4, 4), "small")
+    assert none is None and isinstance(small, np.ndarray)
