@@ -34,6 +34,25 @@ def greedy_nms(boxes, scores, threshold):
     return torch.tensor(keep, dtype=torch.long)
 
 
+@pytest.mark.parametrize("block", [1, 7, 1 << 22])
+def test_nms_in_blocks_is_greedy_nms(block, monkeypatch):
+    """Our NMS, its IoU matrix computed in blocks of rows of any size, keeps exactly what a plain greedy NMS keeps,
+    in the same order (clusters of overlapping boxes, a nested box, a duplicate, distinct scores)."""
+    from napari_sam.core.utils import amg
+
+    monkeypatch.setattr(amg, "NMS_BLOCK", block)
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(0, 200, (60, 2)).repeat(3, axis=0) + rng.normal(0, 4, (180, 2))
+    sides = rng.uniform(8, 30, (180, 2))
+    boxes = torch.tensor(np.c_[centres - sides / 2, centres + sides / 2], dtype=torch.float32)
+    boxes = torch.cat([boxes, boxes[:1], torch.tensor([[0.0, 0.0, 300.0, 300.0]])])
+    scores = torch.tensor(rng.permutation(len(boxes)) / len(boxes), dtype=torch.float32)
+    for threshold in (0.3, 0.7):
+        expected = greedy_nms(boxes, scores, threshold)
+        assert 60 <= len(expected) < len(boxes)
+        assert amg.nms(boxes, scores, threshold).tolist() == expected.tolist()
+
+
 def torch_post_process(rle_masks, iou_scores, mask_boxes, amg_crops_nms_thresh=0.7):
     """The pipeline's post-processing with torchvision's batched_nms replaced by ``greedy_nms``."""
     keep = greedy_nms(mask_boxes.float(), iou_scores, amg_crops_nms_thresh)

@@ -79,31 +79,42 @@ def box_area(boxes: torch.Tensor) -> torch.Tensor:
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
-def box_iou(boxes: torch.Tensor) -> torch.Tensor:
-    """(n, n) IoU of boxes with each other, as torchvision's ``box_iou`` (no +1 on sides)."""
-    area = box_area(boxes)
-    low = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
-    high = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+def box_iou(boxes: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    """(n, m) IoU of ``boxes`` (n, 4) with ``others`` (m, 4), as torchvision's ``box_iou`` (no +1 on sides)."""
+    low = torch.maximum(boxes[:, None, :2], others[None, :, :2])
+    high = torch.minimum(boxes[:, None, 2:], others[None, :, 2:])
     overlap = (high - low).clamp(min=0).prod(dim=-1)
-    return overlap / (area[:, None] + area[None, :] - overlap).clamp(min=1e-12)
+    return overlap / (box_area(boxes)[:, None] + box_area(others)[None, :] - overlap).clamp(min=1e-12)
+
+
+#: IoU entries computed at once by :func:`nms`: its memory stays about 100 MiB whatever the number of boxes
+#: (tiled segment everything on a large image has tens of thousands).
+NMS_BLOCK = 1 << 22
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
     """Greedy non-maximum suppression, as torchvision's ``nms``: indices kept, by decreasing score.
 
-    The IoU matrix is computed at once on the boxes' device; the greedy pass walks it on the CPU.
+    The IoU matrix is computed in blocks of rows, each against the boxes after it, on the boxes' device; the
+    greedy pass walks each block on the CPU. Memory is bounded by :data:`NMS_BLOCK` entries.
     """
     if len(boxes) == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = torch.argsort(scores, descending=True, stable=True)
-    overlaps = (box_iou(boxes[order].float()) > threshold).cpu().numpy()
-    suppressed = np.zeros(len(order), dtype=bool)
+    ranked = boxes[order].float()
+    count = len(ranked)
+    suppressed = np.zeros(count, dtype=bool)
     kept = []
-    for index in range(len(order)):
-        if suppressed[index]:
+    rows = max(1, NMS_BLOCK // count)
+    for start in range(0, count, rows):
+        stop = min(count, start + rows)
+        if suppressed[start:stop].all():
             continue
-        kept.append(index)
-        suppressed |= overlaps[index]
+        overlaps = (box_iou(ranked[start:stop], ranked[start:]) > threshold).cpu().numpy()
+        for index in range(start, stop):
+            if not suppressed[index]:
+                kept.append(index)
+                suppressed[start:] |= overlaps[index - start]
     return order[torch.as_tensor(kept, dtype=torch.long, device=order.device)]
 
 
