@@ -105,11 +105,40 @@ def test_an_object_past_its_tiles_border_is_decoded_again_around_it(predictor):
     click = [[380, max(200, cols.min() + 15)]]
     first = predictor.tile_grid.frame_holding((380, 380), (click[0][1], click[0][1]))
     assert (first.col0, first.col1) == (0, 256)
-    cut = predictor.predict(points=click, frame=first)
+    cut = predictor.predict(points=click, frame=first, grow=False)
     prediction = predictor.predict(points=click)
     assert prediction.frame.col1 > 256 and prediction.frame.scale == 1.0
     whole, truncated = iou(full_best(prediction), labels == 1), iou(full_best(cut), labels == 1)
     assert whole >= 0.8 and whole > truncated + 0.1, (whole, truncated)
+
+
+
+def test_a_mask_input_follows_its_prompts_out_of_its_frame(predictor):
+    """A mask input comes with the frame it belongs to (as the preview and propagation carry it). When the prompts
+    no longer fit that frame (a box past its border, a new point far away), they are decoded in a frame that holds
+    them, the mask input redrawn there: as if its mask had been given in that frame."""
+    image, labels = synthetic_cells((768, 768), seed=930_002, n_cells=1, radius_range=(38.0, 42.0))
+    cell_rows, cell_cols = np.nonzero(labels == 1)
+    shift = (380 - int(cell_rows.mean()), 230 - int(cell_cols.mean()))
+    image, labels = np.roll(image, shift, axis=(0, 1)), np.roll(labels, shift, axis=(0, 1))
+    predictor.set_image(image)
+    rows, cols = np.nonzero(labels == 1)
+    box = [[rows.min(), cols.min(), rows.max(), cols.max()]]
+    first = predictor.tile_grid.frame_holding((380, 380), (200, 200))
+    assert (first.col0, first.col1) == (0, 256) and cols.max() >= 256
+    inside = (labels == 1) & (np.arange(768) < 250)[None, :]  # the part of the cell in the first tile
+    carried = predictor.predict(boxes=box, mask_input=predictor.mask_logits(inside, frame=first), frame=first,
+                                grow=False)
+    target = predictor.frame_for(boxes=box)
+    assert carried.frame == target != first
+    direct = predictor.predict(boxes=box, mask_input=predictor.mask_logits(inside, frame=target), frame=target,
+                               grow=False)
+    assert iou(full_best(carried), full_best(direct)) >= 0.95
+    far = [[700.0, 700.0]]
+    both = predictor.predict(points=[[380.0, 200.0]] + far, mask_input=predictor.mask_logits(inside, frame=first),
+                             frame=first, grow=False)
+    frame = both.frame
+    assert frame.row0 <= 380 and frame.col0 <= 200 and frame.row1 > 700 and frame.col1 > 700
 
 
 def test_only_the_tiles_a_prompt_needs_are_read_and_encoded(predictor):
@@ -157,8 +186,10 @@ def test_tiling_settings_and_bad_input(predictor):
         covered[frame.slices] += 1
         assert frame.size == (128, 128)  # full tiles, the last ones shifted back
     assert covered.min() >= 1
+    with pytest.raises(ValueError, match="halo"):  # an explicit tile: refused at once
+        TilingSettings(mode="tiles", tile_size=128, halo=64)
+    predictor.tiling = TilingSettings(mode="tiles", halo=200)  # the model's tile (256): refused when used
     with pytest.raises(ValueError, match="halo"):
-        predictor.tiling = TilingSettings(mode="tiles", tile_size=128, halo=64)
         predictor.set_image(image)
     predictor.tiling = TilingSettings()
 

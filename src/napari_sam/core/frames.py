@@ -75,9 +75,10 @@ def _starts(length: int, tile: int, stride: int) -> np.ndarray:
 
 def _best_start(starts: np.ndarray, tile: int, length: int, low: float, high: float) -> int | None:
     """The start of the tile that holds [low, high] with the largest margin to its inner edges (an edge on the
-    image border counts as infinitely far), or None when no tile holds it."""
+    image border counts as infinitely far), or None when no tile holds it. Coordinates are continuous: pixel i
+    covers [i - 0.5, i + 0.5)."""
     ends = starts + tile
-    inside = (starts <= low) & (high <= ends - 1)
+    inside = (starts - 0.5 <= low) & (high < ends - 0.5)
     if not inside.any():
         return None
     before = np.where(starts > 0, low - starts, np.inf)

@@ -3,16 +3,19 @@ and ``__getitem__``) of which only the regions the model sees are ever read."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .embedding_cache import content_signature
 from .frames import Frame
 from .image_preparation import check_contrast_limits, default_contrast_limits, image_layout
 
 #: An array-like image bigger than this many pixels gets its default contrast limits from a sample of tiles.
 SAMPLED_ABOVE = 16 * 1024 * 1024
+#: Frames whose pixel digests an image source remembers (a tile's digest is 32 characters).
+DIGESTS_KEPT = 4096
 #: The sample: this many square regions of this side, spread evenly over the image.
 SAMPLE_TILES, SAMPLE_SIDE = 16, 256
 
@@ -76,9 +79,29 @@ class ImageSource:
     rgb: bool
     contrast_limits: tuple[float, float]
 
+    _digests: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+    _last: list = field(default_factory=lambda: [None, None], init=False, compare=False, repr=False)
+
     def read(self, frame: Frame) -> np.ndarray:
-        """The pixels of ``frame`` as a numpy array ((h, w) or (h, w, C)); only they are read."""
-        return np.asarray(self.data[frame.row0: frame.row1, frame.col0: frame.col1])
+        """The pixels of ``frame`` as a numpy array ((h, w) or (h, w, C)); only they are read (the last frame read
+        is kept: its digest and its embedding need it once each)."""
+        last_frame, pixels = self._last
+        if last_frame != frame:
+            pixels = np.asarray(self.data[frame.row0: frame.row1, frame.col0: frame.col1])
+            self._last[:] = [frame, pixels]
+        return pixels
+
+    def digest(self, frame: Frame) -> str:
+        """:func:`content_signature` of ``frame``'s pixels, computed once per frame of this
+        source: a run that decodes a tile batch by batch reads and hashes it once. (A changed image is given to
+        ``set_image`` again, which opens a new source.)"""
+        found = self._digests.get(frame)
+        if found is None:
+            found = content_signature(self.read(frame))
+            if len(self._digests) >= DIGESTS_KEPT:
+                self._digests.pop(next(iter(self._digests)))
+            self._digests[frame] = found
+        return found
 
 
 def open_image(image, contrast_limits=None, rgb: bool | None = None) -> ImageSource:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .coordinates import boxes_to_model, points_to_model
-from .embedding_cache import CachedEmbedding, EmbeddingCache, EmbeddingKey, content_signature
+from .embedding_cache import CachedEmbedding, EmbeddingCache, EmbeddingKey
 from .frames import Frame, Tiling, place_in_frame, prompt_extent, touches_inner_edge, whole_frame
 from .grid_decoder import GridDecoder, PreparedImage
 from .image_preparation import display_rgb, model_input
@@ -205,25 +205,24 @@ class Predictor:
         from the memory cache, else from the store on disk, else computed (and kept in both)."""
         with self._lock:
             source = (plan or self._require_image("frame_embedding")).source
-            pixels = source.read(frame)
-            key = EmbeddingKey(self.name, content_signature(pixels) + f"@{frame.resized_size}",
-                               source.contrast_limits, source.rgb)
+            key = EmbeddingKey(self.name, source.digest(frame) + f"@{frame.resized_size}", source.contrast_limits,
+                               source.rgb)
             cached = self.cache.get(key)
             if cached is not None:
                 return cached, False
-            stored = None if self._stored is None else self._stored.get(frame, source, key.image, self.device,
-                                                                         self.dtype)
+            kept = self._stored  # the store may be changed meanwhile from another thread
+            stored = None if kept is None else kept.get(frame, source, key.image, self.device, self.dtype)
             if stored is not None:
                 self.cache.put(key, stored)
                 return stored, False
-            rgb01 = display_rgb(pixels, source.contrast_limits, source.rgb, device=self.device)
+            rgb01 = display_rgb(source.read(frame), source.contrast_limits, source.rgb, device=self.device)
             inputs = model_input(rgb01, self.geometry, dtype=self.dtype, resized=frame.resized_size)
             with torch.inference_mode():
                 embedding = self.model.get_image_embeddings(inputs)
             entry = CachedEmbedding(embedding=embedding, original_size=frame.size, resized_size=frame.resized_size)
             self.cache.put(key, entry)
-            if self._stored is not None:
-                self._stored.put(frame, source, key.image, entry)
+            if kept is not None:
+                kept.put(frame, source, key.image, entry)
             return entry, True
 
     @property
@@ -296,7 +295,7 @@ class Predictor:
         return torch.logit(fraction).numpy()
 
     def predict(self, points=None, point_labels=None, boxes=None, mask_input=None, multimask: bool = True,
-                frame: Frame | None = None) -> Prediction:
+                frame: Frame | None = None, grow: bool = True) -> Prediction:
         """Predict masks for the current image.
 
         Args:
@@ -308,7 +307,11 @@ class Predictor:
                 (``Prediction.best_logits()``) or :meth:`mask_logits`, m being ``geometry.mask_size``; on a
                 tiled image, pass the ``frame`` they belong to (``prediction.frame``) with them.
             multimask: return 3 candidates per object (True) or the single-mask output (False).
-            frame: decode in this frame; None chooses one (and grows it around objects that reach its border).
+            frame: decode in this frame (the one ``mask_input`` belongs to); None chooses one. A frame that does
+                not hold every point and box is replaced by the one they are decoded in, ``mask_input`` moved
+                into it.
+            grow: on a tiled image, decode again in a larger window when a mask reaches the frame's inner border
+                (the object goes on outside it), ``mask_input`` moved along; False keeps the first frame.
 
         Returns:
             A :class:`Prediction`: masks at full resolution over the frame the objects were decoded in (the whole
@@ -321,8 +324,11 @@ class Predictor:
         with self._lock:
             source = self._require_image("predict")
             prompts = check_prompts(points, point_labels, boxes, mask_input, source.size, self.geometry.mask_size)
-            grow = frame is None and source.tiles is not None
-            frame = frame or self._frame_for(prompts)
+            grow = grow and source.tiles is not None
+            start = self._frame_for(prompts) if frame is None or not _holds(frame, prompts) else frame
+            if frame is not None and start != frame:  # the prompts outgrew the frame of their mask input
+                prompts = self._moved(prompts, frame, start)
+            frame = start
             for _ in range(MAX_GROWTH + 1):
                 prediction = self._decode(frame, prompts, multimask)
                 masks = prediction.best_masks()
@@ -332,8 +338,17 @@ class Predictor:
                 bigger = source.tiles.window_around(rows, cols)
                 if bigger == frame:
                     break
-                frame = bigger
+                prompts, frame = self._moved(prompts, frame, bigger), bigger
             return prediction
+
+    def _moved(self, prompts: ObjectPrompts, frame: Frame, other: Frame) -> ObjectPrompts:
+        """``prompts`` with their mask input (logits of ``frame``) redrawn as logits of ``other``."""
+        if prompts.mask_input is None:
+            return prompts
+        logits = torch.from_numpy(np.asarray(prompts.mask_input, dtype=np.float32))
+        masks = (upscale_logits(logits, self.geometry, frame.resized_size, frame.size) > 0).numpy()
+        moved = self.mask_logits(masks, frame=other, offset=(frame.row0, frame.col0))
+        return ObjectPrompts(prompts.points, prompts.point_labels, prompts.boxes, moved)
 
     def _decode(self, frame: Frame, prompts: ObjectPrompts, multimask: bool) -> Prediction:
         """Decode ``prompts`` (image pixels) in ``frame``."""
@@ -402,3 +417,9 @@ class Predictor:
                 kept.append(chunk_kept + start)
             return torch.cat(logits), torch.cat(scores), torch.cat(kept)
 
+
+def _holds(frame: Frame, prompts: ObjectPrompts) -> bool:
+    """Whether every point and box of ``prompts`` lies on ``frame``'s pixels."""
+    (row_min, row_max), (col_min, col_max) = prompt_extent(prompts)
+    return (frame.row0 - 0.5 <= row_min and row_max < frame.row1 - 0.5 and frame.col0 - 0.5 <= col_min
+            and col_max < frame.col1 - 0.5)
