@@ -1,5 +1,7 @@
 """Helpers shared by the tests: overlap, picking cells of synthetic images, waiting for a dock."""
 
+import threading
+
 import numpy as np
 
 
@@ -91,3 +93,21 @@ def blob_image(shape, seed: int = 0, n_blobs: int = 12) -> np.ndarray:
     image += rng.normal(0, 0.01, shape)
     image -= image.min()
     return (image / image.max()).astype(np.float32)
+
+
+class Recorded:
+    """An array-like over ``data`` that records, for every read, the calling thread and the planes and pixel
+    region asked for (as napari and the dock index it)."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype, self.ndim, self.reads = data, data.shape, data.dtype, data.ndim, []
+
+    def __getitem__(self, key):
+        part = self.data[key]
+        key = key if isinstance(key, tuple) else (key,)
+        plane = key[0] if isinstance(key[0], (int, np.integer)) else key[0].start
+        self.reads.append((threading.current_thread().name, plane, part.shape[-2:]))
+        return part
+
+    def __array__(self, dtype=None, copy=None):
+        raise AssertionError("the whole stack was read")

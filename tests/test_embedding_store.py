@@ -393,3 +393,23 @@ def test_weights_fingerprint():
         one.mask_decoder.iou_prediction_head.proj_out.bias[0] += 1e-3
     assert weights_fingerprint(one) != fingerprint
     assert weights_fingerprint(same_seed.to(torch.bfloat16)) != fingerprint
+
+
+def test_an_entry_that_cannot_be_placed_raises_and_leaves_nothing(tmp_path, monkeypatch):
+    """A rename refused for another reason than another writer's entry in the way (permissions, a full disk) is
+    raised, not taken for a lost race: the caller learns that nothing was stored."""
+    import errno
+
+    from napari_sam.core import embedding_store
+
+    store = EmbeddingStore(tmp_path)
+
+    def refused(source, target):
+        raise OSError(errno.EACCES, "Permission denied", str(target))
+
+    monkeypatch.setattr(embedding_store.os, "rename", refused)
+    with pytest.raises(OSError, match="Permission denied"):
+        store.put(signature(), arrays())
+    monkeypatch.undo()
+    assert store.get(signature()) is None and len(store) == 0
+    assert list((tmp_path / TEMP_FOLDER).iterdir()) == []

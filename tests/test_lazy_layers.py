@@ -11,7 +11,7 @@ import pytest
 from napari_sam.bridge.labels_writer import commit_masks
 from napari_sam.demo import synthetic_cells
 
-from helpers import cell_point, iou, largest_cells, settle
+from helpers import Recorded, cell_point, iou, largest_cells, settle
 
 
 def counted(array, chunk, reads, name):
@@ -55,24 +55,6 @@ def test_a_multiscale_layer_is_read_only_around_the_prompt(session, qtbot):
     committed = widget.labels_picker.value.data
     assert committed.shape == (2048, 2048) and np.allclose(widget.labels_picker.value.scale, (0.5, 0.5))
     assert iou(committed == new, labels == cell) >= 0.75
-
-
-class Recorded:
-    """An array-like over ``data`` that records, for every read, the calling thread and the planes and pixel
-    region asked for (as napari and the dock index it)."""
-
-    def __init__(self, data):
-        self.data, self.shape, self.dtype, self.ndim, self.reads = data, data.shape, data.dtype, data.ndim, []
-
-    def __getitem__(self, key):
-        part = self.data[key]
-        key = key if isinstance(key, tuple) else (key,)
-        plane = key[0] if isinstance(key[0], (int, np.integer)) else key[0].start
-        self.reads.append((threading.current_thread().name, plane, part.shape[-2:]))
-        return part
-
-    def __array__(self, dtype=None, copy=None):
-        raise AssertionError("the whole stack was read")
 
 
 def test_a_stack_is_read_plane_by_plane_and_tile_by_tile(session, qtbot):
@@ -154,10 +136,18 @@ def test_tiling_and_store_options_in_the_dock(session, qtbot, notifications, tmp
     assert widget.session.store is not None and "Store:" in options.store_status.value  # on by default
     options.tiling.controls["mode"].value = "tiles"
     assert widget.predictor.tiling.mode == "tiles"
-    options.tiling.controls["halo"].value = 200  # more than half the tile
+    for mode in ("tiles", "auto"):  # a halo of more than half tiny-cells' tile: named, and not applied
+        options.tiling.controls["mode"].value = mode
+        before = len(notifications())
+        options.tiling.controls["halo"].value = 200
+        assert any("halo" in n.message for n in notifications()[before:])
+        assert widget.predictor.tiling.halo == 0 and widget.predictor.tiling.mode == mode
+        widget.model._embed_if_tiled()  # what the camera's rest calls
+        options.tiling.controls["halo"].value = 0
+    options.tiling.controls["mode"].value = "tiles"
     widget.points_picker.value.add(cell_point(labels, largest_cells(labels, 1)[0]))
-    qtbot.waitUntil(lambda: any("halo" in n.message for n in notifications()), timeout=10_000)
-    options.tiling.controls["halo"].value = 0
+    settle(qtbot, widget)
+    assert widget.shown_masks() is not None
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     options.store_folder.value = str(blocker)

@@ -27,6 +27,7 @@ access is its folder's modification time, set on every get and put.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -247,7 +248,9 @@ class EmbeddingStore:
                 final.parent.mkdir(exist_ok=True)
                 os.rename(temp, final)  # atomic; fails when ``final`` is a non-empty folder
                 return
-            except OSError:
+            except OSError as error:
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise  # not another writer's entry in the way: the store cannot take it
                 try:
                     inode = os.stat(final).st_ino
                 except FileNotFoundError:

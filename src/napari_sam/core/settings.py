@@ -235,6 +235,10 @@ class TilingSettings(_Settings):
         "twice the halo across, cut by a tile border, still lies whole in a neighbouring tile.", advanced=True,
         label="halo (px)", step=8)
 
+    def _check(self) -> None:
+        if self.tile_size:  # with the model's input as the tile (0), the check waits for the model
+            self.resolved(self.tile_size)
+
     def resolved(self, input_size: int) -> tuple[int, int]:
         """(tile, halo) in pixels for a model of ``input_size``, checked.
 

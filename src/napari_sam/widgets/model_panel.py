@@ -183,8 +183,13 @@ class ModelPanel:
 
     def _embed_if_tiled(self) -> None:
         predictor, layer = self.session.predictor, self.image_picker.value
-        if predictor is not None and layer is not None and predictor.tiling.tiles(plane_shape(layer),
-                                                                                   predictor.geometry.image_size):
+        if predictor is None or layer is None:
+            return
+        try:
+            tiled = predictor.tiling.tiles(plane_shape(layer), predictor.geometry.image_size)
+        except ValueError:  # tiling options that do not fit this model: said when they were set and when used
+            return
+        if tiled:
             self.embed_current_plane()
 
     def _on_embedded(self, layer, index, ran_encoder: bool | None) -> None:

@@ -36,6 +36,13 @@ class TilesAndStore:
 
     def _tiling_edited(self) -> None:
         settings = self.tiling.checked("tiling options")
+        predictor = self.session.predictor
+        if settings is not None and predictor is not None:
+            try:  # a halo may be too large only for the loaded model's tile (0: its input size)
+                settings.resolved(predictor.geometry.image_size)
+            except ValueError as error:
+                show_error(f"Invalid tiling options: {error}")
+                return
         if settings is not None:
             self.session.set_tiling(settings)
 
@@ -55,8 +62,8 @@ class TilesAndStore:
         if store is None:
             self.store_status.value = "Embeddings are kept in memory only."
             return
-        models = store.summary()["models"]
-        mine = sum(v["entries"] for k, v in models.items() if predictor is not None
+        models = store.summary()["models"]  # unreadable entries count under None
+        mine = sum(v["entries"] for k, v in models.items() if predictor is not None and k is not None
                    and k.startswith(_label(predictor.checkpoint) + "#"))
         others = sum(v["entries"] for v in models.values()) - mine
         self.store_status.value = f"Store: {mine} embeddings of this model, {others} of others."
