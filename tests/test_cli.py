@@ -55,3 +55,28 @@ def test_help_lists_the_options(capsys):
         main(["embed", "--help"])
     text = capsys.readouterr().out
     assert all(option in text for option in ("--store", "--tiling", "--tile-size", "--halo", "--contrast"))
+
+
+def test_files_are_read_as_napari_shows_them(tmp_path):
+    """A pyramidal TIFF gives its full-resolution level; a large 2D TIFF (napari loads it into memory and takes its
+    exact range) gets the contrast limits napari gives its layer, not a sample's, so the docks find what embed
+    stored."""
+    import numpy as np
+    from napari.layers import Image
+
+    from napari_sam.io import read_image
+
+    image = synthetic_cells((3200, 3200), seed=940_102, radius_range=(10.0, 15.0), n_cells=800)[0]
+    image[5:9, 5:9] = 65000  # a bright corner that a central sample misses
+    flat = tmp_path / "large.tif"
+    tifffile.imwrite(flat, image)
+    data = read_image(flat)
+    assert data.shape == image.shape and not isinstance(data, np.ndarray)
+    expected = tuple(float(v) for v in Image(tifffile.imread(flat)).contrast_limits)
+    assert napari_contrast_limits(data, False) == expected == (float(image.min()), 65000.0)
+    pyramid = tmp_path / "pyramid.ome.tif"
+    with tifffile.TiffWriter(pyramid) as tif:
+        tif.write(image[:1024, :1024], subifds=1, tile=(256, 256))
+        tif.write(image[:1024:2, :1024:2], subfiletype=1, tile=(256, 256))
+    level0 = read_image(pyramid)
+    assert level0.shape == (1024, 1024) and np.array_equal(np.asarray(level0[:8, :8]), image[:8, :8])

@@ -78,7 +78,8 @@ def _embed(args: argparse.Namespace) -> int:
     for path in args.images:
         data = read_image(path)
         rgb = is_rgb(tuple(data.shape))
-        limits = tuple(args.contrast) if args.contrast else napari_contrast_limits(data, rgb)
+        limits = tuple(args.contrast) if args.contrast else napari_contrast_limits(
+            data, rgb, in_memory=Path(path).suffix.lower() != ".zarr")
         images.append((path, data, rgb, limits))
     predictor = Predictor.from_pretrained(args.model, device=args.device, dtype=args.precision, tiling=tiling,
                                           store=store)
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     embed.add_argument("--store", default=None, help="the store's folder (default: the per-user cache the docks use)")
     embed.add_argument("--max-gb", type=float, default=20.0, help="the store's size cap in GiB (default 20)")
     embed.add_argument("--contrast", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                       help="contrast limits (default: the data range, as napari shows a new image)")
+                       help="contrast limits (default: the data range, as napari shows a new image of a TIFF, PNG "
+                            "or JPEG file; for zarr, which napari opens lazily, pass the limits the layer shows)")
     add_settings(embed, TilingSettings)
     embed.set_defaults(run=_embed)
     args = parser.parse_args(argv)

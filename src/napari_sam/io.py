@@ -31,20 +31,11 @@ def read_image(path: str | Path):
             import tifffile
             import zarr
 
-            return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+            return _full_resolution(zarr.open(tifffile.imread(path, aszarr=True), mode="r"))
         if suffix == ".zarr":
             import zarr
 
-            opened = zarr.open(str(path), mode="r")
-            if hasattr(opened, "shape"):
-                return opened
-            datasets = opened.attrs.get("multiscales", [{}])[0].get("datasets", [])
-            if datasets:
-                return opened[datasets[0]["path"]]
-            arrays = list(opened.array_keys())
-            if not arrays:
-                raise ValueError("the zarr group holds no array")
-            return opened[sorted(arrays)[0]]
+            return _full_resolution(zarr.open(str(path), mode="r"))
         if suffix in (".png", ".jpg", ".jpeg"):
             from PIL import Image
 
@@ -55,6 +46,20 @@ def read_image(path: str | Path):
     except Exception as error:  # noqa: BLE001 - a corrupt file: one clear message
         raise ValueError(f"Could not read {path} as an image: {type(error).__name__}: {error}") from error
     raise ValueError(f"{path} is not an image this reads ({', '.join(IMAGE_SUFFIXES)}).")
+
+
+def _full_resolution(opened):
+    """A zarr array as it is; of a zarr group (OME-zarr, a pyramidal TIFF's levels), the full-resolution array: the
+    first dataset of its multiscales metadata, else its first array by name."""
+    if hasattr(opened, "shape"):
+        return opened
+    datasets = opened.attrs.get("multiscales", [{}])[0].get("datasets", [])
+    if datasets:
+        return opened[datasets[0]["path"]]
+    arrays = list(opened.array_keys())
+    if not arrays:
+        raise ValueError("the zarr group holds no array")
+    return opened[sorted(arrays)[0]]
 
 
 def is_rgb(shape: tuple[int, ...]) -> bool:
@@ -68,10 +73,27 @@ def planes(shape: tuple[int, ...], rgb: bool) -> list[tuple[int, ...]]:
     return list(np.ndindex(*shape[:spatial])) if spatial > 0 else [()]
 
 
-def napari_contrast_limits(data, rgb: bool) -> tuple[float, float]:
-    """The contrast limits napari gives a new image layer of ``data`` (its data range), so that embeddings made here
-    are the ones the napari-sam docks look for."""
+def napari_contrast_limits(data, rgb: bool, in_memory: bool = True) -> tuple[float, float]:
+    """The contrast limits napari gives a new image layer of ``data``, so that embeddings made here are the ones the
+    napari-sam docks look for.
+
+    ``in_memory``: napari's reader loads the file into memory (TIFF, PNG, JPEG): a 2D image gets its exact data range
+    (computed here band by band, never holding the whole image), a stack napari's sampled range. Otherwise (zarr,
+    opened lazily) napari takes the range of the first slice it shows, which depends on the view: this gives the
+    sampled range, and the contrast limits the layer shows should be passed instead.
+    """
     from napari.layers.utils.layer_utils import calc_data_range
 
+    if in_memory and data.dtype != np.uint8 and len(data.shape) == 2:
+        rows = max(1, (64 << 20) // max(1, data.shape[1] * data.dtype.itemsize))
+        low, high = np.inf, -np.inf
+        for start in range(0, data.shape[0], rows):
+            band = np.asarray(data[start: start + rows])
+            finite = band[np.isfinite(band)] if band.dtype.kind == "f" else band
+            if finite.size:
+                low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+        if low > high:  # nothing finite
+            low, high = 0.0, 1.0
+        return (min(low, 0.0), max(high, 1.0)) if low == high else (low, high)
     low, high = calc_data_range(data, rgb=rgb)
     return float(low), float(high)
