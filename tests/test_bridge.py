@@ -95,6 +95,29 @@ def test_commit_writes_fresh_ids_in_one_undo_step():
     assert labels.data[5, 5] == 4 and labels.data[1, 1] == 5
 
 
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_replacing_an_object_within_its_region(scale):
+    """A refined object is cleared only within the region given (its box on the plane, in image pixels), on a
+    labels layer of the image's grid or a finer one, and rewritten from a windowed mask; one undo step."""
+    from napari_sam.bridge.labels_writer import replace_object
+
+    image = Image(np.zeros((20, 20)), scale=(scale, scale))
+    factor = int(scale)
+    labels = Labels(np.zeros((20 * factor, 20 * factor), dtype=np.uint16))
+    labels.data[2 * factor: 6 * factor, 2 * factor: 6 * factor] = 7  # the object being refined
+    labels.data[15 * factor:, 15 * factor:] = 7  # another part of id 7, outside the region
+    before = labels.data.copy()
+    refined = np.zeros((3, 3), dtype=bool)
+    refined[1:, 1:] = True  # image pixels 3..4 of a window at (2, 2)
+    assert replace_object(labels, image, 7, [((), refined, (2, 2))], [()], region=(2, 2, 6, 6))
+    on_image = labels.data[::factor, ::factor]
+    assert (on_image[3:5, 3:5] == 7).all() and on_image[2, 2] == 0 and on_image[5, 5] == 0
+    assert (labels.data[15 * factor:, 15 * factor:] == 7).all()
+    labels.undo()
+    assert np.array_equal(labels.data, before)
+
+
 def test_commit_into_a_labels_layer_on_another_grid():
     image = Image(np.zeros((20, 20)), scale=(2.0, 2.0))
     labels = Labels(np.zeros((40, 40), dtype=np.uint8))  # world pixels: twice as fine

@@ -159,15 +159,19 @@ def commit_object(labels_layer, image_layer, planes: list[PlaneMask], overwrite:
 
 
 def replace_object(labels_layer, image_layer, object_id: int, planes: list[PlaneMask], cleared_planes,
-                   overwrite: bool = False) -> bool:
+                   overwrite: bool = False, region: tuple[int, int, int, int] | None = None) -> bool:
     """Replace object ``object_id`` on some planes, all or nothing, in one undo step: its pixels on every plane
-    index of ``cleared_planes`` go back to 0, then ``planes`` are written under the same id (only into label 0,
+    index of ``cleared_planes`` go back to 0 (within ``region``, (row0, col0, row1, col1) image pixels holding the
+    object there; default: the whole plane), then ``planes`` are written under the same id (only into label 0,
     unless ``overwrite``). Returns whether anything changed."""
-    image = image_layer.data[0] if image_layer.multiscale else image_layer.data
-    everything = np.ones(image.shape[-3:-1] if image_layer.rgb else image.shape[-2:], dtype=bool)
-    cleared = [(tuple(plane_index), everything) for plane_index in cleared_planes]
+    if region is None:
+        image = image_layer.data[0] if image_layer.multiscale else image_layer.data
+        region = (0, 0, *(image.shape[-3:-1] if image_layer.rgb else image.shape[-2:]))
+    row0, col0, row1, col1 = (int(v) for v in region)
+    area = np.ones((row1 - row0, col1 - col0), dtype=bool)
     matrix = grid_matrix(labels_layer, image_layer)
-    clear_indices = [plane_indices(mask, index, matrix, labels_layer.data.shape) for index, mask in cleared]
+    clear_indices = [plane_indices(area, tuple(index), matrix, labels_layer.data.shape, (row0, col0))
+                     for index in cleared_planes]
     mapped = _mapped(labels_layer, image_layer, planes)
     edit = _Edit(labels_layer, clear_indices + mapped)
     for indices in clear_indices:

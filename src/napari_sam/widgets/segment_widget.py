@@ -275,9 +275,10 @@ class SegmentWidget(Dock):
         overwrite = self.labels.overwrite.value
         if preview.target is not None:
             target = preview.target
+            held = target.mask  # the object on this plane: only its box is cleared, never a whole plane
             written, _ = self.labels.write(labels, lambda: replace_object(
                 labels, image, target.object_id, [(preview.index, masks[0], preview.offset)], [preview.index],
-                overwrite))
+                overwrite, region=(held.rows.start, held.cols.start, held.rows.stop, held.cols.stop)))
             ids = [target.object_id] if written else []
             if written:
                 self.model.show(f"Object {target.object_id} replaced by its refined version.")
