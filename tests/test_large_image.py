@@ -66,6 +66,15 @@ def quality(predictor, labels, cells, seed=1):
     return float(np.median(clicks)), float(np.median(boxes))
 
 
+def cell_across_a_tile_border():
+    """(image, labels) 768² with one cell of radius ~40 centred at (380, 230): across tiny-cells' tile border at
+    column 256."""
+    image, labels = synthetic_cells((768, 768), seed=930_002, n_cells=1, radius_range=(38.0, 42.0))
+    cell_rows, cell_cols = np.nonzero(labels == 1)
+    shift = (380 - int(cell_rows.mean()), 230 - int(cell_cols.mean()))
+    return np.roll(image, shift, axis=(0, 1)), np.roll(labels, shift, axis=(0, 1))
+
+
 @pytest.mark.slow
 def test_native_tiles_give_full_quality_masks_where_the_whole_image_cannot(large, predictor):
     image, labels = large
@@ -95,10 +104,7 @@ def test_an_object_past_its_tiles_border_is_decoded_again_around_it(predictor):
     """A click at col 200 is decoded in the tile of cols 0..255 (farthest from an inner border); its cell spans
     cols ~190..270, so the mask reaches that tile's border, and the prompt is decoded again in a tile-sized window
     centred on the cell, at native resolution."""
-    image, labels = synthetic_cells((768, 768), seed=930_002, n_cells=1, radius_range=(38.0, 42.0))
-    cell_rows, cell_cols = np.nonzero(labels == 1)
-    shift = (380 - int(cell_rows.mean()), 230 - int(cell_cols.mean()))
-    image, labels = np.roll(image, shift, axis=(0, 1)), np.roll(labels, shift, axis=(0, 1))
+    image, labels = cell_across_a_tile_border()
     predictor.set_image(image)
     rows, cols = np.nonzero(labels == 1)
     assert cols.min() < 256 <= cols.max()
@@ -112,15 +118,11 @@ def test_an_object_past_its_tiles_border_is_decoded_again_around_it(predictor):
     assert whole >= 0.8 and whole > truncated + 0.1, (whole, truncated)
 
 
-
 def test_a_mask_input_follows_its_prompts_out_of_its_frame(predictor):
     """A mask input comes with the frame it belongs to (as the preview and propagation carry it). When the prompts
     no longer fit that frame (a box past its border, a new point far away), they are decoded in a frame that holds
     them, the mask input redrawn there: as if its mask had been given in that frame."""
-    image, labels = synthetic_cells((768, 768), seed=930_002, n_cells=1, radius_range=(38.0, 42.0))
-    cell_rows, cell_cols = np.nonzero(labels == 1)
-    shift = (380 - int(cell_rows.mean()), 230 - int(cell_cols.mean()))
-    image, labels = np.roll(image, shift, axis=(0, 1)), np.roll(labels, shift, axis=(0, 1))
+    image, labels = cell_across_a_tile_border()
     predictor.set_image(image)
     rows, cols = np.nonzero(labels == 1)
     box = [[rows.min(), cols.min(), rows.max(), cols.max()]]
