@@ -28,8 +28,6 @@ access is its folder's modification time, set on every get and put.
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import logging
 import numbers
 import os
@@ -43,11 +41,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .store_signature import FORMAT_VERSION, EntrySignature, weights_fingerprint
+from .store_entry import ATTRIBUTE, read_entry, stored_signature, to_numpy, write_entry
+from .store_signature import EntrySignature, weights_fingerprint
 
-__all__ = ["EmbeddingStore", "EntrySignature", "weights_fingerprint"]
+__all__ = ["ATTRIBUTE", "EmbeddingStore", "EntrySignature", "weights_fingerprint"]
 
-ATTRIBUTE = "napari_sam_embedding"  # the group attribute holding an entry's signature and checksums
 TEMP_FOLDER = ".napari-sam-tmp"  # inside the root: writes in progress and entries being deleted
 STALE_AFTER_S = 3600.0  # a temporary folder older than this is a killed write's, and is removed
 RESCAN_S = 30.0  # a put counts the whole store again at least this often (other processes write too)
@@ -55,86 +53,7 @@ RESCAN_S = 30.0  # a put counts the whole store again at least this often (other
 _SHARD = re.compile(r"[0-9a-f]{2}\Z")
 _KEY = re.compile(r"[0-9a-f]{32}\Z")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
-_NATIVE = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16,
-           torch.float32, torch.float64, torch.complex64, torch.complex128}
-_SIGNED = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
 log = logging.getLogger(__name__)
-
-
-def _checksum(array: np.ndarray) -> str:
-    """BLAKE2b (128 bits) of the array's little-endian C-order bytes."""
-    array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-    return hashlib.blake2b(array.reshape(-1).view(np.uint8), digest_size=16).hexdigest()
-
-
-def _to_numpy(name: str, tensor) -> tuple[np.ndarray, str]:
-    """(stored array, torch dtype name) of a tensor: numpy's own dtype, or the bit pattern as unsigned ints."""
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"Array {name!r} must be a torch.Tensor, got {type(tensor).__name__}.")
-    tensor = tensor.detach().cpu().contiguous()
-    dtype = str(tensor.dtype).removeprefix("torch.")
-    if tensor.dtype in _NATIVE:
-        return tensor.numpy(), dtype
-    size = tensor.element_size()
-    if tensor.is_complex() or tensor.is_quantized or size not in _SIGNED:
-        raise ValueError(f"Array {name!r} has dtype {dtype}, which the embedding store cannot keep.")
-    return tensor.view(_SIGNED[size]).numpy().view(f"u{size}"), dtype
-
-
-def _to_tensor(array: np.ndarray, dtype_name: str) -> torch.Tensor:
-    """The tensor of a stored array (the inverse of :func:`_to_numpy`); ValueError if they do not match."""
-    dtype = getattr(torch, dtype_name, None)
-    empty = torch.empty(0, dtype=dtype) if isinstance(dtype, torch.dtype) else None
-    if empty is None or array.dtype != (empty.numpy().dtype if dtype in _NATIVE else f"u{empty.element_size()}"):
-        raise ValueError(f"{dtype_name} cannot be stored as {array.dtype}")
-    if dtype in _NATIVE:
-        return torch.from_numpy(array)
-    return torch.from_numpy(array.view(f"i{array.itemsize}")).view(dtype)
-
-
-def _write_entry(folder: Path, key: str, signature: EntrySignature, arrays: dict[str, tuple[np.ndarray, str]]):
-    """Write one entry (a zarr v3 group) into ``folder``, which must not exist."""
-    import zarr
-    from zarr.storage import LocalStore
-
-    recorded = {name: {"dtype": dtype, "stored_dtype": array.dtype.name, "shape": list(array.shape),
-                       "blake2b": _checksum(array)} for name, (array, dtype) in arrays.items()}
-    attributes = {ATTRIBUTE: {"format": FORMAT_VERSION, "key": key, "signature": signature.to_dict(),
-                              "arrays": recorded}}
-    group = zarr.open_group(store=LocalStore(folder), mode="w-", zarr_format=3, attributes=attributes)
-    for name, (array, _) in arrays.items():
-        stored = group.create_array(name, shape=array.shape, dtype=array.dtype, fill_value=0, compressors=None,
-                                    filters=None, chunks=tuple(max(1, s) for s in array.shape),
-                                    chunk_key_encoding={"name": "default", "separator": "."})
-        if array.size:
-            stored[...] = array
-
-
-def _read_entry(folder: Path, signature: EntrySignature) -> dict[str, torch.Tensor]:
-    """The verified arrays of the entry in ``folder``; raises (anything) when it is not exactly ``signature``'s."""
-    import zarr
-    from zarr.storage import LocalStore
-
-    group = zarr.open_group(store=LocalStore(folder, read_only=True), mode="r", zarr_format=3)
-    attributes = group.attrs.asdict()[ATTRIBUTE]
-    if attributes["format"] != FORMAT_VERSION or attributes["key"] != signature.key():
-        raise ValueError("another format or key")
-    if EntrySignature.from_dict(attributes["signature"]) != signature:
-        raise ValueError("the stored signature differs")
-    recorded = attributes["arrays"]
-    if not recorded or set(group.array_keys()) != set(recorded):
-        raise ValueError("arrays are missing or extra")
-    arrays = {}
-    for name, info in recorded.items():
-        stored = group[name]
-        if list(stored.shape) != info["shape"] or stored.dtype != np.dtype(info["stored_dtype"]):
-            raise ValueError(f"array {name!r} has another shape or dtype")
-        data = np.asarray(stored[...])
-        if data.shape != tuple(info["shape"]) or _checksum(data) != info["blake2b"]:
-            raise ValueError(f"array {name!r} fails its checksum")
-        arrays[name] = _to_tensor(data, info["dtype"])
-    return arrays
 
 
 class EmbeddingStore:
@@ -201,7 +120,7 @@ class EmbeddingStore:
         except OSError:
             return None
         try:
-            arrays = _read_entry(path, signature)
+            arrays = read_entry(path, signature)
         except Exception as error:  # anything wrong with an entry means it is not trusted
             if self._discard(path, inode):
                 log.warning("Removed an embedding store entry that did not verify (%s): %s", error, path)
@@ -227,12 +146,12 @@ class EmbeddingStore:
         for name in (name for name in arrays if not isinstance(name, str) or not _NAME.match(name)):
             raise ValueError(f"Array name {name!r} must be letters, digits, '_', '.' or '-', starting with a letter "
                              "or digit.")
-        prepared = {name: _to_numpy(name, tensor) for name, tensor in arrays.items()}
+        prepared = {name: to_numpy(name, tensor) for name, tensor in arrays.items()}
         final = self._path(key)
         self._temp.mkdir(parents=True, exist_ok=True)
         temp = self._temp / f"put-{key}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         try:
-            _write_entry(temp, key, signature, prepared)
+            write_entry(temp, key, signature, prepared)
             self._place(temp, final, signature, {name: (tuple(t.shape), t.dtype) for name, t in arrays.items()})
         finally:
             shutil.rmtree(temp, ignore_errors=True)
@@ -256,7 +175,7 @@ class EmbeddingStore:
                 except FileNotFoundError:
                     continue  # removed meanwhile: try again
             try:
-                found = _read_entry(final, signature)
+                found = read_entry(final, signature)
                 if {name: (tuple(t.shape), t.dtype) for name, t in found.items()} == shapes:
                     return  # another writer's good entry won; ours is discarded
             except Exception:
@@ -305,7 +224,7 @@ class EmbeddingStore:
             nbytes = sum(os.path.getsize(os.path.join(folder, f)) for folder, _, files in os.walk(path) for f in files)
         except OSError:
             nbytes = 0  # removed meanwhile
-        stored = _stored_signature(Path(path))
+        stored = stored_signature(Path(path))
         model = None if stored is None else stored.model
         with self._lock:
             self._info[path] = (stat.st_ino, nbytes, model)
@@ -362,7 +281,7 @@ class EmbeddingStore:
     def __contains__(self, signature: EntrySignature) -> bool:
         """Whether an entry with this signature is stored (its attributes are read; its arrays are verified only
         by :meth:`get`)."""
-        return _stored_signature(self._path(_checked(signature).key())) == signature
+        return stored_signature(self._path(_checked(signature).key())) == signature
 
     def __len__(self) -> int:
         """The number of entries (not verified)."""
@@ -382,15 +301,6 @@ class EmbeddingStore:
             counts["entries"], counts["bytes"] = counts["entries"] + 1, counts["bytes"] + nbytes
         return {"root": str(self.root), "entries": sum(c["entries"] for c in models.values()),
                 "bytes": sum(c["bytes"] for c in models.values()), "max_bytes": self.max_bytes, "models": models}
-
-
-def _stored_signature(path: Path) -> EntrySignature | None:
-    """The signature in an entry's attributes, or None when they cannot be read."""
-    try:
-        with open(path / "zarr.json", encoding="utf-8") as file:
-            return EntrySignature.from_dict(json.load(file)["attributes"][ATTRIBUTE]["signature"])
-    except Exception:
-        return None
 
 
 def _folders(path, pattern: re.Pattern) -> list[tuple[str, str, os.stat_result]]:

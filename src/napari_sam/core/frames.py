@@ -54,6 +54,12 @@ class Frame:
     def slices(self) -> tuple[slice, slice]:
         return slice(self.row0, self.row1), slice(self.col0, self.col1)
 
+    def holds(self, rows: tuple[float, float], cols: tuple[float, float]) -> bool:
+        """Whether the region rows x cols ((min, max) in continuous pixels: pixel i covers [i - 0.5, i + 0.5))
+        lies on this frame's pixels."""
+        return (self.row0 - 0.5 <= rows[0] and rows[1] < self.row1 - 0.5 and self.col0 - 0.5 <= cols[0]
+                and cols[1] < self.col1 - 0.5)
+
     def inner_edges(self, image_size: tuple[int, int]) -> tuple[bool, bool, bool, bool]:
         """Whether the top, left, bottom and right edges lie inside the image (not on its border)."""
         return self.row0 > 0, self.col0 > 0, self.row1 < image_size[0], self.col1 < image_size[1]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .embedding_cache import content_signature
-from .frames import Frame
+from .frames import Frame, Tiling
 from .image_preparation import check_contrast_limits, default_contrast_limits, image_layout
 
 #: An array-like image bigger than this many pixels gets its default contrast limits from a sample of tiles.
@@ -102,6 +102,18 @@ class ImageSource:
                 self._digests.pop(next(iter(self._digests)))
             self._digests[frame] = found
         return found
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """An image as the model sees it: its source (read lazily) and its tile grid (None: seen whole)."""
+
+    source: ImageSource
+    tiles: Tiling | None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.source.size
 
 
 def open_image(image, contrast_limits=None, rgb: bool | None = None) -> ImageSource:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,7 +31,7 @@ from .embedding_cache import CachedEmbedding, EmbeddingCache, EmbeddingKey
 from .frames import Frame, Tiling, place_in_frame, prompt_extent, touches_inner_edge, whole_frame
 from .grid_decoder import GridDecoder, PreparedImage
 from .image_preparation import display_rgb, model_input
-from .image_source import ImageSource, open_image
+from .image_source import ImagePlan, open_image
 from .model_loading import DEFAULT_CHECKPOINT, ModelGeometry, load_sam, resolve_checkpoint
 from .prediction import Prediction, upscale_logits
 from .prompts import ObjectPrompts, check_prompts
@@ -46,18 +45,6 @@ __all__ = ["ImagePlan", "Prediction", "Predictor", "upscale_logits"]
 DECODER_BYTES = 4 << 20
 #: How many times a prompt's frame grows around an object that reaches its inner border.
 MAX_GROWTH = 2
-
-
-@dataclass(frozen=True)
-class ImagePlan:
-    """An image as the model sees it: its source (read lazily) and its tile grid (None: seen whole)."""
-
-    source: ImageSource
-    tiles: Tiling | None
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.source.size
 
 
 class Predictor:
@@ -325,7 +312,7 @@ class Predictor:
             source = self._require_image("predict")
             prompts = check_prompts(points, point_labels, boxes, mask_input, source.size, self.geometry.mask_size)
             grow = grow and source.tiles is not None
-            start = self._frame_for(prompts) if frame is None or not _holds(frame, prompts) else frame
+            start = self._frame_for(prompts) if frame is None or not frame.holds(*prompt_extent(prompts)) else frame
             if frame is not None and start != frame:  # the prompts outgrew the frame of their mask input
                 prompts = self._moved(prompts, frame, start)
             frame = start
@@ -416,10 +403,3 @@ class Predictor:
                 scores.append(chunk_scores)
                 kept.append(chunk_kept + start)
             return torch.cat(logits), torch.cat(scores), torch.cat(kept)
-
-
-def _holds(frame: Frame, prompts: ObjectPrompts) -> bool:
-    """Whether every point and box of ``prompts`` lies on ``frame``'s pixels."""
-    (row_min, row_max), (col_min, col_max) = prompt_extent(prompts)
-    return (frame.row0 - 0.5 <= row_min and row_max < frame.row1 - 0.5 and frame.col0 - 0.5 <= col_min
-            and col_max < frame.col1 - 0.5)
