@@ -6,35 +6,10 @@ with several, a point refines the first box that contains it. Points outside eve
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from ..core.frames import Frame
-from ..core.mask_objects import MaskObject
+from ..core.prompted_objects import PromptObject
 from .layer_prompts import PlanePrompts
-
-
-@dataclass
-class PromptObject:
-    """One object's prompts, in (row, col) data pixels: points (n, 2), labels (n,), box (4,) or None, and a mask
-    prompt cropped to its box (a :class:`~napari_sam.core.mask_objects.MaskObject`) or None."""
-
-    points: np.ndarray
-    labels: np.ndarray
-    box: np.ndarray | None = None
-    mask: MaskObject | None = None
-
-
-@dataclass
-class ObjectResult:
-    """One object's candidate masks, best-scoring first, in the image region of ``frame``: masks (c, h, w) bool,
-    scores (c,), logits (c, m, m) in the frame's model input."""
-
-    masks: np.ndarray
-    scores: np.ndarray
-    logits: np.ndarray
-    frame: Frame
 
 
 def group_objects(prompts: PlanePrompts) -> list[PromptObject]:
@@ -53,53 +28,3 @@ def group_objects(prompts: PlanePrompts) -> list[PromptObject]:
     if loose.any():
         objects.append(PromptObject(prompts.points[loose], prompts.labels[loose]))
     return objects
-
-
-def _ranked(prediction, row: int) -> ObjectResult:
-    order = np.argsort(-prediction.scores[row])
-    return ObjectResult(prediction.masks[row][order], prediction.scores[row][order], prediction.logits[row][order],
-                        prediction.frame)
-
-
-def _mask_logits(predictor, masks: list[MaskObject], frame):
-    """Low-res logits of cropped mask prompts in ``frame``."""
-    return np.concatenate([predictor.mask_logits(m.mask, frame=frame, offset=(m.rows.start, m.cols.start))
-                           for m in masks])
-
-
-def predict_objects(predictor, objects: list[PromptObject], mask_input=None) -> list[ObjectResult]:
-    """Predict every object on the predictor's current image.
-
-    On an image seen whole, boxes without points go in one batched decoder call (one more for those with a mask
-    prompt); an object with points gets its own call. On a tiled image, each object is decoded in its own frame.
-    ``mask_input`` (``(logits, frame)`` from a previous result) refines a single points-only object.
-
-    Returns one :class:`ObjectResult` per object.
-    """
-    results: list = [None] * len(objects)
-    if not predictor.tiled:
-        plain = [i for i, o in enumerate(objects) if o.box is not None and not len(o.points) and o.mask is None]
-        masked = [i for i, o in enumerate(objects) if o.box is not None and not len(o.points) and o.mask is not None]
-        for group, with_masks in ((plain, False), (masked, True)):
-            if not group:
-                continue
-            boxes = np.stack([objects[i].box for i in group])
-            frame = predictor.frame_for(boxes=boxes)
-            logits = _mask_logits(predictor, [objects[i].mask for i in group], frame) if with_masks else None
-            prediction = predictor.predict(boxes=boxes, mask_input=logits, frame=frame if with_masks else None)
-            for row, index in enumerate(group):
-                results[index] = _ranked(prediction, row)
-    for index, obj in enumerate(objects):
-        if results[index] is not None:
-            continue
-        boxes = None if obj.box is None else [obj.box]
-        frame = logits = None
-        if obj.mask is not None:
-            frame = predictor.frame_for(obj.points if len(obj.points) else None, boxes)
-            logits = _mask_logits(predictor, [obj.mask], frame)
-        elif obj.box is None and len(objects) == 1 and mask_input is not None:
-            logits, frame = mask_input
-        prediction = predictor.predict(points=obj.points if len(obj.points) else None, point_labels=obj.labels
-                                       if len(obj.points) else None, boxes=boxes, mask_input=logits, frame=frame)
-        results[index] = _ranked(prediction, 0)
-    return results

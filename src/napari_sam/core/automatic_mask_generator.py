@@ -49,7 +49,8 @@ from .utils.memory import release_freed_memory
 #: Tiles decoded between two returns of freed memory to the system (each takes ~6 ms; a tile ~150 ms).
 TRIM_EVERY = 8
 
-__all__ = ["EverythingResult", "SegmentationCancelled", "explain_empty", "segment_everything"]
+__all__ = ["EverythingResult", "FrameObjects", "SegmentationCancelled", "explain_empty", "frame_count", "merge_frames",
+           "segment_everything", "segment_frames"]
 
 #: Survivors are upsampled this many full-resolution pixels at a time (bounds the float memory: 64 MiB).
 UPSAMPLE_PIXELS = 16 * 1024 * 1024
@@ -231,31 +232,93 @@ def segment_everything(predictor: Predictor, image, settings: EverythingSettings
 
     Raises:
         ValueError: an unknown or invalid setting, or an unsupported image.
+
+    The same result comes from :func:`segment_frames` over groups of the frames (in other processes, say) and
+    :func:`merge_frames` of their parts.
     """
     settings = (settings or EverythingSettings()).replace(**overrides)
+    part = segment_frames(predictor, image, settings, contrast_limits=contrast_limits, rgb=rgb, progress=progress,
+                          cancel=cancel)
+    return merge_frames([part], settings, out=out, first_id=first_id)
+
+
+@dataclass
+class FrameObjects:
+    """The objects segment everything keeps from some frames of one image, before the merge across frames.
+
+    Attributes:
+        objects: :class:`MaskObject` per object; scores, stability: (n,) float32; boxes: (n, 4) (row_min, col_min,
+            row_max, col_max); points: (n, 2) (row, col) of each object's grid point; frames: (n,) int64, the index
+            of the frame each object came from.
+        frame_areas: (n_frames,) float32, the area of every frame of the image's pass (not only these).
+        image_size: (H, W); tiled: whether the frames are tiles (else Meta's crops).
+        stats: what the filters saw (see :attr:`EverythingResult.stats`).
+    """
+
+    objects: list[MaskObject]
+    scores: np.ndarray
+    stability: np.ndarray
+    boxes: np.ndarray
+    points: np.ndarray
+    frames: np.ndarray
+    frame_areas: np.ndarray
+    image_size: tuple[int, int]
+    tiled: bool
+    stats: dict
+
+
+def frame_count(predictor: Predictor, image, settings: EverythingSettings | None = None, *, contrast_limits=None,
+                rgb: bool | None = None) -> int:
+    """How many frames segment everything decodes in ``image`` (its tiles, or the whole image and its crops):
+    :func:`segment_frames` takes frame indices below this. Reads nothing when contrast limits are given."""
+    with predictor.locked():
+        predictor.set_image(image, contrast_limits=contrast_limits, rgb=rgb)
+        return len(_plan(predictor, settings or EverythingSettings()).frames)
+
+
+def segment_frames(predictor: Predictor, image, settings: EverythingSettings, frames=None, *, contrast_limits=None,
+                   rgb: bool | None = None, progress: Callable[[int, int], None] | None = None,
+                   cancel: Callable[[], bool] | None = None) -> FrameObjects:
+    """Segment everything in the frames ``frames`` (indices; None: all) of ``image``, each frame's duplicates
+    removed; the arguments are those of :func:`segment_everything`."""
     with predictor.locked():  # the image stays the current one for the whole run
         predictor.set_image(image, contrast_limits=contrast_limits, rgb=rgb)
-        size = predictor.image_size
         plan = _plan(predictor, settings)
-        steps = _Steps(sum(math.ceil(len(grid) / settings.points_per_batch) for grid in plan.grids), progress,
+        indices = range(len(plan.frames)) if frames is None else [int(i) for i in frames]
+        steps = _Steps(sum(math.ceil(len(plan.grids[i]) / settings.points_per_batch) for i in indices), progress,
                        cancel)
         kept = []
-        for index in range(len(plan.frames)):
+        for count, index in enumerate(indices):
             found = _decode_frame(predictor, plan, index, settings, steps)
             found = found[nms(found.boxes, found.scores, settings.box_nms_thresh)]
             kept.append(_as_objects(predictor, plan, found))
-            if plan.tiled and index % TRIM_EVERY == TRIM_EVERY - 1:
+            if plan.tiled and count % TRIM_EVERY == TRIM_EVERY - 1:
                 release_freed_memory()  # thousands of tiles would otherwise fragment the heap
-    objects = [obj for part in kept for obj in part[0]]
     values = [np.concatenate([part[1][i] for part in kept]) if kept else np.zeros((0,)) for i in range(4)]
-    scores, stability, boxes, points = values[0], values[1], values[2].reshape(-1, 4), values[3].reshape(-1, 2)
-    crops = np.concatenate([part[2] for part in kept]) if kept else np.zeros(0, dtype=np.int64)
-    if len(plan.frames) > 1 and objects:
-        if plan.tiled or not settings.prefer_smaller_crops:
+    areas = box_area(torch.tensor([[f.row0, f.col0, f.row1, f.col1] for f in plan.frames], dtype=torch.float32))
+    return FrameObjects(
+        objects=[obj for part in kept for obj in part[0]], scores=np.asarray(values[0], np.float32),
+        stability=np.asarray(values[1], np.float32), boxes=np.asarray(values[2], np.float32).reshape(-1, 4),
+        points=np.asarray(values[3], np.float32).reshape(-1, 2),
+        frames=np.concatenate([part[2] for part in kept]) if kept else np.zeros(0, dtype=np.int64),
+        frame_areas=areas.numpy(), image_size=tuple(predictor.image_size), tiled=plan.tiled, stats=steps.stats)
+
+
+def merge_frames(parts: list[FrameObjects], settings: EverythingSettings, *, out=None,
+                 first_id: int = 1) -> EverythingResult:
+    """One image's result from the parts of its frames (every frame in exactly one part): duplicates across
+    frames merged by box NMS, small regions removed, labels painted into ``out`` from ``first_id``."""
+    if not parts:
+        raise ValueError("merge_frames needs the parts of at least one frame.")
+    objects = [obj for part in parts for obj in part.objects]
+    scores, stability, boxes, points, crops = (np.concatenate([getattr(part, name) for part in parts])
+                                               for name in ("scores", "stability", "boxes", "points", "frames"))
+    first = parts[0]
+    if len(first.frame_areas) > 1 and objects:
+        if first.tiled or not settings.prefer_smaller_crops:
             preference = scores
         else:
-            areas = box_area(torch.tensor([[f.row0, f.col0, f.row1, f.col1] for f in plan.frames], dtype=torch.float32))
-            preference = (1.0 / areas[torch.from_numpy(crops)]).numpy()
+            preference = 1.0 / first.frame_areas[crops]
         keep = nms(torch.from_numpy(boxes), torch.from_numpy(np.asarray(preference, np.float32)),
                    settings.crop_nms_thresh).numpy()
         objects = [objects[i] for i in keep]
@@ -265,12 +328,15 @@ def segment_everything(predictor: Predictor, image, settings: EverythingSettings
             objects, scores, stability, points, settings.min_mask_region_area, settings.box_nms_thresh)
     order = np.argsort(-np.asarray(scores), kind="stable")
     objects = [objects[i] for i in order]
+    stats = {"candidates": sum(p.stats["candidates"] for p in parts),
+             "best_score": max(p.stats["best_score"] for p in parts),
+             **{key: sum(p.stats[key] for p in parts) for key in ("passed_score", "passed_both")}}
     return EverythingResult(objects=objects, scores=np.asarray(scores, np.float32)[order],
                             stability_scores=np.asarray(stability, np.float32)[order],
                             boxes=np.asarray(boxes, np.float32).reshape(-1, 4)[order],
                             point_coords=np.asarray(points, np.float32).reshape(-1, 2)[order],
-                            labels=paint_labels(objects, size, out, first_id=first_id), image_size=size,
-                            stats=steps.stats)
+                            labels=paint_labels(objects, first.image_size, out, first_id=first_id),
+                            image_size=first.image_size, stats=stats)
 
 
 def _as_objects(predictor: Predictor, plan: _Pass, found: Candidates):

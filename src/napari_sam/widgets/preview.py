@@ -17,10 +17,11 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 
 from ..bridge.layer_prompts import PlanePrompts, read_prompts
-from ..bridge.prompt_objects import PromptObject, group_objects, predict_objects
+from ..bridge.prompt_objects import group_objects
 from ..bridge.slicing import current_index, plane_shape, plane_view
 from ..bridge.transforms import data_to_world
 from ..core.mask_objects import MaskObject
+from ..core.prompted_objects import PromptObject, predict_objects
 from .prompt_layers import add_preview_layer, selection_kept
 
 
