@@ -1,4 +1,5 @@
-"""The ``napari-sam`` command line: ``napari-sam demo``, ``napari-sam models``, ``napari-sam embed``.
+"""The ``napari-sam`` command line: ``demo``, ``models``, ``embed`` and ``segment`` (batch runs, see
+:mod:`napari_sam.batch.command`).
 
 Options of settings (``--tiling``, ``--tile-size``, ``--halo``) are generated from the settings classes of
 :mod:`napari_sam.core.settings`, the same ones the docks are generated from.
@@ -29,25 +30,35 @@ def open_demo(viewer, model: str = DEMO_MODEL):
     return widget
 
 
-def add_settings(parser: argparse.ArgumentParser, settings_class) -> None:
-    """One ``--option`` per field of ``settings_class``, with its type, default, limits and help."""
+def add_settings(parser, settings_class, prefix: str = "", given_only: bool = False, default_note: str = "") -> None:
+    """One ``--option`` per field of ``settings_class`` (into ``dest`` ``prefix`` + its name), with its type,
+    default, limits and help. ``given_only``: options left out of the command line are left out of the namespace
+    (see :func:`given_settings`); ``default_note`` replaces "default X" in the help."""
     for info in settings_class.fields():
-        flag = info.flag
+        flag, dest = info.flag, prefix + info.name
         limits = f" [{info.low}..{info.high}]" if info.low is not None else ""
+        default = argparse.SUPPRESS if given_only else info.default
+        shown = default_note or (f"default {info.default!r}" if info.kind is str else f"default {info.default}")
         if info.kind is bool:
-            parser.add_argument(flag, dest=info.name, action=argparse.BooleanOptionalAction, default=info.default,
-                                help=info.help)
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default,
+                                help=f"{info.help} ({shown})")
         elif info.choices:
-            parser.add_argument(flag, dest=info.name, choices=info.choices, default=info.default, help=info.help)
+            parser.add_argument(flag, dest=dest, choices=info.choices, default=default, help=f"{info.help} ({shown})")
         else:
-            parser.add_argument(flag, dest=info.name, type=info.kind, default=info.default,
-                                metavar=info.kind.__name__.upper(),
-                                help=f"{info.help}{limits} (default {info.default})")
+            metavar = "TEXT" if info.kind is str else info.kind.__name__.upper()
+            parser.add_argument(flag, dest=dest, type=info.kind, default=default, metavar=metavar,
+                                help=f"{info.help}{limits} ({shown})")
 
 
 def settings_from(args: argparse.Namespace, settings_class):
     """The settings object of ``args`` (checked; a bad value exits with a message naming the option)."""
     return settings_class(**{info.name: getattr(args, info.name) for info in settings_class.fields()})
+
+
+def given_settings(args: argparse.Namespace, settings_class, prefix: str = "") -> dict:
+    """The settings of ``settings_class`` given on the command line (added with ``given_only``), by name."""
+    return {info.name: getattr(args, prefix + info.name) for info in settings_class.fields()
+            if hasattr(args, prefix + info.name)}
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -122,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                             "or JPEG file; for zarr, which napari opens lazily, pass the limits the layer shows)")
     add_settings(embed, TilingSettings)
     embed.set_defaults(run=_embed)
+    from .batch.command import add_segment_command
+
+    add_segment_command(commands)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -76,22 +76,6 @@ def plane_reader(layer, index: tuple[int, ...]) -> Callable[[], np.ndarray]:
     return lambda: read_plane(layer, index)
 
 
-class PlaneWriter:
-    """The plane at ``index`` of an array (numpy or zarr), to read and write region by region: ``shape`` (H, W),
-    ``writer[rows, cols]`` and ``writer[rows, cols] = values`` address that plane only."""
-
-    def __init__(self, array, index: tuple[int, ...]):
-        self.array, self.index = array, tuple(index)
-        self.shape = tuple(array.shape[len(self.index):])
-        self.dtype = array.dtype
-
-    def __getitem__(self, key):
-        return np.asarray(self.array[self.index + (key if isinstance(key, tuple) else (key,))])
-
-    def __setitem__(self, key, values) -> None:
-        self.array[self.index + (key if isinstance(key, tuple) else (key,))] = values
-
-
 def plane_view(layer, index: tuple[int, ...]):
     """The plane at ``index`` of the layer (level 0), read only where it is indexed (see
     :func:`~napari_sam.core.image_source.plane_of`)."""

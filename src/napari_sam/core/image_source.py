@@ -40,6 +40,22 @@ class LazyPlane:
         return plane if dtype is None else plane.astype(dtype)
 
 
+class PlaneWriter:
+    """The plane at ``index`` of an array (numpy or zarr), to read and write region by region: ``shape`` (H, W),
+    ``writer[rows, cols]`` and ``writer[rows, cols] = values`` address that plane only."""
+
+    def __init__(self, array, index: tuple[int, ...]):
+        self.array, self.index = array, tuple(index)
+        self.shape = tuple(array.shape[len(self.index):])
+        self.dtype = array.dtype
+
+    def __getitem__(self, key):
+        return np.asarray(self.array[self.index + (key if isinstance(key, tuple) else (key,))])
+
+    def __setitem__(self, key, values) -> None:
+        self.array[self.index + (key if isinstance(key, tuple) else (key,))] = values
+
+
 def plane_of(data, index: tuple[int, ...]):
     """The plane at ``index`` of ``data``: a view of an in-memory (numpy) array, else a :class:`LazyPlane`."""
     if isinstance(data, np.ndarray):

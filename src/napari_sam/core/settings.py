@@ -58,7 +58,11 @@ def _coerce(name: str, kind: type, value, low, high, choices=None):
     """``value`` as ``kind`` within [low, high] (or one of ``choices``), or a ValueError naming ``name``."""
     limits = f" from {low} to {high}" if low is not None and high is not None else ""
     if kind is str:
-        if value not in (choices or ()):
+        if choices is None:  # free text (a name or a path), checked by its class
+            if not isinstance(value, str):
+                raise ValueError(f"{name} must be text, got {value!r}.")
+            return value
+        if value not in choices:
             raise ValueError(f"{name} must be one of {list(choices or ())}, got {value!r}.")
         return str(value)
     if kind is bool:

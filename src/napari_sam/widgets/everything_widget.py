@@ -15,8 +15,9 @@ import pandas as pd
 from magicgui.widgets import CheckBox, PushButton
 from napari.utils.notifications import show_info
 
-from ..bridge.slicing import PlaneWriter, plane_view, planes_to_run
+from ..bridge.slicing import plane_view, planes_to_run
 from ..core.automatic_mask_generator import explain_empty, segment_everything
+from ..core.image_source import PlaneWriter
 from ..core.settings import EverythingSettings
 from .dock import Dock
 from .layout import row, status_line

@@ -1,0 +1,311 @@
+"""Batch runs on dask.distributed: a LocalCluster of 2 worker processes, tiny-cells, small synthetic images."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+
+from napari_sam import Predictor, segment_everything
+from napari_sam.batch import RunConfig, run_batch
+from napari_sam.batch.config import BatchSettings
+from napari_sam.batch.prompts_file import PromptsFile
+from napari_sam.cli import main
+from napari_sam.core.prompted_objects import PromptObject, predict_objects
+from napari_sam.core.propagation import propagate
+from napari_sam.core.settings import EverythingSettings, TilingSettings
+from napari_sam.demo import synthetic_cells
+from napari_sam.io import napari_contrast_limits, read_image
+
+pytestmark = pytest.mark.slow
+
+MODEL = "tiny-cells"
+#: Fast settings: a coarse grid (the tests compare paths, not quality).
+FAST = EverythingSettings(points_per_side=8, pred_iou_thresh=0.7, stability_score_thresh=0.8)
+
+
+def config(**batch) -> RunConfig:
+    return RunConfig(batch=BatchSettings(model=MODEL, precision="float32", **batch), everything=FAST)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A scheduler with 2 worker processes (one torch thread each), shared by the tests of this module."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      env={"OMP_NUM_THREADS": "1"}) as local, Client(local) as client:
+        yield local.scheduler_address, client
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """8 images: 6 TIFF (OME with a pixel size), a PNG and a corrupt TIFF."""
+    folder = tmp_path_factory.mktemp("images")
+    images = {}
+    for index in range(6):
+        image = synthetic_cells((96, 128), seed=970_000 + index, radius_range=(8.0, 14.0))[0]
+        tifffile.imwrite(folder / f"cells_{index}.tif", image, ome=True,
+                         metadata={"axes": "YX", "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65})
+        images[f"cells_{index}"] = image
+    from PIL import Image
+
+    png = (synthetic_cells((96, 128), seed=970_100, dtype=np.uint8, radius_range=(8.0, 14.0))[0])
+    Image.fromarray(png).save(folder / "cells_png.png")
+    images["cells_png"] = png
+    (folder / "corrupt.tif").write_bytes(b"II*\x00" + bytes(range(256)) * 4)
+    return folder, images
+
+
+def reference_predictor():
+    torch.set_num_threads(1)  # the workers' thread count: the same arithmetic, bit for bit
+    return Predictor.from_pretrained(MODEL, device="cpu", dtype="float32")
+
+
+def labels_of(folder, name):
+    return np.asarray(read_image(folder / f"{name}_labels.ome.tif"))
+
+
+def test_outputs_match_the_api_and_a_rerun_does_no_work(cluster, dataset, tmp_path):
+    scheduler, _ = cluster
+    folder, images = dataset
+    out = tmp_path / "out"
+    summary = run_batch([str(folder)], str(out), config(), scheduler=scheduler, progress=False)
+    assert summary.values["counts"] == {"done": 7, "skipped": 0, "failed": 1, "no prompts": 0}
+    assert [f["name"] for f in summary.failures] == ["corrupt"] and "corrupt.tif" in summary.failures[0]["error"]
+    assert summary.exit_status == 1
+    predictor = reference_predictor()
+    for name, image in images.items():
+        expected = segment_everything(predictor, image, FAST, contrast_limits=napari_contrast_limits(image, False))
+        labels = labels_of(out, name)
+        assert labels.dtype == np.uint32 and labels.shape == image.shape
+        np.testing.assert_array_equal(labels, expected.labels)
+        table = pd.read_csv(out / f"{name}_objects.csv")
+        assert list(table.columns[:3]) == ["id", "plane", "area"]
+        ids, counts = np.unique(labels[labels > 0], return_counts=True)
+        assert table["id"].tolist() == ids.tolist() and table["area"].tolist() == counts.tolist()
+        assert len(table) > 3
+    with tifffile.TiffFile(out / "cells_0_labels.ome.tif") as tif:
+        assert 'PhysicalSizeX="0.65"' in tif.ome_metadata  # the input's pixel size
+    values = json.loads((out / "napari-sam-run.json").read_text())
+    assert values["model"] == MODEL and values["versions"]["torch"] and values["cluster"]["workers"] == 2
+    assert values["settings"]["segment_everything"]["points_per_side"] == 8
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+
+    again = run_batch([str(folder)], str(out), config(), scheduler=scheduler, progress=False)
+    assert again.values["counts"]["skipped"] == 7 and again.values["counts"]["done"] == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "napari-sam-run.json"} == {
+        name: stamp for name, stamp in stamps.items() if name != "napari-sam-run.json"}
+
+    changed = run_batch([str(folder)], str(out), config(contrast="0,5000"), scheduler=scheduler, progress=False)
+    assert changed.values["counts"]["failed"] == 8  # other settings: nothing is overwritten without --overwrite
+    assert "--overwrite" in changed.failures[0]["error"] or "--overwrite" in changed.failures[1]["error"]
+
+
+def test_cli_reports_the_corrupt_file_in_the_exit_status(cluster, dataset, tmp_path, capsys):
+    scheduler, _ = cluster
+    folder, _ = dataset
+    settings = tmp_path / "settings.json"
+    config().save(settings)
+    status = main(["segment", str(folder / "corrupt.tif"), str(folder / "cells_1.tif"), "--out",
+                   str(tmp_path / "out"), "--settings", str(settings), "--scheduler", scheduler, "--no-progress"])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert "1 done" in captured.out and "1 failed" in captured.out
+    assert "failed: corrupt: Could not read" in captured.err
+
+
+def test_a_killed_worker_still_gives_the_complete_identical_outputs(cluster, dataset, tmp_path):
+    scheduler, client = cluster
+    folder, images = dataset
+    clean = tmp_path / "clean"
+    run_batch([str(folder)], str(clean), config(), scheduler=scheduler, progress=False)
+    out = tmp_path / "killed"
+    pids = client.run(os.getpid)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(
+        summary=run_batch([str(folder)], str(out), config(), scheduler=scheduler, progress=False)))
+    thread.start()
+    deadline = time.time() + 120
+    while not any((out / ".napari-sam").glob("*.json")) and time.time() < deadline:
+        time.sleep(0.05)  # the first image is finished: the others are under way
+    victim = sorted(pids.values())[0]
+    os.kill(victim, signal.SIGKILL)
+    assert thread.is_alive() and len(list((out / ".napari-sam").glob("*.json"))) < 7  # killed mid-run
+    thread.join(300)
+    summary = result["summary"]
+    assert summary.values["counts"]["done"] == 7, summary.failures
+    assert victim not in client.run(os.getpid).values()  # the worker was replaced
+    for name in images:
+        np.testing.assert_array_equal(labels_of(out, name), labels_of(clean, name))
+        assert (out / f"{name}_objects.csv").read_text() == (clean / f"{name}_objects.csv").read_text()
+    assert not list(out.glob(".*.partial"))
+
+
+def test_a_stack_is_propagated_from_a_prompts_file(cluster, tmp_path):
+    scheduler, _ = cluster
+    stack, truth = synthetic_cells((12, 96, 96), seed=970_200, ndim=3, n_cells=6, radius_range=(14.0, 20.0))
+    inputs = tmp_path / "stacks"
+    inputs.mkdir()
+    tifffile.imwrite(inputs / "stack.tif", stack)
+    cells = [label for label in np.unique(truth[6]) if label and (truth[6] == label).sum() > 150][:2]
+    rows = ["image,plane,object,kind,row,col,row2,col2"]
+    for number, label in enumerate(cells, start=1):
+        r, c = np.argwhere(truth[6] == label).mean(axis=0)
+        rows.append(f"stack.tif,6,{number},positive,{r:.1f},{c:.1f},,")
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert main(["segment", str(inputs), "--out", str(out), "--mode", "propagate", "--prompts", str(prompts),
+                 "--model", MODEL, "--precision", "float32", "--scheduler", scheduler, "--no-progress"]) == 0
+    labels = labels_of(out, "stack")
+    assert labels.shape == stack.shape
+    predictor = reference_predictor()
+    limits = napari_contrast_limits(stack, False)
+    recommended = predictor.recommended.propagation
+    table = pd.read_csv(out / "stack_objects.csv")
+    taken = np.zeros(stack.shape, bool)
+    for number, prompt in enumerate(PromptsFile(prompts).by_image["stack.tif"], start=1):
+        predictor.set_image(stack[6], contrast_limits=limits)
+        found = predict_objects(predictor, [PromptObject(prompt.points, prompt.labels)])[0]
+        expected = propagate(predictor, stack, 6, 0, found.masks[0], recommended, contrast_limits=limits)
+        assert expected.stop > expected.start  # it went through more than one plane
+        np.testing.assert_array_equal(labels == number, expected.masks & ~taken)  # earlier objects keep pixels
+        taken |= expected.masks
+        assert sorted(table[table["id"] == number]["plane"]) == list(range(expected.start, expected.stop + 1))
+
+
+def test_prompts_mode_matches_predictions_in_process(cluster, dataset, tmp_path):
+    scheduler, _ = cluster
+    folder, images = dataset
+    centres = {}
+    for name, seed in (("cells_2", 970_002), ("cells_3", 970_003)):
+        truth = synthetic_cells((96, 128), seed=seed, radius_range=(8.0, 14.0))[1]
+        labels, counts = np.unique(truth[truth > 0], return_counts=True)
+        centres[name] = [np.argwhere(truth == label).mean(axis=0).round(1).tolist()
+                         for label in labels[np.argsort(-counts)][:2]]
+    (r0, c0), (r1, c1) = centres["cells_2"]
+    boxed = centres["cells_3"][0]
+    prompts = {"objects": [
+        {"image": "cells_2.tif", "object": 5, "points": [[r0, c0], [r1, c1]], "point_labels": [1, 0]},
+        {"image": "cells_2", "object": 9, "box": [r1 - 8, c1 - 8, r1 + 8, c1 + 8]},
+        {"image": "cells_3.tif", "object": 1, "box": [boxed[0] - 9, boxed[1] - 9, boxed[0] + 9, boxed[1] + 9],
+         "points": [boxed]}]}
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps(prompts))
+    out = tmp_path / "out"
+    summary = run_batch([str(folder / "*.tif")], str(out), config(mode="prompts"), prompts=str(path),
+                        scheduler=scheduler, progress=False)
+    counts = summary.values["counts"]
+    assert counts["done"] == 2 and counts["no prompts"] == 4 and counts["failed"] == 1  # the corrupt file
+    predictor = reference_predictor()
+    file = PromptsFile(path)
+    for name in ("cells_2", "cells_3"):
+        image, objects = images[name], file.for_image(f"{name}.tif", name)
+        predictor.set_image(image, contrast_limits=napari_contrast_limits(image, False))
+        expected = np.zeros(image.shape, np.uint32)
+        for prompt, found in zip(objects, predict_objects(predictor, [p.prompt_object() for p in objects])):
+            expected[found.masks[0] & (expected == 0)] = prompt.object_id
+        np.testing.assert_array_equal(labels_of(out, name), expected)
+        assert set(pd.read_csv(out / f"{name}_objects.csv")["id"]) == {p.object_id for p in objects}
+
+
+def test_a_large_image_is_split_into_tile_tasks_with_the_same_result(cluster, tmp_path):
+    scheduler, _ = cluster
+    image = synthetic_cells((200, 360), seed=970_300, radius_range=(8.0, 12.0))[0]
+    inputs = tmp_path / "large"
+    inputs.mkdir()
+    zarr_path = inputs / "large.zarr"
+    import zarr
+
+    zarr.create_array(str(zarr_path), data=image, chunks=(64, 64))
+    tiling = TilingSettings(mode="tiles", tile_size=96, halo=16)
+    run = RunConfig(batch=BatchSettings(model=MODEL, precision="float32", tiles_per_task=2, contrast="500,3000"),
+                    everything=FAST, tiling=tiling)
+    out = tmp_path / "out"
+    summary = run_batch([str(zarr_path)], str(out), run, scheduler=scheduler, progress=False)
+    assert summary.values["counts"]["done"] == 1
+    predictor = reference_predictor()
+    predictor.tiling = tiling
+    expected = segment_everything(predictor, image, FAST, contrast_limits=(500, 3000))
+    assert len(predictor.frames()) > 4  # several tile tasks
+    labels = np.asarray(read_image(out / "large_labels.ome.zarr"))  # zarr in, zarr out
+    np.testing.assert_array_equal(labels, expected.labels)
+    assert len(expected.objects) > 10
+
+
+def test_embed_fills_the_store_the_predictor_reads(cluster, dataset, tmp_path):
+    scheduler, _ = cluster
+    folder, images = dataset
+    store = tmp_path / "store"
+    summary = run_batch([str(folder / "cells_4.tif")], str(tmp_path / "out"), config(mode="embed"),
+                        store=str(store), scheduler=scheduler, progress=False)
+    assert summary.values["images"][0]["encoder_runs"] == 1
+    from napari_sam.core.embedding_store import EmbeddingStore
+
+    predictor = Predictor.from_pretrained(MODEL, device="cpu", dtype="float32", store=EmbeddingStore(store))
+    image = images["cells_4"]
+    predictor.set_image(image, contrast_limits=napari_contrast_limits(image, False))
+    assert predictor.precompute() == 0
+
+
+def test_bad_input_gets_a_clear_message_fast(dataset, tmp_path, capsys):
+    folder, _ = dataset
+    (tmp_path / "empty").mkdir()
+
+    def error(*args) -> str:
+        assert main(["segment", "--model", MODEL, "--no-progress", *args]) == 2
+        return capsys.readouterr().err
+
+    assert "holds no image" in error(str(tmp_path / "empty"), "--out", str(tmp_path / "o1"))
+    assert "inside the input folder" in error(str(folder), "--out", str(folder / "results"))
+    assert "No model checkpoint 'no-such/model'" in error(str(folder), "--out", str(tmp_path / "o2"), "--model",
+                                                          "no-such/model")
+    assert "needs a prompts file" in error(str(folder), "--out", str(tmp_path / "o3"), "--mode", "prompts")
+    start = time.perf_counter()
+    assert "Could not reach the dask scheduler" in error(str(folder), "--out", str(tmp_path / "o4"), "--scheduler",
+                                                         "tcp://127.0.0.1:9")
+    assert time.perf_counter() - start < 8
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    tifffile.imwrite(mixed / "z0.tif", np.zeros((32, 32), np.uint16))
+    tifffile.imwrite(mixed / "z1.tif", np.zeros((32, 40), np.uint16))
+    assert main(["segment", str(mixed), "--stack", "--out", str(tmp_path / "o5"), "--model", MODEL,
+                 "--no-progress"]) == 1
+    assert "share one size: z0.tif is (32, 32)" in capsys.readouterr().err
+
+
+def test_help_explains_the_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    text = capsys.readouterr().out
+    for needed in ("--scheduler", "--prompts", "--settings", "--points-per-side", "--tiling", "--mode",
+                   "examples:", "dask-jobqueue", "Exit status", "_labels.ome.tif"):
+        assert needed in text
+
+
+def test_settings_file_and_command_line_round_trip(tmp_path):
+    import argparse
+
+    from napari_sam.batch.command import add_segment_command, config_from
+
+    run = RunConfig(batch=BatchSettings(model=MODEL, contrast="100,2000"),
+                    everything=FAST.replace(prefer_smaller_crops=False), tiling=TilingSettings(tile_size=512))
+    parser = argparse.ArgumentParser()
+    add_segment_command(parser.add_subparsers())
+    words = run.command_line(["in"], "out").split()[1:]
+    assert config_from(parser.parse_args(words)).resolved() == run.resolved()
+    run.save(tmp_path / "s.json")
+    assert RunConfig.load(tmp_path / "s.json") == run
+    overridden = config_from(parser.parse_args(["segment", "in", "--out", "o", "--settings", str(tmp_path / "s.json"),
+                                                "--points-per-side", "4"]))
+    assert overridden.everything.points_per_side == 4 and overridden.everything.pred_iou_thresh == 0.7
+    (tmp_path / "bad.json").write_text('{"segment_everything": {"points_per_side": 0}}')
+    with pytest.raises(ValueError, match="segment_everything.*points_per_side"):
+        RunConfig.load(tmp_path / "bad.json")
