@@ -309,3 +309,20 @@ def test_settings_file_and_command_line_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text('{"segment_everything": {"points_per_side": 0}}')
     with pytest.raises(ValueError, match="segment_everything.*points_per_side"):
         RunConfig.load(tmp_path / "bad.json")
+
+
+def test_the_output_folder_may_sit_beside_named_files_but_not_inside_a_scanned_folder(tmp_path):
+    from napari_sam.batch.files import check_output, find_inputs
+
+    data = tmp_path / "data"
+    data.mkdir()
+    tifffile.imwrite(data / "a.tif", np.zeros((8, 8), np.uint16))
+    assert check_output(data / "results", [str(data / "a.tif")]) == (data / "results").resolve()
+    with pytest.raises(ValueError, match="inside the input folder"):
+        check_output(data / "results", [str(data)])
+    with pytest.raises(ValueError, match="inside the input folder"):
+        check_output(data / "sub" / "results", [str(data / "*.tif")])
+    with pytest.raises(ValueError, match="would both write outputs named 'a'"):
+        (tmp_path / "other").mkdir()
+        tifffile.imwrite(tmp_path / "other" / "a.tif", np.zeros((8, 8), np.uint16))
+        find_inputs([str(data), str(tmp_path / "other")])

@@ -145,3 +145,38 @@ def test_a_lazy_image_larger_than_two_tiles_is_segmented_in_tiles_read_on_worker
     best = [max((iou(found == k, truth == cell) for k in np.unique(found[truth == cell]) if k), default=0.0)
             for cell in cells[:: max(1, len(cells) // 60)]]
     assert np.mean(np.array(best) >= 0.7) >= 0.8, np.round(best, 2)
+
+
+@pytest.mark.slow
+def test_export_batch_run_gives_the_docks_result_on_the_folder(make_napari_viewer, qtbot, tmp_path):
+    import shlex
+
+    import tifffile
+
+    from napari_sam.cli import main
+    from napari_sam.io import read_image
+
+    folder = tmp_path / "plate"
+    folder.mkdir()
+    image = synthetic_cells((160, 200), seed=910_050)[0]
+    tifffile.imwrite(folder / "well_a1.tif", image)
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(folder / "well_a1.tif"))
+    _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
+    widget.model_picker.native.setCurrentText("tiny-cells")
+    widget.load_model()
+    qtbot.waitUntil(lambda: widget.predictor is not None and not widget.busy, timeout=60_000)
+    widget.settings["points_per_side"].value = 12
+    widget.run()
+    qtbot.waitUntil(lambda: widget.result_layer is not None and not widget.busy, timeout=120_000)
+    assert viewer.layers.selection.active is layer  # exporting below leaves the layers alone
+
+    config = widget.batch_export.config()
+    assert config.batch.model == "tiny-cells" and config.batch.contrast == "napari"
+    assert config.everything.points_per_side == 12 and config.everything.pred_iou_thresh == 0.7  # recommended
+    command = widget.batch_export.save(tmp_path / "settings.json", config, layer)
+    words = shlex.split(command)
+    assert words[:3] == ["napari-sam", "segment", str(folder)] and "--settings" in words
+    assert main([*words[1:], "--workers", "1", "--no-progress"]) == 0
+    labels = np.asarray(read_image(tmp_path / "plate-segmented" / "well_a1_labels.ome.tif"))
+    np.testing.assert_array_equal(labels, widget.result_layer.data)

@@ -82,9 +82,9 @@ def napari_contrast_limits(data, rgb: bool, in_memory: bool = True) -> tuple[flo
     opened lazily) napari takes the range of the first slice it shows, which depends on the view: this gives the
     sampled range, and the contrast limits the layer shows should be passed instead.
     """
-    from napari.layers.utils.layer_utils import calc_data_range
-
-    if in_memory and data.dtype != np.uint8 and len(data.shape) == 2:
+    if np.dtype(data.dtype) == np.uint8:
+        return 0.0, 255.0  # napari's range of 8-bit images
+    if in_memory and len(data.shape) == 2:
         rows = max(1, (64 << 20) // max(1, data.shape[1] * data.dtype.itemsize))
         low, high = np.inf, -np.inf
         for start in range(0, data.shape[0], rows):
@@ -95,5 +95,7 @@ def napari_contrast_limits(data, rgb: bool, in_memory: bool = True) -> tuple[flo
         if low > high:  # nothing finite
             low, high = 0.0, 1.0
         return (min(low, 0.0), max(high, 1.0)) if low == high else (low, high)
+    from napari.layers.utils.layer_utils import calc_data_range  # imports napari (seconds): only where needed
+
     low, high = calc_data_range(data, rgb=rgb)
     return float(low), float(high)

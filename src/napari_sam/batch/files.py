@@ -108,14 +108,14 @@ def find_inputs(specs: list[str], stack: bool = False) -> list[ImageInput]:
 
 
 def check_output(output: str | Path, specs: list[str]) -> Path:
-    """The output folder, refused when it lies inside a folder the inputs come from (its labels would be read as
-    images by the next run of the same command)."""
+    """The output folder, refused when it lies inside an input folder or below a glob's fixed part (its labels would
+    be read as images by the next run of the same command), or inside a zarr input."""
     output = Path(output).resolve()
     for spec in specs:
         base = Path(_glob_root(spec) if glob.has_magic(spec) else spec).resolve()
-        folder = base if base.is_dir() and base.suffix.lower() != ".zarr" else base.parent
-        if output == folder or folder in output.parents:
-            raise ValueError(f"The output folder {output} is inside the input folder {folder}: its labels would be "
+        is_folder = base.is_dir() and base.suffix.lower() != ".zarr"
+        if is_folder and (output == base or base in output.parents):
+            raise ValueError(f"The output folder {output} is inside the input folder {base}: its labels would be "
                              "read as images by the next run. Choose a folder outside it.")
         if base.suffix.lower() == ".zarr" and (output == base or base in output.parents):
             raise ValueError(f"The output folder {output} is inside the input {base}.")

@@ -297,7 +297,9 @@ def _run_jobs(client, jobs, mode: str, per_task: int, progress: bool) -> dict:
                 error = future.exception()
                 results[job.name] = _entry(job, "failed", error=f"{type(error).__name__}: {error}")
                 continue
-            if role == "prepare":
+            if role == "prepare" and isinstance(future.result(), dict):  # a small image, done at once
+                results[job.name] = _entry(job, "done", **future.result())
+            elif role == "prepare":
                 prepared = future.result()
                 part = tasks.segment_part if mode == "everything" else tasks.embed_part
                 parts = [submit(part, job, prepared, plane, frames, role="part")

@@ -25,6 +25,7 @@ from ..core.automatic_mask_generator import frame_count, merge_frames, segment_f
 from ..core.image_source import PlaneWriter, plane_of
 from ..core.prompted_objects import predict_objects
 from ..core.utils.amg import stability_score
+from ..core.utils.memory import reuse_freed_memory
 from ..io import is_rgb, napari_contrast_limits, planes
 from .config import RunConfig
 from .files import ImageInput, open_input, write_atomically
@@ -67,6 +68,7 @@ class ModelPlugin(WorkerPlugin):
         self._lock = threading.Lock()
         self._predictor = self._video = None
         self.loads = 0
+        reuse_freed_memory()  # undo the allocator setting dask starts workers with (twice as fast)
         logging.getLogger("tifffile").setLevel(logging.ERROR)  # a corrupt file is reported in the summary
         from transformers.utils import logging as transformers_logging
 
@@ -178,8 +180,9 @@ def _open(job: Job):
     return data, shape, rgb
 
 
-def prepare(job: Job) -> Prepared:
-    """Open the image and decide what the following tasks share (runs on a worker)."""
+def prepare(job: Job) -> Prepared | dict:
+    """Open the image and decide what the following tasks share (runs on a worker). An image that is one task's
+    work (one plane in one group of frames) is done here at once: its record is returned instead."""
     started = time.time()
     data, shape, rgb = _open(job)
     calibration = read_calibration(job.item.paths[0])
@@ -187,7 +190,13 @@ def prepare(job: Job) -> Prepared:
     first = planes(shape, rgb)[0]
     predictor = _plugin().predictor()
     count = frame_count(predictor, plane_of(data, first), job.config.everything, contrast_limits=limits, rgb=rgb)
-    return Prepared(shape, rgb, tuple(planes(shape, rgb)), limits, count, calibration, started)
+    prepared = Prepared(shape, rgb, tuple(planes(shape, rgb)), limits, count, calibration, started)
+    groups = prepared.groups(job.config.batch.tiles_per_task)
+    if len(groups) > 1:
+        return prepared
+    if job.config.batch.mode == "embed":
+        return finish_embed(job, prepared, embed_part(job, prepared, *groups[0]))
+    return finish_everything(job, prepared, segment_part(job, prepared, *groups[0]))
 
 
 def segment_part(job: Job, prepared: Prepared, plane: tuple[int, ...], frames: tuple[int, ...]):

@@ -7,6 +7,8 @@ on a worker thread with a progress bar and a Cancel button; each plane is reduce
 soon as it is done. The Labels layer is added only when a run finds something, with the image's transforms and a
 features table (label, area, score, stability, box; its ``index`` column maps rows to label values, as napari
 expects); a run that finds nothing says why and what to lower, and a cancelled or failed run adds nothing.
+"Export batch run..." saves the settings as a settings file for ``napari-sam segment`` and copies the command that
+runs them on a folder.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..bridge.slicing import plane_view, planes_to_run
 from ..core.automatic_mask_generator import explain_empty, segment_everything
 from ..core.image_source import PlaneWriter
 from ..core.settings import EverythingSettings
+from .batch_export import BatchExport
 from .dock import Dock
 from .layout import row, status_line
 from .prompt_layers import image_transforms, labels_array, selection_kept, spatial_shape, unwrapped
@@ -43,8 +46,9 @@ class EverythingWidget(Dock):
         self.cancel_button = PushButton(text="Cancel")
         self.task = CancellableTask("Segment everything", self.run_button, self.cancel_button, self.start_worker,
                                     self.model.show)
+        self.batch_export = BatchExport(self)
         self.extend([*self.model.widgets, *self.form.widgets, row(self.in_effect, self.reset_button),
-                     self.whole_stack, row(self.run_button, self.cancel_button)])
+                     self.whole_stack, row(self.run_button, self.cancel_button), self.batch_export.button])
         self.result_layer = None
         self._show_in_effect(edited=False)
 

@@ -33,3 +33,23 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+#: glibc's mallopt parameters.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def reuse_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20) -> bool:
+    """Let the allocator keep and reuse freed blocks of up to ``mmap_threshold`` bytes (glibc only; returns whether
+    it applied).
+
+    dask's nanny starts each worker with ``MALLOC_TRIM_THRESHOLD_`` set, and setting it fixes glibc's mmap
+    threshold at 128 KiB: every buffer above that (most tensors) is mapped and unmapped again, page faults each
+    time, which halved torch's speed in a worker (segment everything on 512², tiny-cells: 0.60 s against 0.30 s).
+    :func:`release_freed_memory` still returns free memory between tiles.
+    """
+    if _malloc_trim() is None:
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD,
+                                                                                        trim_threshold))
