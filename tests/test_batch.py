@@ -73,11 +73,13 @@ def labels_of(folder, name):
 
 
 def test_outputs_match_the_api_and_a_rerun_does_no_work(cluster, dataset, tmp_path):
-    scheduler, _ = cluster
+    scheduler, client = cluster
     folder, images = dataset
     out = tmp_path / "out"
     summary = run_batch([str(folder)], str(out), config(), scheduler=scheduler, progress=False)
     assert summary.values["counts"] == {"done": 7, "skipped": 0, "failed": 1, "no prompts": 0}
+    loads = client.run(lambda dask_worker: dask_worker.plugins["napari-sam-model"].loads)
+    assert sorted(loads.values()) == [1, 1]  # both workers worked, each loaded the model once for 7 images
     assert [f["name"] for f in summary.failures] == ["corrupt"] and "corrupt.tif" in summary.failures[0]["error"]
     assert summary.exit_status == 1
     predictor = reference_predictor()
@@ -326,3 +328,71 @@ def test_the_output_folder_may_sit_beside_named_files_but_not_inside_a_scanned_f
         (tmp_path / "other").mkdir()
         tifffile.imwrite(tmp_path / "other" / "a.tif", np.zeros((8, 8), np.uint16))
         find_inputs([str(data), str(tmp_path / "other")])
+
+
+def test_prompts_files_csv_json_and_geojson(tmp_path):
+    csv_file = tmp_path / "p.csv"
+    csv_file.write_text("image,plane,object,kind,row,col,row2,col2\n"
+                        'a.tif,"3,12",2,positive,10,20,,\n'
+                        'a.tif,"3,12",2,negative,11,21,,\n'
+                        "a.tif,,1,box,5,6,15,26\n")
+    prompts = PromptsFile(csv_file).for_image("a.tif", "a")
+    by_id = {p.object_id: p for p in prompts}
+    assert by_id[2].plane == (3, 12) and by_id[2].labels.tolist() == [1, 0]
+    assert by_id[2].points.tolist() == [[10, 20], [11, 21]] and by_id[2].box is None
+    assert by_id[1].plane == () and by_id[1].box.tolist() == [5, 6, 15, 26]
+
+    geo = tmp_path / "p.geojson"
+    geo.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [20, 10]},
+         "properties": {"image": "b.png", "object": 1, "positive": False}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[5, 1], [30, 1], [30, 9], [5, 1]]]},
+         "properties": {"image": "b.png", "object": 1}}]}))
+    [prompt] = PromptsFile(geo).for_image("b.png", "b")
+    assert prompt.points.tolist() == [[10, 20]] and prompt.labels.tolist() == [0]  # (x, y) -> (row, col)
+    assert prompt.box.tolist() == [1, 5, 9, 30]
+
+    for text, message in (("image,object,kind,row,col\na.tif,1,circle,1,2\n", "line 2: kind must be"),
+                          ("image,object,kind,row,col\na.tif,0,positive,1,2\n", "line 2: object must be"),
+                          ("image,object,kind,row,col,row2,col2\na.tif,1,box,9,9,1,1\n", "top-left"),
+                          ("image,object,kind,row,col,row2,col2\na.tif,1,box,1,1,2,2\na.tif,1,box,1,1,3,3\n",
+                           "line 3: object 1 has a second box"),
+                          ("image,kind,row,col\na.tif,positive,1,2\n", "needs the columns")):
+        csv_file.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            PromptsFile(csv_file)
+
+
+def test_a_folder_of_slices_is_one_stack(cluster, tmp_path):
+    scheduler, _ = cluster
+    stack = synthetic_cells((3, 96, 96), seed=970_400, ndim=3, n_cells=8, radius_range=(10.0, 14.0))[0]
+    slices = tmp_path / "embryo"
+    slices.mkdir()
+    for index in (0, 1, 2):  # natural order: z2 before z10
+        tifffile.imwrite(slices / f"z{[2, 10, 11][index]}.tif", stack[index])
+    out = tmp_path / "out"
+    assert main(["segment", str(slices), "--stack", "--out", str(out), "--model", MODEL, "--precision",
+                 "float32", "--points-per-side", "8", "--scheduler", scheduler, "--no-progress"]) == 0
+    labels = labels_of(out, "embryo")
+    table = pd.read_csv(out / "embryo_objects.csv")
+    assert labels.shape == stack.shape and sorted(set(table["plane"])) == [0, 1, 2]
+    predictor = reference_predictor()
+    limits = napari_contrast_limits(stack, False)
+    first = segment_everything(predictor, stack[0], config().resolved().everything.replace(points_per_side=8),
+                               contrast_limits=limits)
+    np.testing.assert_array_equal(labels[0], first.labels)
+    assert labels[1][labels[1] > 0].min() == len(first.objects) + 1  # ids go on from plane to plane
+    with tifffile.TiffFile(out / "embryo_labels.ome.tif") as tif:
+        assert tif.series[0].axes == "ZYX"
+
+
+def test_parquet_without_pyarrow_is_refused_before_any_work(dataset, tmp_path, capsys):
+    pytest.importorskip("pandas")
+    try:
+        import pyarrow  # noqa: F401
+        pytest.skip("pyarrow is installed")
+    except ImportError:
+        pass
+    folder, _ = dataset
+    assert main(["segment", str(folder), "--out", str(tmp_path / "o"), "--model", MODEL, "--table", "parquet"]) == 2
+    assert "Parquet tables need pyarrow" in capsys.readouterr().err

@@ -164,6 +164,7 @@ class FileStack:
         self.shape = (len(self.paths), *first_shape)
         self.dtype = first_dtype
         self.ndim = len(self.shape)
+        self.size = int(np.prod(self.shape, dtype=np.int64))
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)

@@ -74,4 +74,4 @@ class BatchExport:
         self.command = self.save(path, config, image)
         QApplication.clipboard().setText(self.command)
         self.dock.model.show(f"Saved {Path(path).name}; the command is copied: {self.command}")
-        show_info(f"Run this on a folder (copied):\n{self.command}")
+        show_info(f"Copied the command that runs these settings on a folder: {self.command}")
