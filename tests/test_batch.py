@@ -1,5 +1,6 @@
 """Batch runs on dask.distributed: a LocalCluster of 2 worker processes, tiny-cells, small synthetic images."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -246,15 +247,24 @@ def test_embed_fills_the_store_the_predictor_reads(cluster, dataset, tmp_path):
     scheduler, _ = cluster
     folder, images = dataset
     store = tmp_path / "store"
-    summary = run_batch([str(folder / "cells_4.tif")], str(tmp_path / "out"), config(mode="embed"),
-                        store=str(store), scheduler=scheduler, progress=False)
-    assert summary.values["images"][0]["encoder_runs"] == 1
+    tiling = TilingSettings(mode="tiles", tile_size=64, halo=8)
+    run = RunConfig(batch=BatchSettings(model=MODEL, precision="float32", mode="embed", tiles_per_task=2),
+                    everything=FAST.replace(crop_n_layers=1), tiling=tiling)  # crops do not change what is embedded
+    summary = run_batch([str(folder / "cells_4.tif")], str(tmp_path / "out"), run, store=str(store),
+                        scheduler=scheduler, progress=False)
     from napari_sam.core.embedding_store import EmbeddingStore
 
-    predictor = Predictor.from_pretrained(MODEL, device="cpu", dtype="float32", store=EmbeddingStore(store))
+    predictor = Predictor.from_pretrained(MODEL, device="cpu", dtype="float32", store=EmbeddingStore(store),
+                                          tiling=tiling)
     image = images["cells_4"]
     predictor.set_image(image, contrast_limits=napari_contrast_limits(image, False))
+    tiles = len(predictor.frames())
+    assert tiles > 2 and summary.values["images"][0]["encoder_runs"] == tiles  # in several tasks
     assert predictor.precompute() == 0
+    whole = run_batch([str(folder / "cells_4.tif")], str(tmp_path / "out-whole"),
+                      dataclasses.replace(run, tiling=TilingSettings()), store=str(store), scheduler=scheduler,
+                      progress=False)
+    assert whole.values["images"][0]["encoder_runs"] == 1  # the whole image, once; its crops are not embedded
 
 
 def test_bad_input_gets_a_clear_message_fast(dataset, tmp_path, capsys):
@@ -396,3 +406,32 @@ def test_parquet_without_pyarrow_is_refused_before_any_work(dataset, tmp_path, c
     folder, _ = dataset
     assert main(["segment", str(folder), "--out", str(tmp_path / "o"), "--model", MODEL, "--table", "parquet"]) == 2
     assert "Parquet tables need pyarrow" in capsys.readouterr().err
+
+
+def test_propagation_with_a_video_checkpoint_matches_the_api(cluster, tmp_path):
+    from napari_sam.core.random_weights import random_video_model
+    from napari_sam.core.video_propagation import load_video_model, propagate_video
+
+    scheduler, _ = cluster
+    folder = tmp_path / "video-model"
+    random_video_model().save_pretrained(folder)
+    stack, truth = synthetic_cells((8, 70, 90), seed=970_500, ndim=3, n_cells=3)
+    inputs = tmp_path / "stacks"
+    inputs.mkdir()
+    tifffile.imwrite(inputs / "movie.tif", stack)
+    cell = np.bincount(truth[4].ravel())[1:].argmax() + 1
+    row, col = np.argwhere(truth[4] == cell).mean(axis=0)
+    prompts = tmp_path / "p.csv"
+    prompts.write_text(f"image,plane,object,kind,row,col\nmovie,4,3,positive,{row:.1f},{col:.1f}\n")
+    out = tmp_path / "out"
+    assert main(["segment", str(inputs), "--out", str(out), "--mode", "propagate", "--prompts", str(prompts),
+                 "--model", MODEL, "--precision", "float32", "--video-model", str(folder), "--scheduler", scheduler,
+                 "--no-progress"]) == 0
+    predictor = reference_predictor()
+    limits = napari_contrast_limits(stack, False)
+    predictor.set_image(stack[4], contrast_limits=limits)
+    first = predict_objects(predictor, [PromptObject(np.array([[round(row, 1), round(col, 1)]]), np.array([1]))])[0]
+    model, geometry, _ = load_video_model(str(folder), device="cpu")
+    expected = propagate_video(model, stack, 4, 0, mask=first.masks[0], geometry=geometry,
+                               settings=predictor.recommended.propagation, contrast_limits=limits)
+    np.testing.assert_array_equal(labels_of(out, "movie") == 3, expected.masks)

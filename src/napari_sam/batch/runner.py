@@ -274,12 +274,13 @@ def _run_jobs(client, jobs, mode: str, per_task: int, progress: bool) -> dict:
 
     from . import tasks
 
-    queue, roles, results = as_completed(), {}, {}
+    queue, roles, results, by_job = as_completed(), {}, {}, {}
 
     def submit(function, job, *args, role):
         future = client.submit(function, job, *args, pure=False,
                                key=f"{function.__name__}-{job.name}-{uuid.uuid4().hex[:8]}")
         roles[future.key] = (role, job)
+        by_job.setdefault(job.name, []).append(future)
         queue.add(future)
         return future
 
@@ -296,6 +297,7 @@ def _run_jobs(client, jobs, mode: str, per_task: int, progress: bool) -> dict:
             if future.status != "finished":
                 error = future.exception()
                 results[job.name] = _entry(job, "failed", error=f"{type(error).__name__}: {error}")
+                client.cancel([f for f in by_job.pop(job.name, []) if not f.done()])  # its other tasks are moot
                 continue
             if role == "prepare" and isinstance(future.result(), dict):  # a small image, done at once
                 results[job.name] = _entry(job, "done", **future.result())
@@ -310,4 +312,6 @@ def _run_jobs(client, jobs, mode: str, per_task: int, progress: bool) -> dict:
                 bar.refresh()
             elif role == "finish":
                 results[job.name] = _entry(job, "done", **future.result())
+            if job.name in results:
+                by_job.pop(job.name, None)
     return results

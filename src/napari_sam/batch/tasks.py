@@ -189,7 +189,10 @@ def prepare(job: Job) -> Prepared | dict:
     limits = _contrast(job, data, rgb)
     first = planes(shape, rgb)[0]
     predictor = _plugin().predictor()
-    count = frame_count(predictor, plane_of(data, first), job.config.everything, contrast_limits=limits, rgb=rgb)
+    if job.config.batch.mode == "embed":  # the frames the predictor embeds (tiles, or the whole image)
+        count = len(predictor.frames(plan=predictor.plan(plane_of(data, first), limits, rgb)))
+    else:  # the frames segment everything decodes (tiles, or the whole image and its crops)
+        count = frame_count(predictor, plane_of(data, first), job.config.everything, contrast_limits=limits, rgb=rgb)
     prepared = Prepared(shape, rgb, tuple(planes(shape, rgb)), limits, count, calibration, started)
     groups = prepared.groups(job.config.batch.tiles_per_task)
     if len(groups) > 1:
