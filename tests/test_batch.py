@@ -435,3 +435,32 @@ def test_propagation_with_a_video_checkpoint_matches_the_api(cluster, tmp_path):
     expected = propagate_video(model, stack, 4, 0, mask=first.masks[0], geometry=geometry,
                                settings=predictor.recommended.propagation, contrast_limits=limits)
     np.testing.assert_array_equal(labels_of(out, "movie") == 3, expected.masks)
+
+
+def test_a_run_killed_halfway_resumes_where_it_stopped(cluster, dataset, tmp_path):
+    import subprocess
+    import sys
+
+    scheduler, _ = cluster
+    folder, images = dataset
+    clean = tmp_path / "clean"
+    run_batch([str(folder)], str(clean), config(), scheduler=scheduler, progress=False)
+    settings = tmp_path / "settings.json"
+    config().save(settings)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "napari_sam.cli", "segment", str(folder), "--out", str(out), "--settings",
+               str(settings), "--scheduler", scheduler, "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not any((out / ".napari-sam").glob("*.json")) and time.time() < deadline:
+        time.sleep(0.02)
+    process.kill()  # the whole command, halfway
+    process.wait()
+    finished = {p.stem for p in (out / ".napari-sam").glob("*.json")}
+    assert 1 <= len(finished) < 7
+    resumed = run_batch([str(folder)], str(out), config(), scheduler=scheduler, progress=False)
+    counts = resumed.values["counts"]
+    assert counts["skipped"] >= len(finished) and counts["skipped"] + counts["done"] == 7 and counts["done"] >= 1
+    for name in images:
+        np.testing.assert_array_equal(labels_of(out, name), labels_of(clean, name))
+    assert not list(out.glob(".*.partial"))
