@@ -170,8 +170,8 @@ def _decode_frame(predictor: Predictor, plan: _Pass, index: int, settings: Every
     iou_filter = settings.pred_iou_thresh if settings.pred_iou_thresh > 0 else None  # 0: off, as Meta's
     stability_filter = settings.stability_score_thresh if settings.stability_score_thresh > 0 else None
     offset_value = settings.stability_score_offset
-    valid_rows = math.ceil(frame.resized_size[0] * geometry.mask_size / geometry.pad_size[0])
-    valid_cols = math.ceil(frame.resized_size[1] * geometry.mask_size / geometry.pad_size[1])
+    valid_rows = math.ceil(geometry.input_size(frame)[0] * geometry.mask_size / geometry.pad_size[0])
+    valid_cols = math.ceil(geometry.input_size(frame)[1] * geometry.mask_size / geometry.pad_size[1])
     offset = torch.tensor([frame.row0, frame.col0] * 2, dtype=torch.float32, device=predictor.device)
     box = [frame.row0, frame.col0, frame.row1, frame.col1]
     image_box = [0, 0, *predictor.image_size]
@@ -192,7 +192,7 @@ def _decode_frame(predictor: Predictor, plan: _Pass, index: int, settings: Every
         step = _chunk(*frame.size)
         for chunk in range(0, len(logits), step):
             part = logits[chunk: chunk + step]
-            full = upscale_logits(part, geometry, frame.resized_size, frame.size)
+            full = upscale_logits(part, geometry, geometry.input_size(frame), frame.size)
             stability = stability_score(full, 0.0, offset_value)
             passed = (full > 0).flatten(1).any(dim=1)
             if stability_filter is not None:
@@ -347,7 +347,8 @@ def _as_objects(predictor: Predictor, plan: _Pass, found: Candidates):
         step = _chunk(*frame.size)
         for chunk in range(0, len(found), step):
             part = found.logits[chunk: chunk + step].float()
-            full = (upscale_logits(part, predictor.geometry, frame.resized_size, frame.size) > 0).cpu().numpy()
+            geometry = predictor.geometry
+            full = (upscale_logits(part, geometry, geometry.input_size(frame), frame.size) > 0).cpu().numpy()
             for offset, mask in enumerate(full):
                 obj = cropped(mask, frame.row0, frame.col0)
                 if obj is not None:

@@ -42,15 +42,18 @@ class CachedEmbedding:
         embedding: (1, C, e, e) tensor from the vision encoder, on the model's device.
         original_size: (H, W) of the image in data pixels.
         resized_size: (h, w) of the image inside the model's padded input.
+        extras: the other image features the family's decoder reads (SAM-HQ: the first global ViT block's; SAM2
+            family: two high-resolution maps; SAM: none).
     """
 
     embedding: torch.Tensor
     original_size: tuple[int, int]
     resized_size: tuple[int, int]
+    extras: tuple = ()
 
     @property
     def nbytes(self) -> int:
-        return self.embedding.numel() * self.embedding.element_size()
+        return sum(t.numel() * t.element_size() for t in (self.embedding, *self.extras))
 
 
 class EmbeddingCache:

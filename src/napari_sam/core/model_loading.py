@@ -16,6 +16,8 @@ mis-shaped tensors, which transformers would otherwise fill with random values o
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
@@ -34,10 +36,18 @@ KNOWN_CHECKPOINTS: dict[str, str] = {
     "tiny-cells": "bundled demo model, trained on synthetic cells only (works offline; not a real segmenter)",
     "facebook/sam-vit-base": "SAM ViT-B (Meta), 94 M parameters: the default",
     "facebook/sam-vit-large": "SAM ViT-L (Meta), 312 M parameters",
-    "facebook/sam-vit-huge": "SAM ViT-H (Meta), 641 M parameters: best masks, slowest",
+    "facebook/sam-vit-huge": "SAM ViT-H (Meta), 641 M parameters: best SAM-1 masks, slowest",
     "Zigeng/SlimSAM-uniform-50": "SlimSAM, pruned SAM ViT-B at 50%: faster on CPU",
     "Zigeng/SlimSAM-uniform-77": "SlimSAM, pruned SAM ViT-B at 77%: fastest",
     "wanglab/medsam-vit-base": "MedSAM (medical images), ViT-B",
+    "syscv-community/sam-hq-vit-base": "SAM-HQ ViT-B: SAM with a high-quality mask token, finer boundaries",
+    "syscv-community/sam-hq-vit-large": "SAM-HQ ViT-L: finer boundaries, slower",
+    "syscv-community/sam-hq-vit-huge": "SAM-HQ ViT-H: finest boundaries, slowest",
+    "facebook/sam2.1-hiera-tiny": "SAM2.1 Hiera-T (Meta), 39 M parameters: fast, better masks than SAM-1 ViT-B",
+    "facebook/sam2.1-hiera-small": "SAM2.1 Hiera-S (Meta), 46 M parameters",
+    "facebook/sam2.1-hiera-base-plus": "SAM2.1 Hiera-B+ (Meta), 81 M parameters",
+    "facebook/sam2.1-hiera-large": "SAM2.1 Hiera-L (Meta), 224 M parameters: best SAM2 masks, slowest",
+    "yonigozlan/EdgeTAM-hf": "EdgeTAM: SAM2 made small for devices (its encoder needs the timm package)",
 }
 
 DEFAULT_CHECKPOINT = "facebook/sam-vit-base"
@@ -75,6 +85,9 @@ class ModelGeometry:
         do_rescale, rescale_factor: whether 8-bit levels (0..255) are multiplied by ``rescale_factor`` (1/255).
         do_normalize: whether ``mean``/``std`` are applied.
         do_pad: whether the resized image is padded; when False it must resize to exactly ``pad_size``.
+        square: the image is stretched to the square ``pad_size`` (aspect not kept, no padding) and low-resolution
+            masks are upsampled straight to the image's size, as the SAM2 family's processors do.
+        family: the checkpoint's family (:data:`~napari_sam.core.families.FAMILIES`).
     """
 
     image_size: int
@@ -89,6 +102,13 @@ class ModelGeometry:
     rescale_factor: float = 1 / 255
     do_normalize: bool = True
     do_pad: bool = True
+    square: bool = False
+    family: str = "sam"
+
+    def input_size(self, frame) -> tuple[int, int]:
+        """(height, width) of ``frame``'s pixels inside the model input: its region times its scale (SAM), or the
+        whole square input (``square``: the SAM2 family stretches every frame to it)."""
+        return self.pad_size if self.square else frame.resized_size
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -193,6 +213,29 @@ def geometry_from_config(config, preprocessor: dict | None = None,
     )
 
 
+def square_geometry(config, family: str, preprocessor: dict | None = None,
+                    source: str = "the preprocessor config") -> ModelGeometry:
+    """The geometry of a SAM2-family checkpoint: a square input of the prompt encoder's size (1024; 1008 for SAM3),
+    ImageNet mean/std (SAM3: 0.5), or the preprocessor config's ``image_mean``/``image_std``/``rescale_factor``.
+
+    Raises:
+        ModelLoadError: a preprocessor config whose size is not the model's square input.
+    """
+    side = int(config.prompt_encoder_config.image_size)
+    embedding = side // int(config.prompt_encoder_config.patch_size)
+    preprocessor = preprocessor or {}
+    size = preprocessor.get("size")
+    if size is not None and (not isinstance(size, dict) or (size.get("height"), size.get("width")) != (side, side)):
+        raise ModelLoadError(f"{source} resizes to {size!r}; the model takes {side}x{side} images.")
+    default = (0.5, 0.5, 0.5) if family == "sam3_tracker" else IMAGENET_MEAN
+    mean = tuple(float(v) for v in preprocessor.get("image_mean", default))
+    std = tuple(float(v) for v in preprocessor.get("image_std", default if family == "sam3_tracker" else IMAGENET_STD))
+    return ModelGeometry(image_size=side, longest_edge=side, pad_size=(side, side), embedding_size=embedding,
+                         mask_size=4 * embedding, mean=mean, std=std,
+                         rescale_factor=float(preprocessor.get("rescale_factor", 1 / 255)), do_pad=False, square=True,
+                         family=family)
+
+
 def _read_json(name_or_path: str, filename: str) -> dict | None:
     """A JSON file of the checkpoint (local folder or hub cache) as a dict, or None when it has none.
 
@@ -269,6 +312,10 @@ def _check_loading_info(name: str, model, info: dict) -> None:
 
 
 def _load_error(name_or_path: str, error: BaseException) -> ModelLoadError:
+    if "gated" in f"{type(error).__name__} {error}".lower():
+        return ModelLoadError(
+            f"{name_or_path!r} is gated on the Hugging Face hub: log in (`hf auth login`) with an account that has "
+            "accepted the model's licence on its hub page, or download it once and pass that folder's path.")
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
     where = "no such local folder, and " if not Path(name_or_path).exists() else ""
     hint = (
@@ -285,7 +332,8 @@ def _load_error(name_or_path: str, error: BaseException) -> ModelLoadError:
 
 def load_sam(name_or_path: str | os.PathLike, device: str | torch.device | None = "auto",
              dtype: str | torch.dtype | None = None):
-    """Load a transformers ``SamModel`` checkpoint for inference.
+    """Load a checkpoint of one of the SAM families (SAM, SAM-HQ, SAM2.1, EdgeTAM, SAM3's tracker; see
+    :mod:`~napari_sam.core.families`) for inference.
 
     Args:
         name_or_path: a bundled name (``"tiny-cells"``), a hub id such as ``"facebook/sam-vit-base"``, or a folder
@@ -294,28 +342,33 @@ def load_sam(name_or_path: str | os.PathLike, device: str | torch.device | None 
         dtype: weights' dtype; None keeps float32; "auto" is bfloat16 where the device computes it fast.
 
     Returns:
-        ``(model, geometry, device)``: the model in eval mode on ``device``, its :class:`ModelGeometry`, and the
-        resolved ``torch.device``.
+        ``(model, geometry, device)``: the model in eval mode on ``device``, its :class:`ModelGeometry` (whose
+        ``family`` names its family), and the resolved ``torch.device``.
 
     Raises:
-        ModelLoadError: the checkpoint is missing, unreachable, corrupt or not a SAM checkpoint; one of its JSON files
-            does not parse; its preprocessor config cannot be reproduced; or its weights do not fit its config
+        ModelLoadError: the checkpoint is missing, unreachable, corrupt or of no supported family; one of its JSON
+            files does not parse; its preprocessor config cannot be reproduced; or its weights do not fit its config
             (missing, unexpected or mis-shaped tensors, named).
     """
-    from transformers import SamConfig, SamModel
+    from .families import family_of
 
     name, resolved_device, resolved_dtype = resolve_load_arguments(name_or_path, device, dtype, DEFAULT_CHECKPOINT)
     try:
-        _read_json(name, "config.json")  # a malformed file is named as such, before transformers reads it
-        config = SamConfig.from_pretrained(name)
-        if getattr(config, "model_type", None) != "sam":
-            raise ModelLoadError(
-                f"{name!r} is a {config.model_type!r} checkpoint, not a SAM (model_type 'sam') checkpoint."
-            )
-        geometry = geometry_from_config(config, *_preprocessor_source(name))  # checked before the weights load
-        model, info = SamModel.from_pretrained(name, use_safetensors=True, trust_remote_code=False,
-                                               dtype=resolved_dtype, output_loading_info=True,
-                                               ignore_mismatched_sizes=True)  # reported below, never used
+        raw = _read_json(name, "config.json")  # a malformed file is named as such, before transformers reads it
+        family = family_of(raw.get("model_type", "sam") if raw else "sam", name)
+        if family.name == "edgetam" and importlib.util.find_spec("timm") is None:
+            raise ModelLoadError(f"{name!r} is an EdgeTAM checkpoint, whose image encoder comes from the timm package "
+                                 "(and timm needs torchvision): install timm, or use a SAM2.1 checkpoint.")
+        config_class, model_class = family.classes()
+        config = config_class.from_pretrained(name)
+        if family.square:
+            geometry = square_geometry(config, family.name, *_preprocessor_source(name))
+        else:
+            geometry = dataclasses.replace(geometry_from_config(config, *_preprocessor_source(name)),
+                                           family=family.name)  # checked before the weights load
+        model, info = model_class.from_pretrained(name, config=config, use_safetensors=True, trust_remote_code=False,
+                                                  dtype=resolved_dtype, output_loading_info=True,
+                                                  ignore_mismatched_sizes=True)  # reported below, never used
     except ModelLoadError:
         raise
     except Exception as error:  # noqa: BLE001 - every failure becomes one clear message

@@ -67,7 +67,10 @@ class Prediction:
 def upscale_logits(low_res: torch.Tensor, geometry: ModelGeometry, resized_size: tuple[int, int],
                    original_size: tuple[int, int]) -> torch.Tensor:
     """Low-res logits (n, m, m) to logits at the original (n, H, W), as SAM does: to the padded input size,
-    crop the padding away, then to the original size (bilinear both times)."""
+    crop the padding away, then to the original size (bilinear both times). The SAM2 family (``geometry.square``)
+    upsamples straight to the original size."""
+    if geometry.square:
+        return F.interpolate(low_res[:, None].float(), size=original_size, mode="bilinear", align_corners=False)[:, 0]
     logits = F.interpolate(low_res[:, None].float(), size=geometry.pad_size, mode="bilinear", align_corners=False)
     logits = logits[..., : resized_size[0], : resized_size[1]]
     if tuple(resized_size) == tuple(original_size):  # resizing to the same size is the identity

@@ -18,6 +18,7 @@ All positions are (row, col) in the image's data pixels.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Callable
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 
 from .coordinates import boxes_to_model, points_to_model
 from .embedding_cache import CachedEmbedding, EmbeddingCache, EmbeddingKey
+from .families import FAMILIES
 from .frames import Frame, Tiling, place_in_frame, prompt_extent, touches_inner_edge, whole_frame
 from .grid_decoder import GridDecoder, PreparedImage
 from .image_preparation import display_rgb, model_input
@@ -43,6 +45,8 @@ __all__ = ["ImagePlan", "Prediction", "Predictor", "upscale_logits"]
 #: the image tokens after the first block, and small chunks keep them in the CPU's caches (SAM ViT-B at 1024,
 #: 4 MiB per prompt in float32: one prompt at a time in float32, two in bfloat16, measured fastest on CPU).
 DECODER_BYTES = 4 << 20
+#: Points decoded per call of a family's own mask decoder in :meth:`Predictor.point_grid_logits` (not SAM-1's).
+FAMILY_GRID_CHUNK = 16
 #: How many times a prompt's frame grows around an object that reaches its inner border.
 MAX_GROWTH = 2
 
@@ -63,6 +67,7 @@ class Predictor:
                  cache: EmbeddingCache | None = None, recommended: Recommendations | None = None,
                  tiling: TilingSettings | None = None, store=None, checkpoint: str | None = None):
         self.model = model
+        self.family = FAMILIES[geometry.family]
         self.checkpoint = checkpoint or name.split(":")[0]
         self.recommended = recommended or Recommendations()
         self.geometry = geometry
@@ -73,7 +78,7 @@ class Predictor:
         self._stored = None
         self.store = store
         self._plan: ImagePlan | None = None
-        self._grid_decoder = GridDecoder(model)
+        self._grid_decoder = GridDecoder(model) if self.family.grid_decoder else None
         self._grid: tuple[CachedEmbedding, PreparedImage] | None = None  # a frame, prepared for the grid decoder
         self._lock = threading.RLock()
 
@@ -84,6 +89,10 @@ class Predictor:
         """Load a SAM checkpoint (hub id or ``save_pretrained`` folder); see :func:`load_sam`."""
         model, geometry, resolved = load_sam(name_or_path, device=device, dtype=dtype)
         recommended = read_recommendations(resolve_checkpoint(name_or_path), label=os.fspath(name_or_path))
+        family = FAMILIES[geometry.family]
+        if recommended.source == "defaults" and family.amg_defaults:  # the family's own generator's defaults
+            recommended = dataclasses.replace(recommended, everything=recommended.everything.replace(
+                **dict(family.amg_defaults)), source=f"{family.label}'s generator")
         return cls(model, geometry, resolved, name=f"{os.fspath(name_or_path)}:{model.dtype}", cache=cache,
                    recommended=recommended, tiling=tiling, store=store, checkpoint=os.fspath(name_or_path))
 
@@ -192,8 +201,8 @@ class Predictor:
         from the memory cache, else from the store on disk, else computed (and kept in both)."""
         with self._lock:
             source = (plan or self._require_image("frame_embedding")).source
-            key = EmbeddingKey(self.name, source.digest(frame) + f"@{frame.resized_size}", source.contrast_limits,
-                               source.rgb)
+            resized = self.geometry.input_size(frame)
+            key = EmbeddingKey(self.name, source.digest(frame) + f"@{resized}", source.contrast_limits, source.rgb)
             cached = self.cache.get(key)
             if cached is not None:
                 return cached, False
@@ -203,10 +212,10 @@ class Predictor:
                 self.cache.put(key, stored)
                 return stored, False
             rgb01 = display_rgb(source.read(frame), source.contrast_limits, source.rgb, device=self.device)
-            inputs = model_input(rgb01, self.geometry, dtype=self.dtype, resized=frame.resized_size)
-            with torch.inference_mode():
-                embedding = self.model.get_image_embeddings(inputs)
-            entry = CachedEmbedding(embedding=embedding, original_size=frame.size, resized_size=frame.resized_size)
+            inputs = model_input(rgb01, self.geometry, dtype=self.dtype, resized=resized)
+            embedding, extras = self.family.embed(self.model, inputs)
+            entry = CachedEmbedding(embedding=embedding, original_size=frame.size, resized_size=resized,
+                                    extras=extras)
             self.cache.put(key, entry)
             if kept is not None:
                 kept.put(frame, source, key.image, entry)
@@ -274,10 +283,10 @@ class Predictor:
                 frame = self._frame_for(ObjectPrompts(None, None, box, None))
         in_frame = place_in_frame(masks, offset, frame)
         fraction = torch.from_numpy(in_frame).to(torch.float32)[:, None]
-        fraction = F.interpolate(fraction, size=frame.resized_size, mode="bilinear", align_corners=False,
-                                 antialias=True)
+        resized = self.geometry.input_size(frame)
+        fraction = F.interpolate(fraction, size=resized, mode="bilinear", align_corners=False, antialias=True)
         pad_h, pad_w = self.geometry.pad_size
-        fraction = F.pad(fraction, (0, pad_w - frame.resized_size[1], 0, pad_h - frame.resized_size[0]))
+        fraction = F.pad(fraction, (0, pad_w - resized[1], 0, pad_h - resized[0]))
         fraction = F.adaptive_avg_pool2d(fraction, self.geometry.mask_size)[:, 0].clamp(eps, 1 - eps)
         return torch.logit(fraction).numpy()
 
@@ -333,7 +342,7 @@ class Predictor:
         if prompts.mask_input is None:
             return prompts
         logits = torch.from_numpy(np.asarray(prompts.mask_input, dtype=np.float32))
-        masks = (upscale_logits(logits, self.geometry, frame.resized_size, frame.size) > 0).numpy()
+        masks = (upscale_logits(logits, self.geometry, self.geometry.input_size(frame), frame.size) > 0).numpy()
         moved = self.mask_logits(masks, frame=other, offset=(frame.row0, frame.col0))
         return ObjectPrompts(prompts.points, prompts.point_labels, prompts.boxes, moved)
 
@@ -344,7 +353,7 @@ class Predictor:
         to_tensor = {"device": self.device}
         inputs: dict = {}
         if prompts.points is not None:
-            xy = points_to_model(prompts.points - frame.offset, frame.size, frame.resized_size)
+            xy = points_to_model(prompts.points - frame.offset, frame.size, self.geometry.input_size(frame))
             inputs["input_points"] = torch.tensor(xy, **to_tensor)[None, None].expand(n_objects, 1, -1, -1)
             inputs["input_labels"] = torch.tensor(prompts.point_labels, **to_tensor)[None, None].expand(
                 n_objects, 1, -1)
@@ -352,19 +361,17 @@ class Predictor:
             local = prompts.boxes - np.tile(frame.offset, 2)
             local[:, [0, 2]] = local[:, [0, 2]].clip(0, frame.size[0] - 1)
             local[:, [1, 3]] = local[:, [1, 3]].clip(0, frame.size[1] - 1)
-            boxes = boxes_to_model(local, frame.size, frame.resized_size)
+            boxes = boxes_to_model(local, frame.size, self.geometry.input_size(frame))
             inputs["input_boxes"] = torch.tensor(boxes, **to_tensor)[:, None]
         if prompts.mask_input is not None:
             inputs["input_masks"] = torch.tensor(prompts.mask_input, **to_tensor)[:, None].to(self.dtype)
-        embeddings = current.embedding.expand(n_objects, -1, -1, -1)
+        low_res, scores = self.family.decode(self.model, current.embedding, current.extras, n_objects, inputs,
+                                             multimask)  # (objects, candidates, m, m), (objects, candidates)
         with torch.inference_mode():
-            output = self.model(image_embeddings=embeddings, multimask_output=multimask, **inputs)
-            low_res = output.pred_masks[:, 0].float()  # (objects, candidates, m, m)
-            scores = output.iou_scores[:, 0].float()
             n_objects, n_candidates = low_res.shape[:2]
             masks = torch.empty((n_objects, n_candidates, *frame.size), dtype=torch.bool)
             for index in range(n_objects):  # one object at a time bounds the full-size float memory
-                logits = upscale_logits(low_res[index], self.geometry, frame.resized_size, frame.size)
+                logits = upscale_logits(low_res[index], self.geometry, self.geometry.input_size(frame), frame.size)
                 masks[index] = (logits > 0).cpu()
         return Prediction(masks=masks.numpy(), scores=scores.cpu().numpy(), logits=low_res.cpu().numpy(),
                           frame=frame, image_size=self._plan.size)
@@ -389,8 +396,10 @@ class Predictor:
             source = self._require_image("point_grid_logits")
             frame = frame or whole_frame(source.size, self.geometry.longest_edge)
             current, _ = self.frame_embedding(frame)
-            xy = points_to_model(np.asarray(points_rc, dtype=np.float64), frame.size, frame.resized_size)
+            xy = points_to_model(np.asarray(points_rc, dtype=np.float64), frame.size, self.geometry.input_size(frame))
             points = torch.tensor(xy, dtype=torch.float32, device=self.device)
+            if self._grid_decoder is None:
+                return self._family_grid(current, points, min_score)
             if self._grid is None or self._grid[0] is not current:
                 self._grid = (current, self._grid_decoder.prepare(current.embedding))
             prepared = self._grid[1]
@@ -403,3 +412,20 @@ class Predictor:
                 scores.append(chunk_scores)
                 kept.append(chunk_kept + start)
             return torch.cat(logits), torch.cat(scores), torch.cat(kept)
+
+    def _family_grid(self, current: CachedEmbedding, points: torch.Tensor, min_score: float | None):
+        """:meth:`point_grid_logits` with the family's own mask decoder, :data:`FAMILY_GRID_CHUNK` points a call."""
+        logits, scores = [], []
+        labels = torch.ones((len(points), 1, 1), dtype=torch.long, device=self.device)
+        for start in range(0, len(points), FAMILY_GRID_CHUNK):
+            part = points[start: start + FAMILY_GRID_CHUNK]
+            inputs = {"input_points": part[:, None, None], "input_labels": labels[start: start + len(part)]}
+            chunk_logits, chunk_scores = self.family.decode(self.model, current.embedding, current.extras, len(part),
+                                                            inputs, multimask=True)
+            logits.append(chunk_logits)
+            scores.append(chunk_scores)
+        logits, scores = torch.cat(logits), torch.cat(scores)
+        kept = torch.arange(len(points), device=scores.device)
+        if min_score is not None:
+            kept = torch.nonzero((scores > min_score).any(dim=1)).flatten()
+        return logits[kept], scores, kept

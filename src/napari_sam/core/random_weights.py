@@ -83,6 +83,52 @@ def randomize_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def tiny_family_config(family: str, image_size: int = 64):
+    """A tiny config (about 0.1 M parameters) of one of the image families: ``sam_hq`` (input ``image_size``,
+    16-px patches), ``sam2`` (Hiera; ``image_size`` a multiple of 32) or ``sam3_tracker`` (ViT with 14-px patches;
+    ``image_size`` a multiple of 14). Their prompt encoders take the vision encoder's sizes."""
+    import transformers
+
+    decoder = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64, iou_head_hidden_dim=32)
+    if family == "sam_hq":
+        vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
+                      patch_size=16, output_channels=32, window_size=2, global_attn_indexes=[1], num_pos_feats=16,
+                      mlp_dim=64)
+        return transformers.SamHQConfig(
+            vision_config=vision, prompt_encoder_config=dict(hidden_size=32, image_size=image_size, patch_size=16,
+                                                             mask_input_channels=8),
+            mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32,
+                                     vit_dim=32))
+    if family == "sam2":
+        side = image_size // 4
+        backbone = dict(model_type="sam2_hiera_det_model", hidden_size=8, embed_dim_per_stage=[8, 16, 32, 64],
+                        num_attention_heads_per_stage=[1, 1, 2, 2], blocks_per_stage=[1, 1, 2, 1],
+                        window_size_per_stage=[4, 2, 2, 1], global_attention_blocks=[3],
+                        window_positional_embedding_background_size=[4, 4], image_size=[image_size, image_size])
+        vision = dict(backbone_config=backbone, backbone_channel_list=[64, 32, 16, 8], fpn_hidden_size=32,
+                      backbone_feature_sizes=[[side, side], [side // 2, side // 2], [side // 4, side // 4]])
+        return transformers.Sam2Config(vision_config=vision, prompt_encoder_config=dict(
+            hidden_size=32, image_size=image_size, patch_size=16), mask_decoder_config=decoder)
+    if family == "sam3_tracker":
+        side = 4 * (image_size // 14)
+        backbone = dict(model_type="sam3_vit_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, image_size=image_size, patch_size=14, window_size=2,
+                        global_attn_indexes=[1], pretrain_image_size=image_size)
+        vision = dict(model_type="sam3_vision_model", backbone_config=backbone, fpn_hidden_size=32,
+                      backbone_feature_sizes=[[side, side], [side // 2, side // 2], [side // 4, side // 4]])
+        return transformers.Sam3TrackerConfig(vision_config=vision, prompt_encoder_config=dict(
+            hidden_size=32, image_size=image_size, patch_size=14), mask_decoder_config=decoder)
+    raise ValueError(f"No tiny config for the family {family!r}.")
+
+
+def random_family_model(family: str, image_size: int = 64, seed: int = 0):
+    """A tiny model of ``family`` (:func:`tiny_family_config`) with :func:`randomize_weights`, in eval mode."""
+    from .families import FAMILIES
+
+    _, model_class = FAMILIES[family].classes()
+    return randomize_weights(model_class(tiny_family_config(family, image_size)), seed).eval()
+
+
 def random_sam(config, seed: int = 0):
     """A ``SamModel`` built from ``config`` with :func:`randomize_weights`, in eval mode."""
     from transformers import SamModel

@@ -41,7 +41,8 @@ class StoredEmbeddings:
             self._fingerprint = f"{self.label}#{weights_fingerprint(self.model)}"
         g = self.geometry
         preprocessing = (f"{PREPROCESSING_VERSION}|{g.image_size}|{g.longest_edge}|{g.pad_size}|{g.resample}|"
-                         f"{g.do_rescale}|{g.rescale_factor}|{g.do_normalize}|{g.mean}|{g.std}|{g.do_pad}")
+                         f"{g.do_rescale}|{g.rescale_factor}|{g.do_normalize}|{g.mean}|{g.std}|{g.do_pad}"
+                         + (f"|{g.family}|square={g.square}" if g.family != "sam" else ""))
         return EntrySignature(model=self._fingerprint, dtype=str(dtype).removeprefix("torch."),
                               preprocessing=preprocessing,
                               frame=(0, 0, *frame.size, float(frame.scale), int(g.image_size)),
@@ -52,13 +53,18 @@ class StoredEmbeddings:
         arrays = self.store.get(self.signature(frame, source, content, dtype))
         if arrays is None or "image_embeddings" not in arrays:
             return None
-        embedding = arrays["image_embeddings"].to(device, dtype)
-        return CachedEmbedding(embedding=embedding, original_size=frame.size, resized_size=frame.resized_size)
+        extras = tuple(arrays[f"extra_{i}"].to(device, dtype) for i in range(len(arrays) - 1)
+                       if f"extra_{i}" in arrays)
+        if len(extras) != len(arrays) - 1:
+            return None
+        return CachedEmbedding(embedding=arrays["image_embeddings"].to(device, dtype), original_size=frame.size,
+                               resized_size=self.geometry.input_size(frame), extras=extras)
 
     def put(self, frame: Frame, source: ImageSource, content: str, entry: CachedEmbedding) -> None:
         """Keep ``entry`` in the store; a full or read-only disk is logged, not raised (memory still serves it)."""
         try:
             self.store.put(self.signature(frame, source, content, entry.embedding.dtype),
-                           {"image_embeddings": entry.embedding.cpu()})
+                           {"image_embeddings": entry.embedding.cpu(),
+                            **{f"extra_{i}": extra.cpu() for i, extra in enumerate(entry.extras)}})
         except OSError as error:
             _log.warning("Could not keep an embedding in the store %s: %s", self.store.root, error)

@@ -65,8 +65,9 @@ class EverythingWidget(Dock):
     def _model_ready(self) -> None:
         predictor = self.session.predictor
         self.recommended = predictor.recommended.everything
-        self.source = (f"recommended by {self.session.name}" if predictor.recommended.source != "defaults"
-                       else "Meta's defaults")
+        source = predictor.recommended.source
+        self.source = ("Meta's defaults" if source == "defaults" else f"the defaults of {source}"
+                       if source.endswith("'s generator") else f"recommended by {self.session.name}")
         self.reset_settings()
 
     def reset_settings(self) -> None:

@@ -12,7 +12,7 @@ from magicgui.widgets import ComboBox, Container, PushButton, SpinBox, create_wi
 from napari.layers import Image
 from napari.utils.notifications import show_error
 from psygnal import Signal
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
 
 from ..bridge.slicing import current_index, leading_shape, plane_shape, plane_view, visible_region
 from ..core.model_loading import DEFAULT_CHECKPOINT, KNOWN_CHECKPOINTS
@@ -56,6 +56,8 @@ class ModelPanel:
         self.model_picker = ComboBox(label="model", choices=list(KNOWN_CHECKPOINTS), value=DEFAULT_CHECKPOINT,
                                      tooltip="A known checkpoint, or type a hub id or the path of a saved folder.")
         self.model_picker.native.setEditable(True)
+        for index, description in enumerate(KNOWN_CHECKPOINTS.values()):
+            self.model_picker.native.setItemData(index, description, Qt.ItemDataRole.ToolTipRole)
         if self.session.predictor is not None:  # another dock of this viewer loaded it
             self.model_picker.native.setCurrentText(self.session.name)
         narrow(self.model_picker)
