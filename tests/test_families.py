@@ -162,8 +162,7 @@ def test_square_preprocessing_follows_the_documented_steps():
 
 
 def test_unsupported_checkpoints_say_what_to_do(tmp_path):
-    for model_type, expected in (("sam3", "text prompts are not supported yet"),
-                                 ("sam3_video", "runs SAM3's tracker"),
+    for model_type, expected in (("sam3_video", "SAM3 video checkpoint.*concept checkpoint.*tracker checkpoint"),
                                  ("dinov2", "napari-sam runs the SAM families")):
         folder = tmp_path / model_type
         folder.mkdir()
@@ -210,3 +209,14 @@ def test_gated_and_edgetam_checkpoints_say_what_to_do(tmp_path):
     except ImportError:
         with pytest.raises(ModelLoadError, match="timm"):
             load_sam(str(folder), device="cpu")
+
+
+def test_a_sam2_video_checkpoint_serves_prompt_mode_with_its_image_model(tmp_path):
+    from napari_sam.core.random_weights import random_video_model
+
+    random_video_model().save_pretrained(tmp_path / "video")
+    predictor = Predictor.from_pretrained(tmp_path / "video", device="cpu", tiling=WHOLE)
+    assert predictor.geometry.family == "sam2" and predictor.geometry.square
+    image, limits, _ = make_image("gray_uint16", (70, 90), seed=5)
+    predictor.set_image(image, contrast_limits=limits)
+    assert predictor.predict(points=[[30, 40]], point_labels=[1]).masks.shape == (1, 3, 70, 90)

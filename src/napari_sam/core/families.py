@@ -37,6 +37,7 @@ class Family:
         grid_decoder: napari-sam's :class:`GridDecoder` reproduces its mask decoder (SAM-1 only).
         amg_defaults: the family's own automatic-mask-generator defaults where they differ from Meta's SAM-1
             generator (SAM2's generator keeps masks above a predicted IoU of 0.8, not 0.88).
+        concept: it segments concepts (text and exemplar boxes; :mod:`~napari_sam.core.concept`), not prompts.
     """
 
     name: str
@@ -46,6 +47,7 @@ class Family:
     square: bool = False
     grid_decoder: bool = False
     amg_defaults: tuple = ()
+    concept: bool = False
 
     def classes(self):
         """(config class, model class) from transformers."""
@@ -56,12 +58,16 @@ class Family:
     def embed(self, model, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """(main embedding (1, C, e, e), extras) of the model input ``pixels`` (1, 3, S, S)."""
         with torch.inference_mode():
-            output = model.get_image_embeddings(pixels)
+            output = model.get_vision_features(pixel_values=pixels) if self.concept else model.get_image_embeddings(
+                pixels)
         if self.name == "sam":
             return output, ()
         if self.name == "sam_hq":
             embedding, intermediate = output
             return embedding, (intermediate[0],)  # the HQ decoder reads only the first global block's features
+        if self.concept:  # SAM3 reads its first three FPN levels and their position encodings
+            levels, positions = output.fpn_hidden_states, output.fpn_position_encoding
+            return levels[2], (levels[0], levels[1], positions[0], positions[1], positions[2])
         return output[-1], tuple(output[:-1])  # SAM2 family: the high-resolution maps, then the embedding
 
     def decode(self, model, embedding: torch.Tensor, extras: tuple[torch.Tensor, ...], n_objects: int,
@@ -69,6 +75,10 @@ class Family:
         """Decode ``n_objects`` prompts (``inputs``: transformers' ``input_points`` (n, 1, k, 2),
         ``input_labels`` (n, 1, k), ``input_boxes`` (n, 1, 4), ``input_masks`` (n, 1, m, m), in model pixels) on
         one image's features. Returns float32 ``(low-res logits (n, c, m, m), predicted IoUs (n, c))``."""
+        if self.concept:
+            raise ValueError("A SAM3 concept checkpoint finds instances of a text or of exemplar boxes (Segment "
+                             "concept, or Predictor.segment_concept); points and boxes need a SAM, SAM-HQ, SAM2.1 or "
+                             "SAM3 tracker checkpoint.")
         expand = [t.expand(n_objects, *t.shape[1:]) for t in (*extras, embedding)]
         if self.name == "sam":
             arguments = {"image_embeddings": expand[-1]}
@@ -97,6 +107,7 @@ FAMILIES = {family.name: family for family in (
            amg_defaults=(("pred_iou_thresh", 0.8),)),
     Family("sam3_tracker", "SAM3 (tracker: points, boxes, masks)", "Sam3TrackerConfig", "Sam3TrackerModel",
            square=True, amg_defaults=(("pred_iou_thresh", 0.8),)),
+    Family("sam3", "SAM3 (concept: text and exemplar boxes)", "Sam3Config", "Sam3Model", square=True, concept=True),
 )}
 #: Video checkpoints whose image model is one of the families (their prompt-mode part).
 VIDEO_IMAGE_MODELS = {"sam2_video": "sam2", "edgetam_video": "edgetam"}
@@ -113,10 +124,10 @@ def family_of(model_type: str, name: str) -> Family:
         return FAMILIES[model_type]
     if model_type in VIDEO_IMAGE_MODELS:
         return FAMILIES[VIDEO_IMAGE_MODELS[model_type]]
-    if model_type in ("sam3", "sam3_video"):
-        raise ModelLoadError(f"{name!r} is a SAM3 {'video ' if model_type == 'sam3_video' else ''}checkpoint "
-                             f"(model_type {model_type!r}): this version runs SAM3's tracker (model_type "
-                             "'sam3_tracker') for points, boxes and masks; text prompts are not supported yet.")
+    if model_type == "sam3_video":
+        raise ModelLoadError(f"{name!r} is a SAM3 video checkpoint (model_type 'sam3_video'), which this version does "
+                             "not load: use a SAM3 concept checkpoint (model_type 'sam3') for text and exemplar "
+                             "prompts, or a SAM3 tracker checkpoint ('sam3_tracker') for points and boxes.")
     supported = ", ".join(sorted(FAMILIES))
     raise ModelLoadError(f"{name!r} is a {model_type!r} checkpoint; napari-sam runs the SAM families with "
                          f"model_type {supported} (and their video checkpoints in Propagate).")

@@ -221,15 +221,16 @@ def square_geometry(config, family: str, preprocessor: dict | None = None,
     Raises:
         ModelLoadError: a preprocessor config whose size is not the model's square input.
     """
-    side = int(config.prompt_encoder_config.image_size)
-    embedding = side // int(config.prompt_encoder_config.patch_size)
+    sizes = config.vision_config.backbone_config if family == "sam3" else config.prompt_encoder_config
+    side = int(sizes.image_size)
+    embedding = side // int(sizes.patch_size)
     preprocessor = preprocessor or {}
     size = preprocessor.get("size")
     if size is not None and (not isinstance(size, dict) or (size.get("height"), size.get("width")) != (side, side)):
         raise ModelLoadError(f"{source} resizes to {size!r}; the model takes {side}x{side} images.")
-    default = (0.5, 0.5, 0.5) if family == "sam3_tracker" else IMAGENET_MEAN
-    mean = tuple(float(v) for v in preprocessor.get("image_mean", default))
-    std = tuple(float(v) for v in preprocessor.get("image_std", default if family == "sam3_tracker" else IMAGENET_STD))
+    sam3 = family.startswith("sam3")
+    mean = tuple(float(v) for v in preprocessor.get("image_mean", (0.5, 0.5, 0.5) if sam3 else IMAGENET_MEAN))
+    std = tuple(float(v) for v in preprocessor.get("image_std", (0.5, 0.5, 0.5) if sam3 else IMAGENET_STD))
     return ModelGeometry(image_size=side, longest_edge=side, pad_size=(side, side), embedding_size=embedding,
                          mask_size=4 * embedding, mean=mean, std=std,
                          rescale_factor=float(preprocessor.get("rescale_factor", 1 / 255)), do_pad=False, square=True,

@@ -79,6 +79,7 @@ class Predictor:
         self.store = store
         self._plan: ImagePlan | None = None
         self._grid_decoder = GridDecoder(model) if self.family.grid_decoder else None
+        self.concept = None  # a SAM3 concept checkpoint's ConceptModel (see segment_concept)
         self._grid: tuple[CachedEmbedding, PreparedImage] | None = None  # a frame, prepared for the grid decoder
         self._lock = threading.RLock()
 
@@ -93,8 +94,13 @@ class Predictor:
         if recommended.source == "defaults" and family.amg_defaults:  # the family's own generator's defaults
             recommended = dataclasses.replace(recommended, everything=recommended.everything.replace(
                 **dict(family.amg_defaults)), source=f"{family.label}'s generator")
-        return cls(model, geometry, resolved, name=f"{os.fspath(name_or_path)}:{model.dtype}", cache=cache,
-                   recommended=recommended, tiling=tiling, store=store, checkpoint=os.fspath(name_or_path))
+        predictor = cls(model, geometry, resolved, name=f"{os.fspath(name_or_path)}:{model.dtype}", cache=cache,
+                        recommended=recommended, tiling=tiling, store=store, checkpoint=os.fspath(name_or_path))
+        if family.concept:
+            from .concept import ConceptModel, load_tokenizer
+
+            predictor.concept = ConceptModel(model, load_tokenizer(resolve_checkpoint(name_or_path)))
+        return predictor
 
     @property
     def dtype(self) -> torch.dtype:
@@ -336,6 +342,14 @@ class Predictor:
                     break
                 prompts, frame = self._moved(prompts, frame, bigger), bigger
             return prediction
+
+    def segment_concept(self, text: str | None = None, exemplar_boxes=None, exemplar_labels=None,
+                        threshold: float = 0.5, mask_threshold: float = 0.5):
+        """Every instance of ``text`` and/or ``exemplar_boxes`` in the current image (SAM3 concept checkpoints); see
+        :func:`~napari_sam.core.concept.segment_concept`."""
+        from .concept import segment_concept
+
+        return segment_concept(self, text, exemplar_boxes, exemplar_labels, threshold, mask_threshold)
 
     def _moved(self, prompts: ObjectPrompts, frame: Frame, other: Frame) -> ObjectPrompts:
         """``prompts`` with their mask input (logits of ``frame``) redrawn as logits of ``other``."""

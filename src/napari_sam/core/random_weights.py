@@ -109,6 +109,8 @@ def tiny_family_config(family: str, image_size: int = 64):
                       backbone_feature_sizes=[[side, side], [side // 2, side // 2], [side // 4, side // 4]])
         return transformers.Sam2Config(vision_config=vision, prompt_encoder_config=dict(
             hidden_size=32, image_size=image_size, patch_size=16), mask_decoder_config=decoder)
+    if family == "sam3":
+        return tiny_concept_config(image_size)
     if family == "sam3_tracker":
         side = 4 * (image_size // 14)
         backbone = dict(model_type="sam3_vit_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -119,6 +121,51 @@ def tiny_family_config(family: str, image_size: int = 64):
         return transformers.Sam3TrackerConfig(vision_config=vision, prompt_encoder_config=dict(
             hidden_size=32, image_size=image_size, patch_size=14), mask_decoder_config=decoder)
     raise ValueError(f"No tiny config for the family {family!r}.")
+
+
+def tiny_clip_tokenizer():
+    """A byte-level CLIP tokenizer of 515 tokens (every byte, with and without the end-of-word mark, and one merge),
+    built offline: enough for tiny SAM3 concept models in tests."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from transformers import CLIPTokenizer
+
+    kept = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    codes, extra = kept[:], 0
+    for byte in range(256):
+        if byte not in kept:
+            kept.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for code in codes:
+            vocab.setdefault(chr(code) + suffix, len(vocab))
+    vocab["nu"] = len(vocab)  # tokenizers loses a BPE model without merges when it saves it: one merge
+    folder = Path(tempfile.mkdtemp(prefix="tiny-clip-"))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\nn u\n")
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+def tiny_concept_config(image_size: int = 56, vocab_size: int = 515):
+    """A tiny SAM3 concept (``Sam3Model``) config: ViT of 14-px patches, a 2-layer text encoder, 10 queries."""
+    from transformers import Sam3Config
+
+    hidden = 32
+    backbone = dict(model_type="sam3_vit_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=2, image_size=image_size, patch_size=14, window_size=2,
+                    global_attn_indexes=[1], pretrain_image_size=image_size)
+    text = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=32, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    small = dict(hidden_size=hidden, num_attention_heads=2, intermediate_size=64)
+    return Sam3Config(vision_config=dict(backbone_config=backbone, fpn_hidden_size=hidden), text_config=text,
+                      geometry_encoder_config=dict(num_layers=1, **small),
+                      detr_encoder_config=dict(num_layers=1, **small),
+                      detr_decoder_config=dict(num_layers=2, num_queries=10, **small),
+                      mask_decoder_config=dict(hidden_size=hidden, num_upsampling_stages=2, num_attention_heads=2))
 
 
 def random_family_model(family: str, image_size: int = 64, seed: int = 0):
