@@ -128,3 +128,51 @@ def test_bad_concept_prompts_say_what_is_wrong(predictor, folder, tmp_path, tiny
     for kwargs in ({"text": "nucleus"}, {"exemplar_boxes": [[5, 5, 20, 30]]}):
         with pytest.raises(ValueError, match="no tokenizer"):
             bare.segment_concept(**kwargs)
+
+
+def test_the_concept_dock_previews_commits_with_scores_and_undoes(make_napari_viewer, qtbot, folder, notifications):
+    image, _, _ = make_image("gray_uint16", (70, 90), seed=9)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(image, name="cells")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-sam", "Segment concept (SAM3)")
+    dock.model_picker.native.setCurrentText(str(folder))
+    dock.load_model()
+    qtbot.waitUntil(lambda: dock.predictor is not None and not dock.busy, timeout=60_000)
+    dock.find()  # no text, no exemplars: says what to do, nothing runs
+    assert any("Type what to find" in str(n.message) for n in notifications())
+    dock.text.value = "nucleus"
+    dock.threshold.value = 0.0
+    dock.find()
+    qtbot.waitUntil(lambda: dock.found is not None and not dock.busy, timeout=60_000)
+    count = len(dock.found[2].objects)
+    assert count >= 3 and int(dock.preview_layer.data.max()) >= 1
+    assert viewer.layers.selection.active is layer  # the preview did not take the selection
+    dock.commit()
+    labels = dock.labels.value
+    assert labels is not None and len(np.unique(labels.data[labels.data > 0])) >= 1
+    assert set(labels.features["index"]) == set(np.unique(labels.data[labels.data > 0]))
+    assert labels.features["concept_score"].between(0, 1).all()
+    assert int(dock.preview_layer.data.max()) == 0
+    labels.undo()
+    assert int(labels.data.max()) == 0  # one undo step takes the whole commit back
+
+
+def test_exemplars_drawn_with_alt_are_counter_examples(make_napari_viewer, qtbot, folder):
+    image, _, _ = make_image("gray_uint8", (70, 90), seed=10)
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="cells")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-sam", "Segment concept (SAM3)")
+    dock.draw_exemplars()
+    shapes = dock.exemplars_picker.value
+    assert viewer.layers.selection.active is shapes and shapes.mode == "add_rectangle"
+    shapes.add_rectangles([[10, 10], [30, 40]])
+    dock._alt = True
+    shapes.add_rectangles([[40, 50], [60, 80]])
+    dock._alt = False
+    assert shapes.features["positive"].tolist() == [True, False]
+    shapes.selected_data = {0}
+    dock.flip_selected(shapes)
+    from napari_sam.bridge.layer_prompts import read_exemplars
+
+    boxes, labels = read_exemplars(shapes, viewer.layers["cells"], ())
+    assert labels.tolist() == [0, 0] and boxes.tolist()[0] == [10, 10, 30, 40]

@@ -116,7 +116,7 @@ def _mapped(labels_layer, image_layer, planes: list[PlaneMask]) -> list[tuple[np
 
 
 def commit_masks(labels_layer, image_layer, masks: np.ndarray, plane_index: tuple[int, ...] = (),
-                 overwrite: bool = False, offset: tuple[int, int] = (0, 0)) -> list[int]:
+                 overwrite: bool = False, offset: tuple[int, int] = (0, 0), per_mask: bool = False) -> list:
     """Write each (H, W) mask of ``masks`` as a new object of ``labels_layer``: all or nothing, one undo step.
 
     Args:
@@ -129,7 +129,8 @@ def commit_masks(labels_layer, image_layer, masks: np.ndarray, plane_index: tupl
             an earlier mask of the same commit keeps its pixels).
 
     Returns:
-        The new label ids (max + 1, max + 2, ...), one per mask that wrote anything.
+        The new label ids (max + 1, max + 2, ...), one per mask that wrote anything; with ``per_mask``, one entry
+        per mask, None for a mask that wrote nothing.
 
     Raises:
         ValueError: a mask reaches outside the labels layer, or the layers do not match.
@@ -143,6 +144,8 @@ def commit_masks(labels_layer, image_layer, masks: np.ndarray, plane_index: tupl
         if edit.write(_Write(new_id, indices, None if overwrite else 0)):
             ids.append(new_id)
             new_id += 1
+        elif per_mask:
+            ids.append(None)
     edit.apply()
     return ids
 

@@ -112,6 +112,21 @@ def _ellipse_mask(corners: np.ndarray, shape: tuple[int, int]) -> MaskObject:
     return _cropped(low, high, (local**2).sum(axis=-1) <= 1.0)
 
 
+def _plane_shapes(shapes_layer, image_layer, plane_index, world_point=None):
+    """(shape index, type, (n, 2) (row, col) corners in image data pixels) of each rectangle, polygon and ellipse
+    of the shown plane (a shape still being drawn, with no area, is left out)."""
+    for number, (vertices, kind) in enumerate(zip(shapes_layer.data, shapes_layer.shape_type)):
+        if kind not in ("rectangle", "polygon", "ellipse"):
+            continue
+        positions = to_target_data(shapes_layer, image_layer, vertices, world_point)
+        if not _on_plane(positions, plane_index).all():
+            continue
+        corners = positions[:, -2:]
+        if (corners.max(axis=0) <= corners.min(axis=0)).any():
+            continue
+        yield number, kind, corners
+
+
 def read_shapes(shapes_layer, image_layer, plane_index, plane_shape: tuple[int, int],
                 world_point=None) -> tuple[np.ndarray, list]:
     """(boxes (m, 4), masks) of the rectangles, polygons and ellipses on the shown plane, in image data pixels: a
@@ -120,16 +135,8 @@ def read_shapes(shapes_layer, image_layer, plane_index, plane_shape: tuple[int, 
     boxes, masks = [], []
     if shapes_layer is None:
         return np.zeros((0, 4)), masks
-    for vertices, kind in zip(shapes_layer.data, shapes_layer.shape_type):
-        if kind not in ("rectangle", "polygon", "ellipse"):
-            continue
-        positions = to_target_data(shapes_layer, image_layer, vertices, world_point)
-        if not _on_plane(positions, plane_index).all():
-            continue
-        corners = positions[:, -2:]
+    for _, kind, corners in _plane_shapes(shapes_layer, image_layer, plane_index, world_point):
         (row_min, col_min), (row_max, col_max) = corners.min(axis=0), corners.max(axis=0)
-        if row_max <= row_min or col_max <= col_min:
-            continue  # a shape still being drawn
         boxes.append([row_min, col_min, row_max, col_max])
         if kind == "rectangle":
             masks.append(None)
@@ -138,6 +145,21 @@ def read_shapes(shapes_layer, image_layer, plane_index, plane_shape: tuple[int, 
         else:
             masks.append(_polygon_mask(corners, plane_shape))
     return np.asarray(boxes, dtype=float).reshape(-1, 4), masks
+
+
+def read_exemplars(shapes_layer, image_layer, plane_index, world_point=None) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes (k, 4) (row_min, col_min, row_max, col_max), labels (k,) 1/0) of the shapes on the shown plane, as
+    SAM3 exemplars: a shape whose ``positive`` feature is False is a counter-example."""
+    if shapes_layer is None:
+        return np.zeros((0, 4)), np.zeros(0, dtype=np.int64)
+    features = shapes_layer.features
+    positive = (features["positive"].to_numpy(dtype=bool) if "positive" in features
+                else np.ones(len(shapes_layer.data), dtype=bool))
+    boxes, labels = [], []
+    for number, _, corners in _plane_shapes(shapes_layer, image_layer, plane_index, world_point):
+        boxes.append([*corners.min(axis=0), *corners.max(axis=0)])
+        labels.append(int(positive[number]) if number < len(positive) else 1)
+    return np.asarray(boxes, dtype=float).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
 
 
 def read_prompts(image_layer, plane_index, plane_shape, points_layer=None, shapes_layer=None,
