@@ -176,3 +176,20 @@ def test_exemplars_drawn_with_alt_are_counter_examples(make_napari_viewer, qtbot
 
     boxes, labels = read_exemplars(shapes, viewer.layers["cells"], ())
     assert labels.tolist() == [0, 0] and boxes.tolist()[0] == [10, 10, 30, 40]
+
+
+def test_a_sam3_video_checkpoint_serves_concepts_with_its_detector(tmp_path):
+    """facebook/sam3 holds the concept detector and the tracker (model_type sam3_video): the detector is loaded."""
+    import transformers
+
+    from napari_sam.core.random_weights import tiny_concept_config, tiny_video_config
+
+    config = transformers.Sam3VideoConfig(detector_config=tiny_concept_config(SIZE).to_dict(),
+                                          tracker_config=tiny_video_config("sam3_tracker_video").to_dict())
+    transformers.Sam3VideoModel(config).save_pretrained(tmp_path)
+    tiny_clip_tokenizer().save_pretrained(tmp_path)
+    predictor = Predictor.from_pretrained(tmp_path, device="cpu")
+    assert predictor.geometry.family == "sam3" and predictor.concept.tokenizer is not None
+    image, limits, _ = make_image("gray_uint16", (70, 90), seed=11)
+    predictor.set_image(image, contrast_limits=limits)
+    assert len(predictor.segment_concept("nucleus", threshold=0.0).objects) >= 1

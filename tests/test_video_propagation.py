@@ -377,3 +377,28 @@ def test_edgetam_video_models_propagate_too(stack):
     alone = stock_session(stack_frames(volume, 5)[5:6], 0, [xy(*point)], [1],
                           session_class=EdgeTamVideoInferenceSession)
     assert np.array_equal(result.masks[5], to_mask(model(alone, frame_idx=0)))
+
+
+def test_sam3_trackers_video_model_matches_its_own_session(stack):
+    """SAM3's tracker video model (56-px input, mean/std 0.5) through the same stepper: the stock session's masks."""
+    from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import Sam3TrackerVideoInferenceSession
+
+    from napari_sam.core.video_propagation import video_geometry
+
+    model = random_video_model("sam3_tracker_video")
+    geometry = video_geometry(model.config)
+    assert geometry.image_size == (56, 56) and geometry.mean == (0.5, 0.5, 0.5)
+    volume, _, point = stack
+    result = propagate_video(model, volume, 5, 0, points=[point], geometry=geometry, score_threshold=0.0,
+                             iou_threshold=0.0, min_area=0)
+    assert (result.start, result.stop) == (0, 15)
+    limits = default_contrast_limits(volume[5], False)
+    frames = torch.stack([frame_pixels(image, geometry, limits) for image in volume])
+    session = stock_session(frames, 5, [[point[1] * 56 / 90, point[0] * 56 / 70]], [1],
+                            session_class=Sam3TrackerVideoInferenceSession)
+    stock = {5: model(session, frame_idx=5)}
+    for reverse in (False, True):
+        for output in model.propagate_in_video_iterator(session, start_frame_idx=5, reverse=reverse):
+            stock.setdefault(output.frame_idx, output)
+    for index in range(16):
+        assert np.array_equal(result.masks[index], to_mask(stock[index])), index

@@ -92,6 +92,30 @@ class Family:
         return output.pred_masks[:, 0].float(), output.iou_scores[:, 0].float()
 
 
+    def grid_logits(self, model, embedding: torch.Tensor, extras: tuple, points: torch.Tensor,
+                    min_score: float | None):
+        """One-point prompts ``points`` ((b, 2) model (x, y)) each decoded on its own by the family's mask decoder,
+        :data:`GRID_CHUNK` a call: ``(logits (k, 3, m, m), scores (b, 3), kept (k,))`` as
+        :meth:`~napari_sam.core.predictor.Predictor.point_grid_logits` returns them."""
+        logits, scores = [], []
+        labels = torch.ones((len(points), 1, 1), dtype=torch.long, device=points.device)
+        for start in range(0, len(points), GRID_CHUNK):
+            part = points[start: start + GRID_CHUNK]
+            inputs = {"input_points": part[:, None, None], "input_labels": labels[start: start + len(part)]}
+            chunk_logits, chunk_scores = self.decode(model, embedding, extras, len(part), inputs, multimask=True)
+            logits.append(chunk_logits)
+            scores.append(chunk_scores)
+        logits, scores = torch.cat(logits), torch.cat(scores)
+        kept = torch.arange(len(points), device=scores.device)
+        if min_score is not None:
+            kept = torch.nonzero((scores > min_score).any(dim=1)).flatten()
+        return logits[kept], scores, kept
+
+
+#: Points decoded per call of a family's own mask decoder in :meth:`Family.grid_logits`.
+GRID_CHUNK = 16
+
+
 def _sam2_inputs(inputs: dict) -> dict:
     """SAM's prompt tensors as the SAM2 family's forward takes them: boxes (n, 1, 4) the same, masks (n, 1, m, m)
     the same; only the dtype of the labels differs (int64)."""
@@ -109,8 +133,9 @@ FAMILIES = {family.name: family for family in (
            square=True, amg_defaults=(("pred_iou_thresh", 0.8),)),
     Family("sam3", "SAM3 (concept: text and exemplar boxes)", "Sam3Config", "Sam3Model", square=True, concept=True),
 )}
-#: Video checkpoints whose image model is one of the families (their prompt-mode part).
-VIDEO_IMAGE_MODELS = {"sam2_video": "sam2", "edgetam_video": "edgetam"}
+#: Video checkpoints whose image model is one of the families: SAM2's and EdgeTAM's prompt models, SAM3's concept
+#: detector (``facebook/sam3`` holds the detector and the tracker).
+VIDEO_IMAGE_MODELS = {"sam2_video": "sam2", "edgetam_video": "edgetam", "sam3_video": "sam3"}
 
 
 def family_of(model_type: str, name: str) -> Family:
@@ -124,10 +149,6 @@ def family_of(model_type: str, name: str) -> Family:
         return FAMILIES[model_type]
     if model_type in VIDEO_IMAGE_MODELS:
         return FAMILIES[VIDEO_IMAGE_MODELS[model_type]]
-    if model_type == "sam3_video":
-        raise ModelLoadError(f"{name!r} is a SAM3 video checkpoint (model_type 'sam3_video'), which this version does "
-                             "not load: use a SAM3 concept checkpoint (model_type 'sam3') for text and exemplar "
-                             "prompts, or a SAM3 tracker checkpoint ('sam3_tracker') for points and boxes.")
     supported = ", ".join(sorted(FAMILIES))
     raise ModelLoadError(f"{name!r} is a {model_type!r} checkpoint; napari-sam runs the SAM families with "
                          f"model_type {supported} (and their video checkpoints in Propagate).")

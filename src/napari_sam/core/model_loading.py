@@ -48,6 +48,8 @@ KNOWN_CHECKPOINTS: dict[str, str] = {
     "facebook/sam2.1-hiera-base-plus": "SAM2.1 Hiera-B+ (Meta), 81 M parameters",
     "facebook/sam2.1-hiera-large": "SAM2.1 Hiera-L (Meta), 224 M parameters: best SAM2 masks, slowest",
     "yonigozlan/EdgeTAM-hf": "EdgeTAM: SAM2 made small for devices (its encoder needs the timm package)",
+    "facebook/sam3": "SAM3 (Meta; gated: accept its licence on the hub): every instance of a text or of exemplar "
+                     "boxes, in the Segment concept dock",
 }
 
 DEFAULT_CHECKPOINT = "facebook/sam-vit-base"

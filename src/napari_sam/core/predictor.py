@@ -45,8 +45,6 @@ __all__ = ["ImagePlan", "Prediction", "Predictor", "upscale_logits"]
 #: the image tokens after the first block, and small chunks keep them in the CPU's caches (SAM ViT-B at 1024,
 #: 4 MiB per prompt in float32: one prompt at a time in float32, two in bfloat16, measured fastest on CPU).
 DECODER_BYTES = 4 << 20
-#: Points decoded per call of a family's own mask decoder in :meth:`Predictor.point_grid_logits` (not SAM-1's).
-FAMILY_GRID_CHUNK = 16
 #: How many times a prompt's frame grows around an object that reaches its inner border.
 MAX_GROWTH = 2
 
@@ -413,7 +411,7 @@ class Predictor:
             xy = points_to_model(np.asarray(points_rc, dtype=np.float64), frame.size, self.geometry.input_size(frame))
             points = torch.tensor(xy, dtype=torch.float32, device=self.device)
             if self._grid_decoder is None:
-                return self._family_grid(current, points, min_score)
+                return self.family.grid_logits(self.model, current.embedding, current.extras, points, min_score)
             if self._grid is None or self._grid[0] is not current:
                 self._grid = (current, self._grid_decoder.prepare(current.embedding))
             prepared = self._grid[1]
@@ -426,20 +424,3 @@ class Predictor:
                 scores.append(chunk_scores)
                 kept.append(chunk_kept + start)
             return torch.cat(logits), torch.cat(scores), torch.cat(kept)
-
-    def _family_grid(self, current: CachedEmbedding, points: torch.Tensor, min_score: float | None):
-        """:meth:`point_grid_logits` with the family's own mask decoder, :data:`FAMILY_GRID_CHUNK` points a call."""
-        logits, scores = [], []
-        labels = torch.ones((len(points), 1, 1), dtype=torch.long, device=self.device)
-        for start in range(0, len(points), FAMILY_GRID_CHUNK):
-            part = points[start: start + FAMILY_GRID_CHUNK]
-            inputs = {"input_points": part[:, None, None], "input_labels": labels[start: start + len(part)]}
-            chunk_logits, chunk_scores = self.family.decode(self.model, current.embedding, current.extras, len(part),
-                                                            inputs, multimask=True)
-            logits.append(chunk_logits)
-            scores.append(chunk_scores)
-        logits, scores = torch.cat(logits), torch.cat(scores)
-        kept = torch.arange(len(points), device=scores.device)
-        if min_score is not None:
-            kept = torch.nonzero((scores > min_score).any(dim=1)).flatten()
-        return logits[kept], scores, kept

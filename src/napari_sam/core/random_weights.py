@@ -208,6 +208,22 @@ def tiny_video_config(kind: str = "sam2_video", image_size: int = 64):
         memory_attention_rope_feat_sizes=[feature, feature], memory_encoder_hidden_size=hidden,
         memory_encoder_output_channels=64, mask_downsampler_embed_dim=hidden, memory_fuser_num_layers=1,
         memory_fuser_embed_dim=hidden, memory_fuser_intermediate_dim=64)
+    if kind == "sam3_tracker_video":
+        from transformers import Sam3TrackerVideoConfig
+
+        size = 56  # 14-px patches
+        backbone = dict(model_type="sam3_vit_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, image_size=size, patch_size=14, window_size=2, global_attn_indexes=[1],
+                        pretrain_image_size=size)
+        return Sam3TrackerVideoConfig(
+            vision_config=dict(model_type="sam3_vision_model", backbone_config=backbone, fpn_hidden_size=hidden),
+            image_size=size, num_maskmem=3, max_object_pointers_in_encoder=4,
+            prompt_encoder_config=dict(hidden_size=hidden, patch_size=14),
+            mask_decoder_config=dict(hidden_size=hidden, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=hidden),
+            memory_attention_hidden_size=hidden, memory_attention_num_layers=1,
+            memory_attention_feed_forward_hidden_size=64, memory_attention_rope_feat_sizes=[size // 14] * 2,
+            memory_encoder_hidden_size=hidden, memory_encoder_output_channels=64, mask_downsampler_embed_dim=hidden,
+            memory_fuser_embed_dim=hidden, memory_fuser_intermediate_dim=64, memory_fuser_num_layers=1)
     if kind == "edgetam_video":
         return EdgeTamVideoConfig(**common, memory_attention_mlp_hidden_size=64, memory_attention_rope_k_sizes=[2, 2],
                                   perceiver_resampler_num_latents=4, perceiver_resampler_num_latents_2d=4,
@@ -221,9 +237,10 @@ def random_video_model(kind: str = "sam2_video", seed: int = 1, object_bias: flo
     A random object-score head says "present" or "absent" by chance (logits near 0) and an absent object's mask is
     wiped, so ``object_bias`` is added to its output: positive keeps the object present, negative makes it absent.
     """
-    from transformers import EdgeTamVideoModel, Sam2VideoModel
+    import transformers
 
-    model_class = EdgeTamVideoModel if kind == "edgetam_video" else Sam2VideoModel
+    model_class = getattr(transformers, {"edgetam_video": "EdgeTamVideoModel",
+                                         "sam3_tracker_video": "Sam3TrackerVideoModel"}.get(kind, "Sam2VideoModel"))
     model = randomize_weights(model_class(tiny_video_config(kind)), seed).eval()
     with torch.no_grad():
         model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(object_bias)

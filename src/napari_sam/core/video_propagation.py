@@ -1,4 +1,5 @@
-"""Propagating one object through a z-stack or time-lapse with a SAM2-family video model (SAM2, EdgeTAM).
+"""Propagating one object through a z-stack or time-lapse with a SAM2-family video model (SAM2, EdgeTAM, SAM3's
+tracker).
 
 The prompted slice is segmented from its prompt, every other one from its image and the model's memory of the
 slices already segmented: forward to the last slice, then backward from the prompted one to the first. The order,
@@ -39,7 +40,10 @@ from .settings import PropagationSettings
 VIDEO_MODEL_CLASSES = MappingProxyType({
     "sam2_video": "Sam2VideoModel", "sam2": "Sam2VideoModel",
     "edgetam_video": "EdgeTamVideoModel", "edgetam": "EdgeTamVideoModel",
+    "sam3_tracker_video": "Sam3TrackerVideoModel", "sam3_tracker": "Sam3TrackerVideoModel",
 })
+#: Model types whose frames are normalised with mean = std = 0.5 when the checkpoint says nothing (SAM3).
+HALF_NORMALISED = ("sam3_tracker_video", "sam3_tracker")
 
 
 #: SAM2-family video checkpoints offered for propagation, with a short description. Any other works too.
@@ -67,12 +71,14 @@ class VideoGeometry:
 
 
 def video_geometry(config, preprocessor: dict | None = None) -> VideoGeometry:
-    """The :class:`VideoGeometry` of a video model's ``config``, with mean/std from a preprocessor-config dict."""
+    """The :class:`VideoGeometry` of a video model's ``config``, with mean/std from a preprocessor-config dict
+    (default: ImageNet's; SAM3's tracker: 0.5)."""
     size = config.image_size
     image_size = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
     preprocessor = preprocessor or {}
-    mean = tuple(float(v) for v in preprocessor.get("image_mean", _DEFAULT_MEAN))
-    std = tuple(float(v) for v in preprocessor.get("image_std", _DEFAULT_STD))
+    half = getattr(config, "model_type", "") in HALF_NORMALISED
+    mean = tuple(float(v) for v in preprocessor.get("image_mean", (0.5,) * 3 if half else _DEFAULT_MEAN))
+    std = tuple(float(v) for v in preprocessor.get("image_std", (0.5,) * 3 if half else _DEFAULT_STD))
     return VideoGeometry(image_size, mean, std)  # type: ignore[arg-type]
 
 
