@@ -193,3 +193,12 @@ def test_a_sam3_video_checkpoint_serves_concepts_with_its_detector(tmp_path):
     image, limits, _ = make_image("gray_uint16", (70, 90), seed=11)
     predictor.set_image(image, contrast_limits=limits)
     assert len(predictor.segment_concept("nucleus", threshold=0.0).objects) >= 1
+
+
+def test_several_texts_give_one_result_each(predictor):
+    image, limits, _ = make_image("gray_uint16", (70, 90), seed=12)
+    predictor.set_image(image, contrast_limits=limits)
+    results = predictor.segment_concept(["nucleus", "membrane"], threshold=0.0)
+    assert len(results) == 2
+    for phrase, result in zip(["nucleus", "membrane"], results):
+        np.testing.assert_array_equal(result.scores, predictor.segment_concept(phrase, threshold=0.0).scores)

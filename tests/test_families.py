@@ -220,3 +220,22 @@ def test_a_sam2_video_checkpoint_serves_prompt_mode_with_its_image_model(tmp_pat
     image, limits, _ = make_image("gray_uint16", (70, 90), seed=5)
     predictor.set_image(image, contrast_limits=limits)
     assert predictor.predict(points=[[30, 40]], point_labels=[1]).masks.shape == (1, 3, 70, 90)
+
+
+def test_a_video_only_checkpoint_in_prompt_mode_says_to_use_it_in_propagate(tmp_path, make_napari_viewer, qtbot,
+                                                                            notifications):
+    from napari_sam.core.random_weights import random_video_model
+
+    random_video_model("sam3_tracker_video").save_pretrained(tmp_path / "tracker-video")
+    with pytest.raises(ModelLoadError, match="video checkpoint.*Propagate"):
+        load_sam(str(tmp_path / "tracker-video"), device="cpu")
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((40, 50), np.uint8))
+    _, dock = viewer.window.add_plugin_dock_widget("napari-sam", "Segment Anything")
+    dock.model_picker.native.setCurrentText(str(tmp_path / "tracker-video"))
+    dock.load_model()
+    qtbot.waitUntil(lambda: not dock.busy, timeout=60_000)
+    assert dock.predictor is None and any("Propagate" in str(n.message) for n in notifications())
+    dock.model_picker.native.setCurrentText("tiny-cells")  # the dock is still usable
+    dock.load_model()
+    qtbot.waitUntil(lambda: dock.predictor is not None and not dock.busy, timeout=60_000)

@@ -132,21 +132,30 @@ class ConceptModel:
         return scores, out.pred_masks[0].float(), out.pred_boxes[0].float()
 
 
-def segment_concept(predictor, text: str | None = None, exemplar_boxes=None, exemplar_labels=None,
-                    threshold: float = 0.5, mask_threshold: float = 0.5) -> ConceptResult:
+def segment_concept(predictor, text: str | list[str] | None = None, exemplar_boxes=None, exemplar_labels=None,
+                    threshold: float = 0.5, mask_threshold: float = 0.5):
     """Every instance of ``text`` and/or of ``exemplar_boxes`` in the predictor's current image.
 
     Args:
         predictor: a :class:`~napari_sam.core.predictor.Predictor` of a SAM3 concept checkpoint, with an image set.
-        text: a noun phrase ("nucleus"); None with exemplar boxes alone.
+        text: a noun phrase ("nucleus"); None with exemplar boxes alone; a list of phrases gives a list of results,
+            one per phrase (the image is encoded once, each phrase runs the detector).
         exemplar_boxes: (k, 4) (row_min, col_min, row_max, col_max) image pixels, examples of the concept.
         exemplar_labels: (k,) 1 (an example) or 0 (a counter-example); default all 1.
         threshold: minimum instance score (sigmoid(logit) x sigmoid(presence)), in [0, 1].
         mask_threshold: mask probability above which a pixel is in the instance.
 
+    Returns:
+        A :class:`ConceptResult` (a list of them for a list of texts).
+
     Raises:
         ValueError: no text and no box, an empty text, a bad box or label, a model without concept prompts.
     """
+    if isinstance(text, (list, tuple)):
+        if not text:
+            raise ValueError("The list of texts is empty.")
+        return [segment_concept(predictor, phrase, exemplar_boxes, exemplar_labels, threshold, mask_threshold)
+                for phrase in text]
     concept = getattr(predictor, "concept", None)
     if concept is None:
         raise ValueError(f"{predictor.name.split(':')[0]} takes points, boxes and masks; text and exemplar prompts "

@@ -149,6 +149,10 @@ def family_of(model_type: str, name: str) -> Family:
         return FAMILIES[model_type]
     if model_type in VIDEO_IMAGE_MODELS:
         return FAMILIES[VIDEO_IMAGE_MODELS[model_type]]
+    if model_type.endswith("_video"):
+        raise ModelLoadError(f"{name!r} is a video checkpoint (model_type {model_type!r}): choose it under Propagate "
+                             "'with' to track objects through a stack; prompting and segment everything need an "
+                             "image checkpoint.")
     supported = ", ".join(sorted(FAMILIES))
     raise ModelLoadError(f"{name!r} is a {model_type!r} checkpoint; napari-sam runs the SAM families with "
                          f"model_type {supported} (and their video checkpoints in Propagate).")
