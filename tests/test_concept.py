@@ -202,3 +202,19 @@ def test_several_texts_give_one_result_each(predictor):
     assert len(results) == 2
     for phrase, result in zip(["nucleus", "membrane"], results):
         np.testing.assert_array_equal(result.scores, predictor.segment_concept(phrase, threshold=0.0).scores)
+
+
+def test_the_prompt_dock_points_a_concept_checkpoint_to_the_concept_dock(make_napari_viewer, qtbot, folder,
+                                                                          notifications):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(make_image("gray_uint8", (70, 90))[0], name="cells")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-sam", "Segment Anything")
+    dock.model_picker.native.setCurrentText(str(folder))
+    dock.load_model()
+    qtbot.waitUntil(lambda: dock.predictor is not None and not dock.busy, timeout=60_000)
+    points = dock.points_picker.value
+    points.add([[30, 40]])
+    qtbot.waitUntil(lambda: any("Segment concept (SAM3) dock" in str(n.message) for n in notifications()),
+                    timeout=10_000)
+    assert not any("Prediction failed" in str(n.message) for n in notifications())
+    assert image in viewer.layers

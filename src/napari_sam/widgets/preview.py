@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from napari.layers import Labels
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 
 from ..bridge.layer_prompts import PlanePrompts, read_prompts
 from ..bridge.prompt_objects import group_objects
@@ -135,6 +135,11 @@ class PreviewController:
         request = self.request
         target = self.target if self.target is not None and self.target.index == index else None
         if prompts.empty and target is None:
+            self.draw(None, request)
+            return
+        if getattr(predictor, "concept", None) is not None:
+            show_info("This SAM3 checkpoint finds every instance of a text or of exemplar boxes: use the Segment "
+                      "concept (SAM3) dock. Points and boxes need a SAM, SAM-HQ, SAM2.1 or SAM3 tracker checkpoint.")
             self.draw(None, request)
             return
         objects = self.objects(prompts, target)
