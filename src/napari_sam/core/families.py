@@ -91,7 +91,6 @@ class Family:
             output = model(multimask_output=multimask, **arguments, **inputs)
         return output.pred_masks[:, 0].float(), output.iou_scores[:, 0].float()
 
-
     def grid_logits(self, model, embedding: torch.Tensor, extras: tuple, points: torch.Tensor,
                     min_score: float | None):
         """One-point prompts ``points`` ((b, 2) model (x, y)) each decoded on its own by the family's mask decoder,
