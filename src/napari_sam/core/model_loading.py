@@ -378,4 +378,8 @@ def load_sam(name_or_path: str | os.PathLike, device: str | torch.device | None 
         raise _load_error(name, error) from error
     _check_loading_info(name, model, info)
     model.to(resolved_device).eval()
+    if family.name in ("sam", "sam_hq"):
+        from .fast_encoder import install
+
+        install(model)  # the same attention without its (tokens x tokens) bias: a fraction of the memory
     return model, geometry, resolved_device

@@ -173,14 +173,22 @@ def random_family_model(family: str, image_size: int = 64, seed: int = 0):
     from .families import FAMILIES
 
     _, model_class = FAMILIES[family].classes()
-    return randomize_weights(model_class(tiny_family_config(family, image_size)), seed).eval()
+    return randomize_weights(seeded_build(model_class, tiny_family_config(family, image_size), seed), seed).eval()
+
+
+def seeded_build(model_class, config, seed: int):
+    """``model_class(config)`` built with torch's global generator seeded by ``seed`` and restored after: buffers
+    drawn at construction (positional Fourier features, for one) do not depend on what ran before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return model_class(config)
 
 
 def random_sam(config, seed: int = 0):
     """A ``SamModel`` built from ``config`` with :func:`randomize_weights`, in eval mode."""
     from transformers import SamModel
 
-    return randomize_weights(SamModel(config), seed).eval()
+    return randomize_weights(seeded_build(SamModel, config, seed), seed).eval()
 
 
 def tiny_video_config(kind: str = "sam2_video", image_size: int = 64):
@@ -241,7 +249,7 @@ def random_video_model(kind: str = "sam2_video", seed: int = 1, object_bias: flo
 
     model_class = getattr(transformers, {"edgetam_video": "EdgeTamVideoModel",
                                          "sam3_tracker_video": "Sam3TrackerVideoModel"}.get(kind, "Sam2VideoModel"))
-    model = randomize_weights(model_class(tiny_video_config(kind)), seed).eval()
+    model = randomize_weights(seeded_build(model_class, tiny_video_config(kind), seed), seed).eval()
     with torch.no_grad():
         model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(object_bias)
     return model
