@@ -1,0 +1,97 @@
+"""Click to mask on screen: real X clicks in a shown viewer (Xvfb is enough), from the click to the preview drawn,
+with where the time goes. Needs an X display, xdotool and the shared ``drive_napari`` tool (``--tools``).
+
+For each click: the X click is sent (t0); napari adds the point (point); the preview starts its request (request);
+the worker has the masks (predicted); the preview layer holds them (drawn); the canvas has repainted (shown, after
+the event loop ran once more). Medians over the clicks, in milliseconds.
+
+    DISPLAY=:99 python benchmarks/click.py --tools ../shared/tools [--clicks 7] [--model tiny-cells]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tools", default=os.path.join("..", "shared", "tools"), help="folder of drive_napari.py")
+    parser.add_argument("--clicks", type=int, default=7)
+    parser.add_argument("--model", default="tiny-cells")
+    args = parser.parse_args()
+    sys.path.insert(0, args.tools)
+    import napari
+    from drive_napari import Driver
+
+    import napari_sam.widgets.preview as preview_module
+    from napari_sam.cli import open_demo
+    from napari_sam.demo import synthetic_cells
+
+    viewer = napari.Viewer(show=True)
+    widget = open_demo(viewer, args.model)
+    driver = Driver(viewer)
+    driver.wait(5)
+    deadline = time.time() + 300
+    while (widget.predictor is None or widget.busy) and time.time() < deadline:
+        driver.wait(0.2)
+    image = viewer.layers[0]
+    stamps: dict[str, float] = {}
+    predict_objects, draw = preview_module.predict_objects, widget.preview_control.draw
+    update = widget.preview_control.update
+
+    def timed_predict(*a, **k):
+        result = predict_objects(*a, **k)
+        stamps["predicted"] = time.perf_counter()
+        return result
+
+    def timed_draw(*a, **k):
+        draw(*a, **k)
+        stamps["drawn"] = time.perf_counter()
+
+    def timed_update(*a, **k):
+        stamps.setdefault("request", time.perf_counter())
+        update(*a, **k)
+
+    preview_module.predict_objects = timed_predict
+    widget.preview_control.draw = timed_draw
+    widget.preview_control.update = timed_update
+    points = widget.points_picker.value
+    points.events.data.connect(lambda event: stamps.setdefault("point", time.perf_counter()))
+    _, truth = synthetic_cells((384, 512), seed=2024)
+    import numpy as np
+
+    cells = [label for label in np.unique(truth)[1:] if (truth == label).sum() > 600][: args.clicks]
+    rows = []
+    for label in cells:
+        row, col = np.argwhere(truth == label).mean(axis=0)
+        widget.clear_prompts()
+        driver.wait(0.5)
+        where = driver.screen_position(image, (row, col))
+        subprocess.run(["xdotool", "mousemove", str(where[0]), str(where[1])], check=True)
+        driver.wait(0.3)
+        stamps.clear()
+        start = time.perf_counter()
+        subprocess.run(["xdotool", "click", "1"], check=True)
+        while "drawn" not in stamps and time.perf_counter() - start < 10:
+            driver.app.processEvents()
+            time.sleep(0.001)  # an idle event loop, as napari's: the worker gets the interpreter
+        driver.app.processEvents()
+        stamps["shown"] = time.perf_counter()
+        rows.append({name: 1000 * (stamps.get(name, float("nan")) - start)
+                     for name in ("point", "request", "predicted", "drawn", "shown")})
+        driver.wait(0.3)
+    print(f"{len(rows)} clicks, model {args.model}; milliseconds after the X click (median):")
+    for name in ("point", "request", "predicted", "drawn", "shown"):
+        print(f"  {name:10s} {statistics.median(r[name] for r in rows):7.1f}")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
