@@ -2,7 +2,7 @@
 with where the time goes. Needs an X display, xdotool and the shared ``drive_napari`` tool (``--tools``).
 
 For each click: the X click is sent (t0); napari adds the point (point); the preview starts its request (request);
-the worker has the masks (predicted); the preview layer holds them (drawn); the canvas has repainted (shown, after
+the worker starts on it (started); the worker has the masks (predicted); the preview layer holds them (drawn); the canvas has repainted (shown, after
 the event loop ran once more). Medians over the clicks, in milliseconds.
 
     DISPLAY=:99 python benchmarks/click.py --tools ../shared/tools [--clicks 7] [--model tiny-cells]
@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--tools", default=os.path.join("..", "shared", "tools"), help="folder of drive_napari.py")
     parser.add_argument("--clicks", type=int, default=7)
     parser.add_argument("--model", default="tiny-cells")
+    parser.add_argument("--torch-threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     sys.path.insert(0, args.tools)
     import napari
@@ -34,6 +35,10 @@ def main() -> None:
     from napari_sam.cli import open_demo
     from napari_sam.demo import synthetic_cells
 
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     viewer = napari.Viewer(show=True)
     widget = open_demo(viewer, args.model)
     driver = Driver(viewer)
@@ -44,6 +49,13 @@ def main() -> None:
     image = viewer.layers[0]
     stamps: dict[str, float] = {}
     predict_objects, draw = preview_module.predict_objects, widget.preview_control.draw
+    plane_view = preview_module.plane_view
+
+    def timed_plane_view(*a, **k):
+        stamps.setdefault("started", time.perf_counter())
+        return plane_view(*a, **k)
+
+    preview_module.plane_view = timed_plane_view
     update = widget.preview_control.update
 
     def timed_predict(*a, **k):
@@ -85,10 +97,10 @@ def main() -> None:
         driver.app.processEvents()
         stamps["shown"] = time.perf_counter()
         rows.append({name: 1000 * (stamps.get(name, float("nan")) - start)
-                     for name in ("point", "request", "predicted", "drawn", "shown")})
+                     for name in ("point", "request", "started", "predicted", "drawn", "shown")})
         driver.wait(0.3)
     print(f"{len(rows)} clicks, model {args.model}; milliseconds after the X click (median):")
-    for name in ("point", "request", "predicted", "drawn", "shown"):
+    for name in ("point", "request", "started", "predicted", "drawn", "shown"):
         print(f"  {name:10s} {statistics.median(r[name] for r in rows):7.1f}")
     viewer.close()
 
