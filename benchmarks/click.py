@@ -2,8 +2,8 @@
 with where the time goes. Needs an X display, xdotool and the shared ``drive_napari`` tool (``--tools``).
 
 For each click: the X click is sent (t0); napari adds the point (point); the preview starts its request (request);
-the worker starts on it (started); the worker has the masks (predicted); the preview layer holds them (drawn); the canvas has repainted (shown, after
-the event loop ran once more). Medians over the clicks, in milliseconds.
+the worker starts on it (started); the worker has the masks (predicted); the preview layer holds them (drawn); the
+canvas has repainted (shown, after the event loop ran once more). Medians over the clicks, in milliseconds.
 
     DISPLAY=:99 python benchmarks/click.py --tools ../shared/tools [--clicks 7] [--model tiny-cells]
 """
