@@ -76,3 +76,15 @@ def upscale_logits(low_res: torch.Tensor, geometry: ModelGeometry, resized_size:
     if tuple(resized_size) == tuple(original_size):  # resizing to the same size is the identity
         return logits[:, 0]
     return F.interpolate(logits, size=original_size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def downscale_masks(masks: np.ndarray, geometry: ModelGeometry, frame: Frame, eps: float = 1e-3) -> np.ndarray:
+    """(n, h, w) bool masks over ``frame``'s region as (n, m, m) float32 low-res logits of its model input (the
+    inverse of :func:`upscale_logits`): each low-res pixel's mask fraction, clipped to [eps, 1 - eps], as a logit."""
+    fraction = torch.from_numpy(np.ascontiguousarray(masks)).to(torch.float32)[:, None]
+    resized = geometry.input_size(frame)
+    fraction = F.interpolate(fraction, size=resized, mode="bilinear", align_corners=False, antialias=True)
+    pad_h, pad_w = geometry.pad_size
+    fraction = F.pad(fraction, (0, pad_w - resized[1], 0, pad_h - resized[0]))
+    fraction = F.adaptive_avg_pool2d(fraction, geometry.mask_size)[:, 0].clamp(eps, 1 - eps)
+    return torch.logit(fraction).numpy()

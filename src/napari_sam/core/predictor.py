@@ -25,7 +25,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .coordinates import boxes_to_model, points_to_model
 from .embedding_cache import CachedEmbedding, EmbeddingCache, EmbeddingKey
@@ -35,16 +34,12 @@ from .grid_decoder import GridDecoder, PreparedImage
 from .image_preparation import display_rgb, model_input
 from .image_source import ImagePlan, open_image
 from .model_loading import DEFAULT_CHECKPOINT, ModelGeometry, load_sam, resolve_checkpoint
-from .prediction import Prediction, upscale_logits
+from .prediction import Prediction, downscale_masks, upscale_logits
 from .prompts import ObjectPrompts, check_prompts
 from .settings import Recommendations, TilingSettings, read_recommendations
 
 __all__ = ["ImagePlan", "Prediction", "Predictor", "upscale_logits"]
 
-#: Bytes of image tokens decoded at once in :meth:`Predictor.point_grid_logits`: each prompt has its own copy of
-#: the image tokens after the first block, and small chunks keep them in the CPU's caches (SAM ViT-B at 1024,
-#: 4 MiB per prompt in float32: one prompt at a time in float32, two in bfloat16, measured fastest on CPU).
-DECODER_BYTES = 4 << 20
 #: How many times a prompt's frame grows around an object that reaches its inner border.
 MAX_GROWTH = 2
 
@@ -285,14 +280,7 @@ class Predictor:
                     rows, cols = np.array([0, masks.shape[1] - 1]), np.array([0, masks.shape[2] - 1])
                 box = np.array([[rows.min(), cols.min(), rows.max(), cols.max()]], dtype=float) + np.tile(offset, 2)
                 frame = self._frame_for(ObjectPrompts(None, None, box, None))
-        in_frame = place_in_frame(masks, offset, frame)
-        fraction = torch.from_numpy(in_frame).to(torch.float32)[:, None]
-        resized = self.geometry.input_size(frame)
-        fraction = F.interpolate(fraction, size=resized, mode="bilinear", align_corners=False, antialias=True)
-        pad_h, pad_w = self.geometry.pad_size
-        fraction = F.pad(fraction, (0, pad_w - resized[1], 0, pad_h - resized[0]))
-        fraction = F.adaptive_avg_pool2d(fraction, self.geometry.mask_size)[:, 0].clamp(eps, 1 - eps)
-        return torch.logit(fraction).numpy()
+        return downscale_masks(place_in_frame(masks, offset, frame), self.geometry, frame, eps)
 
     def predict(self, points=None, point_labels=None, boxes=None, mask_input=None, multimask: bool = True,
                 frame: Frame | None = None, grow: bool = True) -> Prediction:
@@ -414,13 +402,4 @@ class Predictor:
                 return self.family.grid_logits(self.model, current.embedding, current.extras, points, min_score)
             if self._grid is None or self._grid[0] is not current:
                 self._grid = (current, self._grid_decoder.prepare(current.embedding))
-            prepared = self._grid[1]
-            chunk = max(1, DECODER_BYTES // (prepared.keys.numel() * prepared.keys.element_size()))
-            logits, scores, kept = [], [], []
-            for start in range(0, len(points), chunk):  # small chunks: the work stays in the caches
-                chunk_logits, chunk_scores, chunk_kept = self._grid_decoder.decode(
-                    prepared, points[start: start + chunk], min_score)
-                logits.append(chunk_logits)
-                scores.append(chunk_scores)
-                kept.append(chunk_kept + start)
-            return torch.cat(logits), torch.cat(scores), torch.cat(kept)
+            return self._grid_decoder.decode_all(self._grid[1], points, min_score)
