@@ -79,3 +79,15 @@ def own_user_folders(tmp_path_factory, monkeypatch):
     """Each test gets its own per-user cache and data folders: the docks' embedding store starts empty."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data")))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a test module (use with ``pytestmark = pytest.mark.usefixtures(...)``): tiny models
+    run fastest so, and do not stall when other processes hold the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

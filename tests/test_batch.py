@@ -73,6 +73,13 @@ def labels_of(folder, name):
     return np.asarray(read_image(folder / f"{name}_labels.ome.tif"))
 
 
+def wait_for_a_finished_image(out, seconds: float = 120) -> None:
+    """Return once the first image's record is written into the output folder ``out``."""
+    deadline = time.time() + seconds
+    while not any((out / ".napari-sam").glob("*.json")) and time.time() < deadline:
+        time.sleep(0.02)
+
+
 def test_outputs_match_the_api_and_a_rerun_does_no_work(cluster, dataset, tmp_path):
     scheduler, client = cluster
     folder, images = dataset
@@ -135,9 +142,7 @@ def test_a_killed_worker_still_gives_the_complete_identical_outputs(cluster, dat
     thread = threading.Thread(target=lambda: result.update(
         summary=run_batch([str(folder)], str(out), config(), scheduler=scheduler, progress=False)))
     thread.start()
-    deadline = time.time() + 120
-    while not any((out / ".napari-sam").glob("*.json")) and time.time() < deadline:
-        time.sleep(0.05)  # the first image is finished: the others are under way
+    wait_for_a_finished_image(out)  # the others are under way
     victim = sorted(pids.values())[0]
     os.kill(victim, signal.SIGKILL)
     assert thread.is_alive() and len(list((out / ".napari-sam").glob("*.json"))) < 7  # killed mid-run
@@ -451,9 +456,7 @@ def test_a_run_killed_halfway_resumes_where_it_stopped(cluster, dataset, tmp_pat
     command = [sys.executable, "-m", "napari_sam.cli", "segment", str(folder), "--out", str(out), "--settings",
                str(settings), "--scheduler", scheduler, "--no-progress"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not any((out / ".napari-sam").glob("*.json")) and time.time() < deadline:
-        time.sleep(0.02)
+    wait_for_a_finished_image(out)
     process.kill()  # the whole command, halfway
     process.wait()
     finished = {p.stem for p in (out / ".napari-sam").glob("*.json")}

@@ -16,15 +16,9 @@ from napari_sam import Predictor
 from napari_sam.core.random_weights import random_family_model, tiny_clip_tokenizer
 from napari_sam.core.settings import TilingSettings
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = 56
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -96,6 +96,27 @@ def assert_equivalent(ours, ref_masks, ref_scores):
     np.testing.assert_allclose(ours.scores, ref_scores, atol=SCORE_TOLERANCE)
 
 
+def assert_cases_equivalent(predictor, reference, reference_image, shape):
+    """Every prompt case on the predictor's current image, then a mask input from a previous call (the best
+    candidate's low-res logits feed the next prediction), against ``reference(image, points, labels, boxes,
+    mask_input=)``."""
+    for name, (points, labels, boxes) in prompt_cases(shape).items():
+        ours = predictor.predict(points=points, point_labels=labels, boxes=boxes)
+        ref_masks, ref_scores, _ = reference(reference_image, points, labels, boxes)
+        assert ours.masks.shape[:2] == (1 if boxes is None else len(boxes), 3), name
+        assert_equivalent(ours, ref_masks, ref_scores)
+    points, labels, _ = prompt_cases(shape)["one_point"]
+    first = predictor.predict(points=points, point_labels=labels)
+    _, ref_first_scores, ref_low_res = reference(reference_image, points, labels)
+    best = int(ref_first_scores[0].argmax())
+    assert int(first.best()[0]) == best
+    refined_points = points + [[0.6 * shape[0], 0.3 * shape[1]]]
+    ours = predictor.predict(points=refined_points, point_labels=[1, 0], mask_input=first.best_logits())
+    ref_masks, ref_scores, _ = reference(reference_image, refined_points, [1, 0],
+                                         mask_input=ref_low_res[:, best][None])
+    assert_equivalent(ours, ref_masks, ref_scores)
+
+
 @pytest.fixture(scope="module")
 def references(tiny_checkpoints):
     return {size: Reference(folder, size) for size, folder in tiny_checkpoints.items()}
@@ -114,23 +135,7 @@ def test_matches_transformers(image_size, shape, kind, predictors, references):
     predictor, reference = predictors[image_size], references[image_size]
     image, limits, reference_image = make_image(kind, shape)
     predictor.set_image(image, contrast_limits=limits)
-    for name, (points, labels, boxes) in prompt_cases(shape).items():
-        ours = predictor.predict(points=points, point_labels=labels, boxes=boxes)
-        ref_masks, ref_scores, _ = reference(reference_image, points, labels, boxes)
-        assert ours.masks.shape[:2] == (1 if boxes is None else len(boxes), 3), name
-        assert_equivalent(ours, ref_masks, ref_scores)
-
-    # mask_input from a previous call: the best candidate's low-res logits feed the next prediction
-    points, labels, _ = prompt_cases(shape)["one_point"]
-    first = predictor.predict(points=points, point_labels=labels)
-    _, ref_first_scores, ref_low_res = reference(reference_image, points, labels)
-    best = int(ref_first_scores[0].argmax())
-    assert int(first.best()[0]) == best
-    refined_points = points + [[0.6 * shape[0], 0.3 * shape[1]]]
-    ours = predictor.predict(points=refined_points, point_labels=[1, 0], mask_input=first.best_logits())
-    ref_masks, ref_scores, _ = reference(reference_image, refined_points, [1, 0],
-                                         mask_input=ref_low_res[:, best][None])
-    assert_equivalent(ours, ref_masks, ref_scores)
+    assert_cases_equivalent(predictor, reference, reference_image, shape)
 
 
 @pytest.mark.parametrize("image_size", [64, 256])

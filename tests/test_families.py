@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_equivalence import assert_equivalent, make_image, prompt_cases
+from test_equivalence import assert_cases_equivalent, make_image
 from transformers import SamHQModel, SamProcessor
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
@@ -26,17 +26,11 @@ from napari_sam.core.settings import TilingSettings
 
 from helpers import processor_inputs
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 WHOLE = TilingSettings(mode="whole")
 SIZES = {"sam_hq": 64, "sam2": 64, "sam3_tracker": 56}
 KINDS = ["rgb_uint8", "gray_uint8", "gray_uint16", "float_nan"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -112,20 +106,7 @@ def test_matches_transformers(family, shape, kind, checkpoints):
                  else SquareReference(checkpoints[family], family))
     image, limits, reference_image = make_image(kind, shape)
     predictor.set_image(image, contrast_limits=limits)
-    for name, (points, labels, boxes) in prompt_cases(shape).items():
-        ours = predictor.predict(points=points, point_labels=labels, boxes=boxes)
-        ref_masks, ref_scores, _ = reference(reference_image, points, labels, boxes)
-        assert ours.masks.shape[:2] == (1 if boxes is None else len(boxes), 3), name
-        assert_equivalent(ours, ref_masks, ref_scores)
-    points, labels, _ = prompt_cases(shape)["one_point"]
-    first = predictor.predict(points=points, point_labels=labels)
-    _, ref_scores, ref_low_res = reference(reference_image, points, labels)
-    best = int(ref_scores[0].argmax())
-    assert int(first.best()[0]) == best
-    refined = points + [[0.6 * shape[0], 0.3 * shape[1]]]
-    ours = predictor.predict(points=refined, point_labels=[1, 0], mask_input=first.best_logits())
-    ref_masks, ref_scores, _ = reference(reference_image, refined, [1, 0], mask_input=ref_low_res[:, best][None])
-    assert_equivalent(ours, ref_masks, ref_scores)
+    assert_cases_equivalent(predictor, reference, reference_image, shape)
 
 
 @pytest.mark.parametrize("family", list(SIZES))

@@ -8,13 +8,7 @@ import torch
 from napari_sam.core import fast_encoder
 from napari_sam.core.random_weights import random_family_model, random_sam, sam_config
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def relative(a, b) -> float:

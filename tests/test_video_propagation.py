@@ -26,16 +26,9 @@ from napari_sam.demo import synthetic_cells
 
 from helpers import OnePlaneVolume, iou
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = 64  # model input side; the slices are 70 x 90
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
