@@ -84,9 +84,8 @@ class Family:
             arguments = {"image_embeddings": expand[-1]}
         elif self.name == "sam_hq":
             arguments = {"image_embeddings": expand[-1], "intermediate_embeddings": expand[:-1]}
-        else:
+        else:  # the SAM2 family: the high-resolution maps, then the embedding
             arguments = {"image_embeddings": expand}
-            inputs = _sam2_inputs(inputs)
         with torch.inference_mode():
             output = model(multimask_output=multimask, **arguments, **inputs)
         return output.pred_masks[:, 0].float(), output.iou_scores[:, 0].float()
@@ -113,12 +112,6 @@ class Family:
 
 #: Points decoded per call of a family's own mask decoder in :meth:`Family.grid_logits`.
 GRID_CHUNK = 16
-
-
-def _sam2_inputs(inputs: dict) -> dict:
-    """SAM's prompt tensors as the SAM2 family's forward takes them: boxes (n, 1, 4) the same, masks (n, 1, m, m)
-    the same; only the dtype of the labels differs (int64)."""
-    return {key: (value.long() if key == "input_labels" else value) for key, value in inputs.items()}
 
 
 #: The families, by the ``model_type`` of their image checkpoints.
