@@ -198,20 +198,21 @@ def prepare(job: Job) -> Prepared | dict:
     if len(groups) > 1:
         return prepared
     if job.config.batch.mode == "embed":
-        return finish_embed(job, prepared, embed_part(job, prepared, *groups[0]))
-    return finish_everything(job, prepared, segment_part(job, prepared, *groups[0]))
+        return finish_embed(job, prepared, embed_part(job, prepared, *groups[0], data=data))
+    return finish_everything(job, prepared, segment_part(job, prepared, *groups[0], data=data))
 
 
-def segment_part(job: Job, prepared: Prepared, plane: tuple[int, ...], frames: tuple[int, ...]):
-    """Segment everything in some frames of one plane (runs on a worker)."""
-    data, _, _ = _open(job)
+def segment_part(job: Job, prepared: Prepared, plane: tuple[int, ...], frames: tuple[int, ...], data=None):
+    """Segment everything in some frames of one plane (runs on a worker; ``data``: the image when it is open)."""
+    data = _open(job)[0] if data is None else data
     return segment_frames(_plugin().predictor(), plane_of(data, plane), job.config.everything, frames,
                           contrast_limits=prepared.contrast_limits, rgb=prepared.rgb)
 
 
-def embed_part(job: Job, prepared: Prepared, plane: tuple[int, ...], frames: tuple[int, ...]) -> int:
-    """Embed some frames of one plane into the store; returns how many ran the encoder (runs on a worker)."""
-    data, _, _ = _open(job)
+def embed_part(job: Job, prepared: Prepared, plane: tuple[int, ...], frames: tuple[int, ...], data=None) -> int:
+    """Embed some frames of one plane into the store; returns how many ran the encoder (runs on a worker;
+    ``data``: the image when it is open)."""
+    data = _open(job)[0] if data is None else data
     predictor = _plugin().predictor()
     plan = predictor.plan(plane_of(data, plane), prepared.contrast_limits, prepared.rgb)
     all_frames = predictor.frames(plan=plan)
