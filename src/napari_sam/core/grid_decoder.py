@@ -191,6 +191,7 @@ class GridDecoder:
             kept.append(chunk_kept + start)
         return torch.cat(logits), torch.cat(scores), torch.cat(kept)
 
+    @torch.inference_mode()
     def decode(self, prepared: PreparedImage, points_xy: torch.Tensor, min_score: float | None = None):
         """Decode each point as a one-point positive prompt with three candidate masks.
 
