@@ -98,10 +98,10 @@ def run(name: str, rounds: int, image: np.ndarray, root: Path) -> dict:
         start = time.perf_counter()
         predictor.predict(points=[point], point_labels=[1])
         prompts.append(time.perf_counter() - start)
-    theirs = []
+    theirs, reference = [], model_class.from_pretrained(folder).eval()  # transformers' own modules, unpatched
     for _ in range(rounds):
         start = time.perf_counter()
-        reference_call(predictor.model, family, image, point, side)
+        reference_call(reference, family, image, point, side)
         theirs.append(time.perf_counter() - start)
     return {"name": name, "family": family, "parameters": parameters, "side": side,
             "first": statistics.median(first), "prompt": statistics.median(prompts),
