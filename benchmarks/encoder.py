@@ -1,6 +1,6 @@
-"""SAM's ViT image encoder: napari-sam's banded attention against transformers' own, in one process, per precision:
-wall time (second of two runs) and peak resident memory above the start, on one 1024² input, with the relative
-difference of the embeddings.
+"""SAM's ViT image encoder: napari-sam's attention (one head and one band of query rows at a time) against
+transformers' own, in one process, per precision: wall time (second of two runs) and peak resident memory above the
+start, on one 1024² input, with the relative difference of the embeddings.
 
     python benchmarks/encoder.py [--config vit-b|vit-l|vit-h] [--threads N]
 """
@@ -52,7 +52,7 @@ def main() -> None:
             print(f"{str(dtype).removeprefix('torch.'):9s} {name:13s} {seconds:6.2f} s  peak +{peak / 2**20:6.0f} MiB")
         print(f"{'':9s} ours vs transformers fp32: relative difference {difference:.2e}; "
               f"time {row['transformers'][0] / row['napari-sam'][0]:.2f}x, "
-              f"memory {row['transformers'][1] / max(1, row['napari-sam'][1]):.1f}x less")
+              f"peak memory {row['napari-sam'][1] / 2**20:.0f} MiB vs {row['transformers'][1] / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import threading
 import time
@@ -17,16 +19,28 @@ def resident_bytes() -> int:
         return int(handle.read().split()[1]) * PAGE
 
 
+def release_freed_memory() -> None:
+    """Hand memory freed earlier back to the system (glibc's ``malloc_trim``), so that the resident memory of the
+    next call starts from what is really in use and its growth is its own, not hidden by reused free pages."""
+    name = ctypes.util.find_library("c")
+    if name:
+        try:
+            ctypes.CDLL(name).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
 def measured(device: torch.device | str, function, *args, **kwargs):
     """``(seconds, peak resident bytes above the start, peak GPU bytes or None, result)`` of one call.
 
-    Resident memory is sampled every 5 ms in a thread; on CUDA the device is synchronised around the call and its
+    Freed memory is handed back to the system first; resident memory is sampled every 5 ms in a thread; on CUDA the device is synchronised around the call and its
     peak allocated memory is reported too."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+    release_freed_memory()
     start_memory, peak, running = resident_bytes(), [0], [True]
 
     def sample():
