@@ -1,7 +1,8 @@
 """Large images: native-resolution tiles for prompts and segment everything, lazy reads, bounded memory.
 
-A 4096² uint16 image of 20-30 px cells: resized whole into tiny-cells' 256-pixel input, a cell becomes 1-2 pixels
-and its mask is garbage; seen in native tiles it comes out as well as on a small image.
+A 4096² uint16 image of 20-30 px cells: resized whole into tiny-cells' input (512 pixels), a cell becomes 2-4
+pixels and its mask is garbage; seen in native tiles it comes out as well as on a small image. Tile geometry is read
+from the model (its input size is the tile), so these tests hold for any input size.
 """
 
 import numpy as np
@@ -66,13 +67,19 @@ def quality(predictor, labels, cells, seed=1):
     return float(np.median(clicks)), float(np.median(boxes))
 
 
-def cell_across_a_tile_border():
-    """(image, labels) 768² with one cell of radius ~40 centred at (380, 230): across tiny-cells' tile border at
-    column 256."""
-    image, labels = synthetic_cells((768, 768), seed=930_002, n_cells=1, radius_range=(38.0, 42.0))
+def cell_across_a_tile_border(tile: int):
+    """(image, labels) of 3 x 3 tiles with one cell of radius ~40 centred 12 px left of the first inner tile border
+    (column ``tile``), in the tile's middle rows."""
+    image, labels = synthetic_cells((3 * tile, 3 * tile), seed=930_002, n_cells=1, radius_range=(38.0, 42.0))
     cell_rows, cell_cols = np.nonzero(labels == 1)
-    shift = (380 - int(cell_rows.mean()), 230 - int(cell_cols.mean()))
+    shift = (int(1.48 * tile) - int(cell_rows.mean()), tile - 12 - int(cell_cols.mean()))
     return np.roll(image, shift, axis=(0, 1)), np.roll(labels, shift, axis=(0, 1))
+
+
+def thin_halo(predictor):
+    """The same model with tiles that overlap by 32 px only, so that an 80 px cell across a border lies whole in
+    neither tile."""
+    return Predictor(predictor.model, predictor.geometry, "cpu", tiling=TilingSettings(mode="tiles", halo=16))
 
 
 @pytest.mark.slow
@@ -101,19 +108,22 @@ def test_cells_crossing_tile_borders_come_out_whole(large, predictor):
 
 
 def test_an_object_past_its_tiles_border_is_decoded_again_around_it(predictor):
-    """A click at col 200 is decoded in the tile of cols 0..255 (farthest from an inner border); its cell spans
-    cols ~190..270, so the mask reaches that tile's border, and the prompt is decoded again in a tile-sized window
+    """A click 15 px inside the cell's left edge is decoded in the first tile column (the one holding it); the cell
+    crosses that tile's border, so the mask reaches it, and the prompt is decoded again in a tile-sized window
     centred on the cell, at native resolution."""
-    image, labels = cell_across_a_tile_border()
+    tile = predictor.geometry.longest_edge
+    image, labels = cell_across_a_tile_border(tile)
+    predictor = thin_halo(predictor)
     predictor.set_image(image)
     rows, cols = np.nonzero(labels == 1)
-    assert cols.min() < 256 <= cols.max()
-    click = [[380, max(200, cols.min() + 15)]]
-    first = predictor.tile_grid.frame_holding((380, 380), (click[0][1], click[0][1]))
-    assert (first.col0, first.col1) == (0, 256)
+    assert cols.min() < tile <= cols.max()
+    row = int(1.48 * tile)
+    click = [[row, cols.min() + 15]]
+    first = predictor.tile_grid.frame_holding((row, row), (click[0][1], click[0][1]))
+    assert (first.col0, first.col1) == (0, tile)
     cut = predictor.predict(points=click, frame=first, grow=False)
     prediction = predictor.predict(points=click)
-    assert prediction.frame.col1 > 256 and prediction.frame.scale == 1.0
+    assert prediction.frame.col1 > tile and prediction.frame.scale == 1.0
     whole, truncated = iou(full_best(prediction), labels == 1), iou(full_best(cut), labels == 1)
     assert whole >= 0.8 and whole > truncated + 0.1, (whole, truncated)
 
@@ -122,13 +132,16 @@ def test_a_mask_input_follows_its_prompts_out_of_its_frame(predictor):
     """A mask input comes with the frame it belongs to (as the preview and propagation carry it). When the prompts
     no longer fit that frame (a box past its border, a new point far away), they are decoded in a frame that holds
     them, the mask input redrawn there: as if its mask had been given in that frame."""
-    image, labels = cell_across_a_tile_border()
+    tile = predictor.geometry.longest_edge
+    image, labels = cell_across_a_tile_border(tile)
+    predictor = thin_halo(predictor)
     predictor.set_image(image)
     rows, cols = np.nonzero(labels == 1)
     box = [[rows.min(), cols.min(), rows.max(), cols.max()]]
-    first = predictor.tile_grid.frame_holding((380, 380), (200, 200))
-    assert (first.col0, first.col1) == (0, 256) and cols.max() >= 256
-    inside = (labels == 1) & (np.arange(768) < 250)[None, :]  # the part of the cell in the first tile
+    row = int(1.48 * tile)
+    first = predictor.tile_grid.frame_holding((row, row), (cols.min() + 15, cols.min() + 15))
+    assert (first.col0, first.col1) == (0, tile) and cols.max() >= tile
+    inside = (labels == 1) & (np.arange(3 * tile) < tile - 6)[None, :]  # the part of the cell in the first tile
     carried = predictor.predict(boxes=box, mask_input=predictor.mask_logits(inside, frame=first), frame=first,
                                 grow=False)
     target = predictor.frame_for(boxes=box)
@@ -136,11 +149,11 @@ def test_a_mask_input_follows_its_prompts_out_of_its_frame(predictor):
     direct = predictor.predict(boxes=box, mask_input=predictor.mask_logits(inside, frame=target), frame=target,
                                grow=False)
     assert iou(full_best(carried), full_best(direct)) >= 0.95
-    far = [[700.0, 700.0]]
-    both = predictor.predict(points=[[380.0, 200.0]] + far, mask_input=predictor.mask_logits(inside, frame=first),
-                             frame=first, grow=False)
+    far = [[2.7 * tile, 2.7 * tile]]
+    both = predictor.predict(points=[[row, cols.min() + 15.0]] + far,
+                             mask_input=predictor.mask_logits(inside, frame=first), frame=first, grow=False)
     frame = both.frame
-    assert frame.row0 <= 380 and frame.col0 <= 200 and frame.row1 > 700 and frame.col1 > 700
+    assert frame.row0 <= row and frame.col0 <= cols.min() + 15 and frame.row1 > far[0][0] and frame.col1 > far[0][1]
 
 
 def test_only_the_tiles_a_prompt_needs_are_read_and_encoded(predictor):
@@ -149,15 +162,17 @@ def test_only_the_tiles_a_prompt_needs_are_read_and_encoded(predictor):
     import dask
     import dask.array as da
 
-    image, labels = synthetic_cells((1024, 1024), seed=930_003, radius_range=(10.0, 15.0), n_cells=300)
+    tile = predictor.geometry.longest_edge  # chunks of a tile, 4 x 4 of them
+    image, labels = synthetic_cells((4 * tile, 4 * tile), seed=930_003, radius_range=(10.0, 15.0),
+                                    n_cells=300 * (tile // 256) ** 2)
     reads = []
 
     def chunk(r, c):
         reads.append((r, c))
-        return image[r: r + 256, c: c + 256]
+        return image[r: r + tile, c: c + tile]
 
-    lazy = da.block([[da.from_delayed(dask.delayed(chunk)(r, c), (256, 256), image.dtype) for c in range(0, 1024, 256)]
-                     for r in range(0, 1024, 256)])
+    lazy = da.block([[da.from_delayed(dask.delayed(chunk)(r, c), (tile, tile), image.dtype)
+                      for c in range(0, 4 * tile, tile)] for r in range(0, 4 * tile, tile)])
     runs = []
     hook = predictor.model.vision_encoder.register_forward_hook(lambda *args: runs.append(1))
     try:
@@ -190,7 +205,8 @@ def test_tiling_settings_and_bad_input(predictor):
     assert covered.min() >= 1
     with pytest.raises(ValueError, match="halo"):  # an explicit tile: refused at once
         TilingSettings(mode="tiles", tile_size=128, halo=64)
-    predictor.tiling = TilingSettings(mode="tiles", halo=200)  # the model's tile (256): refused when used
+    tile = predictor.geometry.longest_edge
+    predictor.tiling = TilingSettings(mode="tiles", halo=tile // 2)  # half the model's tile: refused when used
     with pytest.raises(ValueError, match="halo"):
         predictor.set_image(image)
     predictor.tiling = TilingSettings()
@@ -231,7 +247,10 @@ def test_embeddings_kept_on_disk_serve_a_new_session(tmp_path):
     entry is recomputed; another model's entries are not used."""
     from napari_sam.core.embedding_store import EmbeddingStore
 
-    image, labels = synthetic_cells((700, 700), seed=930_004, radius_range=(10.0, 15.0), n_cells=120)
+    tile = Predictor.from_pretrained("tiny-cells", device="cpu").geometry.longest_edge
+    side = 2 * tile + 100  # tiled: more than twice the tile
+    image, labels = synthetic_cells((side, side), seed=930_004, radius_range=(10.0, 15.0),
+                                    n_cells=round(120 * side**2 / 700**2))
     cell = sample_cells(labels, 1)[0]
     rows, cols = np.nonzero(labels == cell)
     point = [[rows[0], cols[0]]]
