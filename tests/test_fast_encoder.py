@@ -16,11 +16,15 @@ def relative(a, b) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
+@pytest.mark.parametrize("fold", [1024, 0], ids=["folded", "added"])  # relative positions as dims / in-place adds
 @pytest.mark.parametrize("image_size", [224, 256])  # 14 and 16 tokens a side: windows of 14 with and without padding
-def test_matches_transformers_encoder_at_vit_b_width(image_size, monkeypatch):
+def test_matches_transformers_encoder_at_vit_b_width(image_size, fold, monkeypatch):
     """ViT-B's blocks (768 wide, 12 heads, windows of 14, global layers 2, 5, 8, 11) on smaller inputs; bands of a
-    few rows, so that the global layers are computed in several bands."""
+    few rows, so that the global layers are computed in several bands; the relative-position terms folded into the
+    query/key dimensions (what window layers and small global layers do) or added in place (large global
+    layers)."""
     monkeypatch.setattr(fast_encoder, "BLOCK_BYTES", 1 << 16)
+    monkeypatch.setattr(fast_encoder, "FOLD_TOKENS", fold)
     model = random_sam(sam_config(image_size=image_size), seed=4)
     fast = copy.deepcopy(model)
     assert fast_encoder.install(fast) == 12
