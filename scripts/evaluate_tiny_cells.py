@@ -21,70 +21,8 @@ import time
 import numpy as np
 
 from napari_sam import Predictor
-from napari_sam.core.automatic_mask_generator import segment_everything
-from napari_sam.core.propagation import propagate
-from napari_sam.synthetic_microscopy import LOOKS, synthetic_scene, synthetic_stack, with_overrides
-
-HELD_OUT = 2**31  #: first held-out seed
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
-
-
-def matched(labels: np.ndarray, found: np.ndarray, threshold: float = 0.5) -> tuple[int, int, int, int]:
-    """(objects, objects found at IoU >= threshold, segments, segments matching an object)."""
-    pairs = np.stack([labels.ravel(), found.ravel()], 1).astype(np.int64)
-    truth_area = np.bincount(labels.ravel())
-    found_area = np.bincount(found.ravel())
-    keys, counts = np.unique(pairs[(pairs[:, 0] > 0) & (pairs[:, 1] > 0)], axis=0, return_counts=True)
-    ious = counts / (truth_area[keys[:, 0]] + found_area[keys[:, 1]] - counts)
-    good = keys[ious >= threshold]
-    return (int((truth_area[1:] > 0).sum()), len(np.unique(good[:, 0])), int((found_area[1:] > 0).sum()),
-            len(np.unique(good[:, 1])))
-
-
-def scene_figures(predictor, look: str, scenes: int, rng) -> dict:
-    clicks, boxes, totals = [], [], np.zeros(4, dtype=np.int64)
-    for index in range(scenes):
-        image, labels, _ = synthetic_scene((512, 512), look, seed=HELD_OUT + 1000 * list(LOOKS).index(look) + index)
-        predictor.set_image(image)
-        for cell in range(1, int(labels.max()) + 1):
-            target = labels == cell
-            rows, cols = np.nonzero(target)
-            if len(rows) < 12:  # a few pixels at the border
-                continue
-            pick = rng.integers(len(rows))
-            clicks.append(iou(predictor.predict(points=[[rows[pick], cols[pick]]]).best_masks()[0], target))
-            box = [rows.min(), cols.min(), rows.max(), cols.max()]
-            boxes.append(iou(predictor.predict(boxes=[box]).best_masks()[0], target))
-        found = segment_everything(predictor, image).labels
-        totals += matched(labels, np.asarray(found))
-    return {"objects": int(totals[0]), "click_median_iou": round(float(np.median(clicks)), 3),
-            "box_median_iou": round(float(np.median(boxes)), 3),
-            "everything_recall": round(float(totals[1] / max(1, totals[0])), 3),
-            "everything_precision": round(float(totals[3] / max(1, totals[2])), 3)}
-
-
-def stack_figures(predictor, look: str, stacks: int, rng, objects_per_stack: int = 6) -> dict:
-    with_mask, without = [], []
-    for index in range(stacks):
-        volume, labels, _ = synthetic_stack((24, 256, 256), look, seed=HELD_OUT + 500_000 + index)
-        ids = [i for i in np.unique(labels)[1:] if (labels == i).sum() > 60]
-        for cell in rng.choice(ids, size=min(objects_per_stack, len(ids)), replace=False):
-            target = labels == cell
-            slices = np.nonzero(target.any(axis=(1, 2)))[0]
-            middle = int(slices[len(slices) // 2])
-            rows, cols = np.nonzero(target[middle])
-            depth = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
-            predictor.set_image(volume[middle])
-            first = predictor.predict(points=[[rows[depth], cols[depth]]]).best_masks()[0]
-            for store, mask_input in ((with_mask, True), (without, False)):
-                result = propagate(predictor, volume, middle, 0, first, use_mask_input=mask_input)
-                store.append(iou(np.asarray(result.masks), target))
-    return {"objects": len(with_mask), "median_3d_iou_defaults": round(float(np.median(with_mask)), 3),
-            "median_3d_iou_without_mask_input": round(float(np.median(without)), 3)}
+from napari_sam.held_out import scene_figures, stack_figures
+from napari_sam.synthetic_microscopy import LOOKS, with_overrides
 
 
 def main() -> None:

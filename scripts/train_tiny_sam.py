@@ -270,12 +270,21 @@ def first_prompts(rng, frames, per_image: int):
     return clicks, boxes, tracks
 
 
-def prompt_loss(model, embeddings, prompts, multimask: bool, mask_size: int):
-    """(summed loss, low-res logits of each prompt's best candidate (detached), their true IoUs)."""
+def prompt_loss(model, embeddings, prompts, multimask: bool, mask_size: int, sharp: int = 0):
+    """(summed loss, low-res logits of each prompt's best candidate (detached), their true IoUs).
+
+    ``sharp`` 0: the masks are compared at the decoder's resolution with each pixel's inside fraction as target;
+    ``sharp`` k > 0: the logits are upsampled k times and compared with the binary mask there, which asks for a
+    steep edge (stable masks) instead of a ramp."""
     full = torch.stack([p["target"] for p in prompts])
-    targets = F.adaptive_avg_pool2d(full.float()[:, None], mask_size)[:, 0]
     logits, predicted_iou = decode(model, embeddings, prompts, multimask)
-    focal, dice = mask_losses(logits, targets)
+    if sharp:
+        size = mask_size * sharp
+        targets = (F.adaptive_avg_pool2d(full.float()[:, None], size)[:, 0] > 0.5).float()
+        compared = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+    else:
+        targets, compared = F.adaptive_avg_pool2d(full.float()[:, None], mask_size)[:, 0], logits
+    focal, dice = mask_losses(compared, targets)
     per_candidate = 20 * focal + dice
     best = per_candidate.min(dim=1)
     ious = true_iou(logits.detach(), full)
@@ -305,18 +314,18 @@ def training_step(model, rng, pool, args, mask_size):
     embeddings = model.vision_encoder(pixels).last_hidden_state
     clicks, boxes, tracks = first_prompts(rng, frames, args.prompts)
     for prompt in tracks:
-        scale = rng.uniform(0.3, 1.0)  # model-like logit magnitudes as well as the hard ±6.9 of a drawn mask
+        scale = rng.uniform(0.3, args.mask_input_scale)  # model-like logit magnitudes and the ±6.9 of a drawn mask
         prompt["mask_input"] = mask_logits(prompt["mask_input"][None], mask_size)[0] * scale
     loss, count, ious = torch.zeros(()), 0, []
     later = []
     for group, multimask in ((clicks, True), (boxes, True)):
         if not group:
             continue
-        part, chosen, iou = prompt_loss(model, embeddings, group, multimask, mask_size)
+        part, chosen, iou = prompt_loss(model, embeddings, group, multimask, mask_size, args.sharp)
         loss, count = loss + part, count + len(group)
         ious.append(iou)
         if group is boxes:
-            single, _, _ = prompt_loss(model, embeddings, group, False, mask_size)
+            single, _, _ = prompt_loss(model, embeddings, group, False, mask_size, args.sharp)
             loss = loss + 0.5 * single
         keep = rng.random(len(group)) < args.correct
         later += corrections(rng, [p for p, k in zip(group, keep) if k], chosen[torch.from_numpy(keep)])
@@ -325,7 +334,7 @@ def training_step(model, rng, pool, args, mask_size):
         groups.setdefault((structure(prompt), len(prompt["points"]) if prompt["points"] is not None else 0),
                           []).append(prompt)
     for group in groups.values():
-        part, _, iou = prompt_loss(model, embeddings, group, False, mask_size)
+        part, _, iou = prompt_loss(model, embeddings, group, False, mask_size, args.sharp)
         loss, count = loss + part, count + len(group)
         ious.append(iou)
     return loss / max(1, count), torch.cat(ious).mean().item() if ious else 0.0
@@ -367,12 +376,16 @@ def train(args) -> dict:
                   f"{time.time() - start:7.1f} s", flush=True)
         if args.checkpoint_every and step and step % args.checkpoint_every == 0:
             save(model, geometry, Path(args.out))
+        if args.stop_after and step + 1 >= args.stop_after:
+            break
     elapsed = time.time() - start
     model.eval()
     save(model, geometry, Path(args.out))
-    summary = {"steps": args.steps, "seed": args.seed, "init": "tiny-cells v1" if args.init else None,
+    summary = {"steps": args.steps, "stopped_after": len(history), "seed": args.seed,
+               "init": Path(args.init).name if args.init else None,
                "images_per_step": args.images, "objects_per_image": args.prompts, "pool": args.pool,
-               "new_scenes_per_step": args.new_scenes, "lr": args.lr,
+               "new_scenes_per_step": args.new_scenes, "lr": args.lr, "sharp": args.sharp,
+               "mask_input_scale": args.mask_input_scale,
                "parameters": sum(p.numel() for p in model.parameters()), "training_seconds": round(elapsed),
                "final_loss": float(np.mean(history[-50:])), "final_iou": float(np.mean(iou_history[-50:]))}
     (Path(args.out) / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -395,13 +408,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="src/napari_sam/models/tiny-cells")
     parser.add_argument("--init", default=None, help="an earlier tiny-cells folder to start from")
-    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--steps", type=int, default=1200, help="steps of the learning-rate schedule")
+    parser.add_argument("--stop-after", type=int, default=0, help="end after this many steps (0: --steps)")
     parser.add_argument("--images", type=int, default=4, help="images per step")
     parser.add_argument("--prompts", type=int, default=12, help="objects prompted per image")
     parser.add_argument("--correct", type=float, default=0.5, help="share of prompts given a correction round")
     parser.add_argument("--pool", type=int, default=48, help="scenes held")
     parser.add_argument("--new-scenes", type=int, default=1, help="scenes replaced per step")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--sharp", type=int, default=0, help="compare masks k times finer, binary (0: fractions)")
+    parser.add_argument("--mask-input-scale", type=float, default=1.0,
+                        help="largest factor on the tracking prompts' mask-input logits")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--checkpoint-every", type=int, default=200)
