@@ -33,8 +33,8 @@ def release_freed_memory() -> None:
 def measured(device: torch.device | str, function, *args, **kwargs):
     """``(seconds, peak resident bytes above the start, peak GPU bytes or None, result)`` of one call.
 
-    Freed memory is handed back to the system first; resident memory is sampled every 5 ms in a thread; on CUDA the device is synchronised around the call and its
-    peak allocated memory is reported too."""
+    Freed memory is handed back to the system first; resident memory is sampled every 5 ms in a thread; on CUDA
+    the device is synchronised around the call and its peak allocated memory is reported too."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     if cuda:

@@ -1,28 +1,14 @@
-"""Train "tiny-cells" v2: a small SAM (transformers SamModel) on synthetic microscopy of many looks.
+"""Train "tiny-cells": a small SAM (transformers SamModel) on freshly generated synthetic cells.
 
-Data: :func:`napari_sam.synthetic_microscopy.synthetic_scene` (nuclei of 6–120 px, sparse to crowded, touching and
-overlapping, textures, blur, noise, uneven light, 8/16-bit, mitotic objects, debris, cytoplasm and phase looks), and
-a tenth of ``napari_sam.demo.synthetic_cells`` (the demo's cells, 48–112 px across in the model's frame), prepared
-exactly as ``Predictor.set_image`` prepares an image (napari's default contrast limits, or others). A pool of scenes
-is refreshed a few scenes per step; each step draws images from it with random flips.
+Every step draws new images with ``napari_sam.demo.synthetic_cells`` at random sizes and contrasts, prepares them
+exactly as ``Predictor.set_image`` does, and samples prompts per cell: a positive point, positive + negative
+points, and jittered boxes. The loss is SAM's: focal + dice on the masks (the best of the three candidates for
+each prompt, and the single-mask output) plus an MSE regression of the IoU head on the true IoUs.
 
-Prompts, as SAM was trained, for objects drawn at random in each image:
-- one positive click anywhere inside the object (multimask output, the min-loss candidate is trained);
-- the object's box with noise on its sides (multimask, and the single-mask output);
-- a correction round after either: a click in the previous mask's error region (positive where the object was
-  missed, negative where the mask spilled), the earlier points and box, and the previous low-res logits as
-  ``mask_input`` (single-mask output);
-- a tracking prompt, as ``propagate`` gives each next slice: the box and interior points of a shifted, grown or
-  shrunk copy of the object and that copy as ``mask_input`` logits (single-mask output).
-The loss is SAM's: focal (x 20) + dice on the masks, plus an MSE regression of every candidate's predicted IoU on
-its true IoU, so that the IoU head is calibrated (segment everything's thresholds then mean what they say).
+    python scripts/train_tiny_sam.py --out src/napari_sam/models/tiny-cells --steps 1500 --seed 0
 
-    python scripts/train_tiny_sam.py --out src/napari_sam/models/tiny-cells --steps 1200 --seed 0 \\
-        --init src/napari_sam/models/tiny-cells
-
-``--init`` starts from an earlier tiny-cells (v1: 256-px input), its position embeddings and relative positions
-resized to the new input. Reproducible for a given seed, step count and initial weights on one machine. Writes a
-``save_pretrained`` folder (safetensors only) with its preprocessor config and ``training.json``.
+Reproducible for a given seed and step count on one machine. Writes a ``save_pretrained`` folder
+(safetensors only) with its preprocessor config.
 """
 
 from __future__ import annotations
@@ -37,160 +23,86 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_sam.core.image_preparation import default_contrast_limits, display_rgb, model_input, resized_shape
+from napari_sam.core.image_preparation import display_rgb, model_input, resized_shape
 from napari_sam.core.model_loading import geometry_from_config
-from napari_sam.core.propagation import interior_points
 from napari_sam.core.random_weights import random_sam, sam_config
-from napari_sam.demo import CELL_RADIUS, synthetic_cells
-from napari_sam.synthetic_microscopy import synthetic_scene
+from napari_sam.demo import synthetic_cells
 
-IMAGE_SIZE = 512
-#: Share of training scenes drawn by ``napari_sam.demo.synthetic_cells`` (the demo's look), the rest from the mix.
-CELLS_SHARE = 0.1
+IMAGE_SIZE = 256
 
 
 def tiny_cells_config():
-    """The architecture of tiny-cells v2: SAM at 512 pixels, patch 16 (32 x 32 tokens, 128 x 128 mask logits), a
-    4-layer ViT of width 160, windows of 8 with global layers 2 and 4, 96 channels, SAM's two-way decoder."""
+    """The architecture of tiny-cells: SAM at 256 pixels, patch 16, a 4-layer ViT of width 160."""
     return sam_config(image_size=IMAGE_SIZE, patch_size=16, hidden_size=160, depth=4, heads=4,
                       output_channels=96, global_attn_indexes=(1, 3), window_size=8, decoder_mlp_dim=384,
                       decoder_heads=4)
 
 
-def warm_start(model, folder) -> None:
-    """Load the weights of an earlier tiny-cells into ``model``, resizing the absolute position embedding
-    (bicubic) and the global layers' relative-position tables (linear) to ``model``'s token grid."""
-    from safetensors.torch import load_file
-
-    state = load_file(str(Path(folder) / "model.safetensors"))
-    own = model.state_dict()
-    for name, value in state.items():
-        if name not in own or own[name].shape == value.shape:
-            continue
-        if value.ndim == 4:  # (1, h, w, C) position embedding
-            grid = F.interpolate(value.permute(0, 3, 1, 2), size=own[name].shape[1:3], mode="bicubic",
-                                 align_corners=False)
-            state[name] = grid.permute(0, 2, 3, 1)
-        elif value.ndim == 2:  # (2 size - 1, head dim) relative positions
-            state[name] = F.interpolate(value.T[None], size=own[name].shape[0], mode="linear",
-                                        align_corners=False)[0].T
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"prompt_encoder.shared_embedding.positional_embedding"}  # the same tensor as shared_image_embedding's
-    if set(missing) - tied or unexpected:
-        raise ValueError(f"{folder} does not fit tiny-cells: missing {missing}, unexpected {unexpected}")
-
-
-def prepared(image: np.ndarray, labels: np.ndarray, rng, geometry):
-    """(pixels (3, S, S) float32, labels in the model frame (S, S) int64; -1 = padding)."""
-    low, high = default_contrast_limits(image, False)
-    choice = rng.random()
-    if choice < 0.25:  # the data's full range
-        low, high = float(image.min()), float(image.max())
-    elif choice < 0.4:  # saturating limits, as a user may set them
-        high = low + (high - low) * rng.uniform(0.3, 0.9)
-    rgb = display_rgb(image, contrast_limits=(low, max(high, low + 1e-3)))
+def sample_image(rng: np.random.Generator, geometry):
+    """One training image: (pixels (3, S, S), ground-truth labels in the model frame (S, S) int64)."""
+    height, width = (int(v) for v in rng.integers(150, 420, 2))
+    image, labels = synthetic_cells((height, width), seed=int(rng.integers(2**31)), dtype=np.uint16,
+                                    radius_range=(rng.uniform(9, 14), rng.uniform(20, 32)))
+    flips = rng.integers(0, 2, 3)
+    if flips[0]:
+        image, labels = image[::-1], labels[::-1]
+    if flips[1]:
+        image, labels = image[:, ::-1], labels[:, ::-1]
+    if flips[2]:
+        image, labels = image.T, labels.T
+    low, high = np.percentile(image, [rng.uniform(0, 30), rng.uniform(97, 100)])
+    if rng.random() < 0.3:  # saturating limits, as a user may set them
+        high = low + (high - low) * rng.uniform(0.4, 0.9)
+    rgb = display_rgb(np.ascontiguousarray(image), contrast_limits=(low, max(high, low + 1)))
     pixels = model_input(rgb, geometry)[0]
     new_h, new_w = resized_shape(labels.shape, geometry.longest_edge)
-    frame = torch.full((IMAGE_SIZE, IMAGE_SIZE), -1, dtype=torch.int64)
+    frame = torch.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=torch.int64)
     frame[:new_h, :new_w] = F.interpolate(torch.from_numpy(labels.astype(np.int64))[None, None].float(),
                                           size=(new_h, new_w), mode="nearest")[0, 0].long()
     return pixels, frame
 
 
-class ScenePool:
-    """``size`` prepared scenes; :meth:`refresh` replaces the oldest ``count`` with new ones."""
+def sample_prompts(rng, frame: torch.Tensor, count: int):
+    """Prompts for ``count`` cells of one image, in the model frame as (x, y).
 
-    def __init__(self, rng, geometry, size: int):
-        self.rng, self.geometry, self.scenes, self.next = rng, geometry, [], 0
-        while len(self.scenes) < size:
-            self.scenes.append(self.new())
-
-    def new(self):
-        longest = int(self.rng.integers(384, 769))
-        other = int(longest * self.rng.uniform(0.6, 1.0))
-        shape = (longest, other) if self.rng.random() < 0.5 else (other, longest)
-        seed = int(self.rng.integers(2**31))
-        if self.rng.random() < CELLS_SHARE:  # the demo's cells, as large in the frame as the earlier model saw them
-            zoom = longest / 256
-            image, labels = synthetic_cells(shape, seed=seed,
-                                            n_cells=round(20 * shape[0] * shape[1] / (256 * zoom) ** 2),
-                                            radius_range=(CELL_RADIUS[0] * zoom, CELL_RADIUS[1] * zoom),
-                                            dtype=self.rng.choice([np.uint16, np.uint8, np.float32]))
-        else:
-            image, labels, _ = synthetic_scene(shape, "random", seed=seed)
-        return prepared(image, labels, self.rng, self.geometry)
-
-    def refresh(self, count: int) -> None:
-        for _ in range(count):
-            self.scenes[self.next % len(self.scenes)] = self.new()
-            self.next += 1
-
-    def draw(self, count: int):
-        """``count`` scenes with random flips (only of the image's region: padding stays bottom-right)."""
-        out = []
-        for index in self.rng.choice(len(self.scenes), size=count, replace=False):
-            pixels, frame = self.scenes[index]
-            rows, cols = int((frame[:, 0] >= 0).sum()), int((frame[0] >= 0).sum())
-            pixels, frame = pixels.clone(), frame.clone()
-            for axis in (1, 2):
-                if self.rng.random() < 0.5:
-                    extent = rows if axis == 1 else cols
-                    part = pixels.narrow(axis, 0, extent)
-                    pixels.narrow(axis, 0, extent).copy_(part.flip(axis))
-                    region = frame.narrow(axis - 1, 0, extent)
-                    frame.narrow(axis - 1, 0, extent).copy_(region.flip(axis - 1))
-            out.append((pixels, frame))
-        return out
-
-
-def box_of(mask: torch.Tensor) -> np.ndarray:
-    """(x0, y0, x1, y1) of a non-empty (S, S) bool mask."""
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
-
-
-def noisy_box(rng, mask: torch.Tensor) -> np.ndarray:
-    """The mask's box, each side moved by noise of 10% of the box's side (at most 20 px), as SAM's training."""
-    box = box_of(mask)
-    size = np.array([box[2] - box[0], box[3] - box[1]] * 2) + 1
-    return box + np.clip(rng.normal(0, 0.1 * size), -20, 20).astype(np.float32)
-
-
-def perturbed(rng, mask: torch.Tensor) -> torch.Tensor:
-    """A neighbouring slice's view of the object: shifted by up to 15% of its size, grown or shrunk by a few px."""
-    box = box_of(mask)
-    size = max(box[2] - box[0], box[3] - box[1]) + 1
-    shift = np.round(rng.uniform(-0.15, 0.15, 2) * size).astype(int)
-    moved = torch.roll(mask, shifts=(int(shift[1]), int(shift[0])), dims=(0, 1))
-    radius = int(rng.integers(-max(1, size // 8), max(1, size // 8) + 1))
-    if radius:
-        grid = moved.float()[None, None]
-        kernel = 2 * abs(radius) + 1
-        grid = F.max_pool2d(grid, kernel, 1, abs(radius)) if radius > 0 else -F.max_pool2d(-grid, kernel, 1,
-                                                                                            abs(radius))
-        moved = grid[0, 0] > 0.5
-    return moved if moved.any() else mask
-
-
-def mask_logits(masks: torch.Tensor, mask_size: int) -> torch.Tensor:
-    """(N, S, S) bool masks as (N, m, m) logits of their low-res fractions, as ``Predictor.mask_logits`` makes."""
-    fraction = F.adaptive_avg_pool2d(masks.float()[:, None], mask_size)[:, 0].clamp(1e-3, 1 - 1e-3)
-    return torch.logit(fraction)
-
-
-def correction_point(rng, previous: torch.Tensor, target: torch.Tensor):
-    """A click in the error region of ``previous`` (frame-res bool) against ``target``: (x, y), label."""
-    missed, spilled = target & ~previous, previous & ~target
-    region, label = (missed, 1) if missed.sum() >= spilled.sum() else (spilled, 0)
-    if not region.any():
-        region, label = target, 1
-    ys, xs = torch.nonzero(region, as_tuple=True)
-    pick = int(rng.integers(len(ys)))
-    return np.array([xs[pick], ys[pick]], dtype=np.float32), label
+    Returns a list of (kind, points (n, 2), labels (n,), box (4,) or None, target mask (S, S) bool).
+    """
+    ids = [int(i) for i in torch.unique(frame) if i > 0]
+    prompts = []
+    if not ids:
+        return prompts
+    for cell in rng.choice(ids, size=count, replace=len(ids) < count):
+        target = frame == cell
+        ys, xs = torch.nonzero(target, as_tuple=True)
+        outside_y, outside_x = torch.nonzero(~target & (frame >= 0), as_tuple=True)
+        x0, x1, y0, y1 = xs.min().item(), xs.max().item(), ys.min().item(), ys.max().item()
+        kind = rng.choice(["point", "points", "box"], p=[0.4, 0.3, 0.3])
+        if kind == "box":
+            size = max(x1 - x0, y1 - y0) + 1
+            jitter = rng.normal(0, 0.06 * size, 4).clip(-0.15 * size, 0.15 * size)
+            box = np.array([x0, y0, x1, y1], dtype=np.float32) + jitter.astype(np.float32)
+            prompts.append(("box", None, None, box, target))
+            continue
+        n_pos = 1 if kind == "point" else int(rng.integers(1, 4))
+        n_neg = 0 if kind == "point" else int(rng.integers(1, 3))
+        pos = rng.integers(0, len(xs), n_pos)
+        # negatives near the cell: within twice its size
+        near = ((outside_x - (x0 + x1) / 2).abs() < (x1 - x0 + 8)) & ((outside_y - (y0 + y1) / 2).abs() < (y1 - y0 + 8))
+        candidates = torch.nonzero(near).flatten()
+        if len(candidates) == 0:
+            candidates = torch.arange(len(outside_x))
+        neg = candidates[rng.integers(0, len(candidates), n_neg)] if n_neg else torch.empty(0, dtype=torch.long)
+        points = np.concatenate([np.stack([xs[pos], ys[pos]], 1), np.stack([outside_x[neg], outside_y[neg]], 1)])
+        labels = np.array([1] * n_pos + [0] * n_neg)
+        prompts.append((kind, points.astype(np.float32), labels, None, target))
+    return prompts
 
 
 def mask_losses(logits: torch.Tensor, targets: torch.Tensor):
-    """Per-candidate focal and dice losses. logits (N, C, m, m); targets (N, m, m) fractions in [0, 1]."""
+    """Per-candidate focal and dice losses at the decoder's resolution.
+
+    logits (N, C, m, m); targets (N, m, m) in [0, 1] (the fraction of each low-res pixel inside the cell).
+    Returns (N, C) each."""
     target = targets[:, None].expand_as(logits)
     probability = logits.sigmoid()
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -202,142 +114,57 @@ def mask_losses(logits: torch.Tensor, targets: torch.Tensor):
     return focal, dice
 
 
-def true_iou(logits: torch.Tensor, full_targets: torch.Tensor) -> torch.Tensor:
-    """IoU of each candidate (logits (N, C, m, m) upsampled to the frame) with (N, S, S) bool targets."""
-    size = full_targets.shape[-1]
-    predicted = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False) > 0
-    target = full_targets[:, None]
+def true_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    predicted = logits > 0
+    target = targets[:, None] > 0.5
     intersection = (predicted & target).sum(dim=(-2, -1)).float()
     union = (predicted | target).sum(dim=(-2, -1)).float()
     return intersection / union.clamp(min=1)
 
 
-def decode(model, embeddings, prompts, multimask: bool):
-    """Decode a list of prompts of one structure: dicts with image, points (n, 2) xy, labels (n,), box or None,
-    mask_input (m, m) or None. Returns (logits (N, C, m, m), predicted IoUs (N, C))."""
-    first = prompts[0]
+def decode(model, embeddings, group, multimask: bool):
+    """Run the decoder on one group of prompts of the same kind. Returns (logits (N, C, S, S), iou (N, C))."""
+    kind = group[0][1][0]
     inputs = {}
-    if first["points"] is not None:
-        longest = max(len(p["points"]) for p in prompts)
-        points = torch.zeros(len(prompts), 1, longest, 2)
-        labels = torch.full((len(prompts), 1, longest), -10, dtype=torch.long)
-        for row, p in enumerate(prompts):
-            points[row, 0, : len(p["points"])] = torch.from_numpy(p["points"])
-            labels[row, 0, : len(p["labels"])] = torch.from_numpy(p["labels"])
+    if kind == "box":
+        inputs["input_boxes"] = torch.stack([torch.from_numpy(p[3]) for _, p in group])[:, None]
+    else:
+        longest = max(len(p[1]) for _, p in group)
+        points = torch.zeros(len(group), 1, longest, 2)
+        labels = torch.full((len(group), 1, longest), -10, dtype=torch.long)
+        for row, (_, p) in enumerate(group):
+            points[row, 0, : len(p[1])] = torch.from_numpy(p[1])
+            labels[row, 0, : len(p[2])] = torch.from_numpy(p[2])
         inputs["input_points"], inputs["input_labels"] = points, labels
-    if first["box"] is not None:
-        inputs["input_boxes"] = torch.stack([torch.from_numpy(p["box"]) for p in prompts])[:, None]
-    if first["mask_input"] is not None:
-        inputs["input_masks"] = torch.stack([p["mask_input"] for p in prompts])[:, None]
-    image_index = torch.tensor([p["image"] for p in prompts])
+    image_index = torch.tensor([index for index, _ in group])
     out = model(image_embeddings=embeddings[image_index], multimask_output=multimask, **inputs)
     return out.pred_masks[:, 0], out.iou_scores[:, 0]
 
 
-def structure(prompt) -> tuple:
-    return (prompt["points"] is not None, prompt["box"] is not None, prompt["mask_input"] is not None)
+def held_out_ious(folder, seeds=range(100_000, 100_012), shape=(256, 256), dtype=np.uint16) -> dict:
+    """Median IoU with the ground-truth cell, through ``Predictor``, for a click at a random interior pixel of
+    each cell and for each cell's bounding box, on images of seeds never used in training."""
+    from napari_sam import Predictor
 
-
-def first_prompts(rng, frames, per_image: int):
-    """Click, box and tracking prompts for objects of each image (frame-res targets)."""
-    clicks, boxes, tracks = [], [], []
-    for image, frame in enumerate(frames):
-        ids = [int(i) for i in torch.unique(frame) if i > 0]
-        if not ids:
-            continue
-        for cell in rng.choice(ids, size=min(per_image, len(ids)), replace=False):
-            target = frame == cell
-            if target.sum() < 3:
+    predictor = Predictor.from_pretrained(folder, device="cpu")
+    rng = np.random.default_rng(0)
+    clicks, boxes = [], []
+    for seed in seeds:
+        image, labels = synthetic_cells(shape, seed=seed, dtype=dtype)
+        predictor.set_image(image)
+        for cell in range(1, labels.max() + 1):
+            target = labels == cell
+            rows, cols = np.nonzero(target)
+            if len(rows) < 30:
                 continue
-            kind = rng.choice(["click", "box", "track"], p=[0.4, 0.35, 0.25])
-            prompt = {"image": image, "target": target, "points": None, "labels": None, "box": None,
-                      "mask_input": None}
-            if kind == "click":
-                ys, xs = torch.nonzero(target, as_tuple=True)
-                pick = int(rng.integers(len(ys)))
-                prompt.update(points=np.array([[xs[pick], ys[pick]]], dtype=np.float32), labels=np.array([1]))
-                clicks.append(prompt)
-            elif kind == "box":
-                prompt["box"] = noisy_box(rng, target)
-                boxes.append(prompt)
-            else:
-                previous = perturbed(rng, target)
-                rows_cols = interior_points(previous.numpy(), int(rng.integers(1, 4)))
-                prompt.update(points=rows_cols[:, ::-1].astype(np.float32).copy(),
-                              labels=np.ones(len(rows_cols), dtype=np.int64), box=box_of(previous),
-                              mask_input=previous)
-                tracks.append(prompt)
-    return clicks, boxes, tracks
-
-
-def prompt_loss(model, embeddings, prompts, multimask: bool, mask_size: int, sharp: int = 0):
-    """(summed loss, low-res logits of each prompt's best candidate (detached), their true IoUs).
-
-    ``sharp`` 0: the masks are compared at the decoder's resolution with each pixel's inside fraction as target;
-    ``sharp`` k > 0: the logits are upsampled k times and compared with the binary mask there, which asks for a
-    steep edge (stable masks) instead of a ramp."""
-    full = torch.stack([p["target"] for p in prompts])
-    logits, predicted_iou = decode(model, embeddings, prompts, multimask)
-    if sharp:
-        size = mask_size * sharp
-        targets = (F.adaptive_avg_pool2d(full.float()[:, None], size)[:, 0] > 0.5).float()
-        compared = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
-    else:
-        targets, compared = F.adaptive_avg_pool2d(full.float()[:, None], mask_size)[:, 0], logits
-    focal, dice = mask_losses(compared, targets)
-    per_candidate = 20 * focal + dice
-    best = per_candidate.min(dim=1)
-    ious = true_iou(logits.detach(), full)
-    iou_loss = F.mse_loss(predicted_iou, ious, reduction="none").sum(dim=1)
-    chosen = logits.detach()[torch.arange(len(prompts)), best.indices]
-    return (best.values + iou_loss).sum(), chosen, ious[torch.arange(len(prompts)), best.indices]
-
-
-def corrections(rng, prompts, chosen: torch.Tensor):
-    """A correction round for ``prompts`` from their previous logits (m x m): one more click, the previous
-    logits as mask input."""
-    size = prompts[0]["target"].shape[-1]
-    previous = F.interpolate(chosen[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0] > 0
-    out = []
-    for prompt, before, logits in zip(prompts, previous, chosen):
-        point, label = correction_point(rng, before, prompt["target"])
-        points = point[None] if prompt["points"] is None else np.concatenate([prompt["points"], point[None]])
-        labels = np.array([label]) if prompt["labels"] is None else np.concatenate([prompt["labels"], [label]])
-        out.append(dict(prompt, points=points, labels=labels, mask_input=logits))
-    return out
-
-
-def training_step(model, rng, pool, args, mask_size):
-    batch = pool.draw(args.images)
-    pixels = torch.stack([b[0] for b in batch])
-    frames = [b[1] for b in batch]
-    embeddings = model.vision_encoder(pixels).last_hidden_state
-    clicks, boxes, tracks = first_prompts(rng, frames, args.prompts)
-    for prompt in tracks:
-        scale = rng.uniform(0.3, args.mask_input_scale)  # model-like logit magnitudes and the ±6.9 of a drawn mask
-        prompt["mask_input"] = mask_logits(prompt["mask_input"][None], mask_size)[0] * scale
-    loss, count, ious = torch.zeros(()), 0, []
-    later = []
-    for group, multimask in ((clicks, True), (boxes, True)):
-        if not group:
-            continue
-        part, chosen, iou = prompt_loss(model, embeddings, group, multimask, mask_size, args.sharp)
-        loss, count = loss + part, count + len(group)
-        ious.append(iou)
-        if group is boxes:
-            single, _, _ = prompt_loss(model, embeddings, group, False, mask_size, args.sharp)
-            loss = loss + 0.5 * single
-        keep = rng.random(len(group)) < args.correct
-        later += corrections(rng, [p for p, k in zip(group, keep) if k], chosen[torch.from_numpy(keep)])
-    groups: dict[tuple, list] = {}
-    for prompt in later + tracks:
-        groups.setdefault((structure(prompt), len(prompt["points"]) if prompt["points"] is not None else 0),
-                          []).append(prompt)
-    for group in groups.values():
-        part, _, iou = prompt_loss(model, embeddings, group, False, mask_size, args.sharp)
-        loss, count = loss + part, count + len(group)
-        ious.append(iou)
-    return loss / max(1, count), torch.cat(ious).mean().item() if ious else 0.0
+            pick = rng.integers(len(rows))
+            mask = predictor.predict(points=[[rows[pick], cols[pick]]]).best_masks()[0]
+            clicks.append((mask & target).sum() / (mask | target).sum())
+            box = [rows.min(), cols.min(), rows.max(), cols.max()]
+            mask = predictor.predict(boxes=[box]).best_masks()[0]
+            boxes.append((mask & target).sum() / (mask | target).sum())
+    return {"click_median_iou": float(np.median(clicks)), "box_median_iou": float(np.median(boxes)),
+            "cells": len(clicks)}
 
 
 def train(args) -> dict:
@@ -345,54 +172,60 @@ def train(args) -> dict:
     rng = np.random.default_rng(args.seed)
     config = tiny_cells_config()
     model = random_sam(config, seed=args.seed)
-    if args.init:
-        warm_start(model, args.init)
+    with torch.no_grad():  # Fourier features fine enough to place a point within a few pixels
+        model.shared_image_embedding.positional_embedding.normal_(0.0, args.fourier_scale)
     model.train()
     geometry = geometry_from_config(config)
-    mask_size = geometry.mask_size
+    parameters = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     warmup = max(1, args.steps // 20)
-
     def rate(step: int) -> float:  # linear warm-up, then cosine decay
         return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, args.steps) / args.steps))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     start = time.time()
-    pool = ScenePool(rng, geometry, args.pool)
     history, iou_history = [], []
     for step in range(args.steps):
-        pool.refresh(args.new_scenes)
-        loss, mean_iou = training_step(model, rng, pool, args, mask_size)
+        batch = [sample_image(rng, geometry) for _ in range(args.images)]
+        pixels = torch.stack([b[0] for b in batch])
+        embeddings = model.vision_encoder(pixels).last_hidden_state
+        groups: dict[str, list] = {}
+        for index, (_, frame) in enumerate(batch):
+            for prompt in sample_prompts(rng, frame, args.prompts):
+                groups.setdefault(prompt[0], []).append((index, prompt))
+        loss = torch.zeros(())
+        n_prompts = sum(len(g) for g in groups.values())
+        step_ious = []
+        for group in groups.values():
+            full = torch.stack([p[4] for _, p in group]).float()[:, None]
+            targets = F.avg_pool2d(full, IMAGE_SIZE // geometry.mask_size)[:, 0]  # the decoder's resolution
+            logits, iou = decode(model, embeddings, group, multimask=True)
+            focal, dice = mask_losses(logits, targets)
+            per_candidate = 20 * focal + dice
+            best = per_candidate.min(dim=1).values
+            ious = true_iou(logits.detach(), targets)
+            step_ious.append(ious.max(dim=1).values)
+            iou_loss = F.mse_loss(iou, ious, reduction="none").sum(dim=1)
+            single_logits, single_iou = decode(model, embeddings, group, multimask=False)
+            single_focal, single_dice = mask_losses(single_logits, targets)
+            single_iou_loss = F.mse_loss(single_iou, true_iou(single_logits.detach(), targets), reduction="none")[:, 0]
+            loss = loss + (best + 0.5 * (20 * single_focal + single_dice)[:, 0] + iou_loss + single_iou_loss).sum()
+        loss = loss / max(1, n_prompts)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         history.append(loss.item())
-        iou_history.append(mean_iou)
+        iou_history.append(torch.cat(step_ious).mean().item())
         if step % args.log_every == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {np.mean(history[-args.log_every:]):.4f}  "
-                  f"IoU {np.mean(iou_history[-args.log_every:]):.3f}  lr {schedule.get_last_lr()[0]:.2e}  "
-                  f"{time.time() - start:7.1f} s", flush=True)
-        if args.checkpoint_every and step and step % args.checkpoint_every == 0:
-            save(model, geometry, Path(args.out))
-        if args.stop_after and step + 1 >= args.stop_after:
-            break
+            recent = np.mean(history[-args.log_every:])
+            best_iou = np.mean(iou_history[-args.log_every:])
+            print(f"step {step:5d}  loss {recent:.4f}  best-candidate IoU {best_iou:.3f}  "
+                  f"lr {schedule.get_last_lr()[0]:.2e}  {time.time() - start:7.1f} s", flush=True)
     elapsed = time.time() - start
     model.eval()
-    save(model, geometry, Path(args.out))
-    summary = {"steps": args.steps, "stopped_after": len(history), "seed": args.seed,
-               "init": Path(args.init).name if args.init else None,
-               "images_per_step": args.images, "objects_per_image": args.prompts, "pool": args.pool,
-               "new_scenes_per_step": args.new_scenes, "lr": args.lr, "sharp": args.sharp,
-               "mask_input_scale": args.mask_input_scale,
-               "parameters": sum(p.numel() for p in model.parameters()), "training_seconds": round(elapsed),
-               "final_loss": float(np.mean(history[-50:])), "final_iou": float(np.mean(iou_history[-50:]))}
-    (Path(args.out) / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
-def save(model, geometry, out: Path) -> None:
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     preprocessor = {"image_processor_type": "SamImageProcessor", "image_mean": list(geometry.mean),
@@ -402,26 +235,24 @@ def save(model, geometry, out: Path) -> None:
                     "mask_size": {"longest_edge": IMAGE_SIZE // 4},
                     "mask_pad_size": {"height": IMAGE_SIZE // 4, "width": IMAGE_SIZE // 4}}
     (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+    summary = {"steps": args.steps, "seed": args.seed, "images_per_step": args.images,
+               "prompts_per_image": args.prompts, "parameters": parameters, "training_seconds": round(elapsed),
+               "final_loss": float(np.mean(history[-50:]))}
+    summary.update(held_out_ious(out))
+    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="src/napari_sam/models/tiny-cells")
-    parser.add_argument("--init", default=None, help="an earlier tiny-cells folder to start from")
-    parser.add_argument("--steps", type=int, default=1200, help="steps of the learning-rate schedule")
-    parser.add_argument("--stop-after", type=int, default=0, help="end after this many steps (0: --steps)")
-    parser.add_argument("--images", type=int, default=4, help="images per step")
-    parser.add_argument("--prompts", type=int, default=12, help="objects prompted per image")
-    parser.add_argument("--correct", type=float, default=0.5, help="share of prompts given a correction round")
-    parser.add_argument("--pool", type=int, default=48, help="scenes held")
-    parser.add_argument("--new-scenes", type=int, default=1, help="scenes replaced per step")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--sharp", type=int, default=0, help="compare masks k times finer, binary (0: fractions)")
-    parser.add_argument("--mask-input-scale", type=float, default=1.0,
-                        help="largest factor on the tracking prompts' mask-input logits")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--images", type=int, default=8, help="images per step")
+    parser.add_argument("--prompts", type=int, default=20, help="prompts per image")
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--log-every", type=int, default=25)
-    parser.add_argument("--checkpoint-every", type=int, default=200)
+    parser.add_argument("--fourier-scale", type=float, default=1.0, help="std of the positional Fourier features")
+    parser.add_argument("--log-every", type=int, default=50)
     print(train(parser.parse_args()))
 
 

@@ -65,3 +65,16 @@ def test_stack_objects_grow_and_shrink_through_z():
 def test_unknown_look_is_named():
     with pytest.raises(ValueError, match="'sparkly'"):
         synthetic_scene(look="sparkly")
+
+
+def test_held_out_matching_counts_objects_and_segments():
+    from napari_sam.held_out import matched
+
+    truth = np.zeros((20, 20), np.uint16)
+    truth[2:8, 2:8], truth[10:18, 10:18], truth[0:2, 15:20] = 1, 2, 3
+    found = np.zeros((20, 20), np.uint32)
+    found[2:8, 2:7] = 5  # IoU 30/36 with object 1
+    found[10:13, 10:18] = 6  # IoU 24/64 with object 2: below 0.5
+    found[15:20, 0:5] = 7  # on nothing
+    assert matched(truth, found) == (3, 1, 3, 1)
+    assert matched(truth, found, threshold=0.3) == (3, 2, 3, 2)

@@ -22,6 +22,11 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
+def best_mask(prediction) -> np.ndarray:
+    """The first object's best-scoring mask, image-sized (whatever frame it was decoded in)."""
+    return prediction.full_masks(prediction.best_masks())[0]
+
+
 def matched(labels: np.ndarray, found: np.ndarray, threshold: float = 0.5) -> tuple[int, int, int, int]:
     """(objects, objects found at IoU >= threshold, segments, segments matching an object)."""
     pairs = np.stack([labels.ravel(), found.ravel()], 1).astype(np.int64)
@@ -47,9 +52,9 @@ def scene_figures(predictor, look: str, scenes: int, rng, everything: bool = Tru
             if len(rows) < 12:  # a few pixels at the border
                 continue
             pick = rng.integers(len(rows))
-            clicks.append(iou(predictor.predict(points=[[rows[pick], cols[pick]]]).best_masks()[0], target))
+            clicks.append(iou(best_mask(predictor.predict(points=[[rows[pick], cols[pick]]])), target))
             box = [rows.min(), cols.min(), rows.max(), cols.max()]
-            boxes.append(iou(predictor.predict(boxes=[box]).best_masks()[0], target))
+            boxes.append(iou(best_mask(predictor.predict(boxes=[box])), target))
         if everything:
             totals += matched(labels, np.asarray(segment_everything(predictor, image).labels))
     figures = {"objects": len(clicks), "click_median_iou": round(float(np.median(clicks)), 3),
@@ -74,7 +79,7 @@ def stack_figures(predictor, look, stacks: int, rng, objects_per_stack: int = 6)
             rows, cols = np.nonzero(target[middle])
             depth = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
             predictor.set_image(volume[middle])
-            first = predictor.predict(points=[[rows[depth], cols[depth]]]).best_masks()[0]
+            first = best_mask(predictor.predict(points=[[rows[depth], cols[depth]]]))
             for store, mask_input in ((with_mask, True), (without, False)):
                 result = propagate(predictor, volume, middle, 0, first, use_mask_input=mask_input)
                 store.append(iou(np.asarray(result.masks), target))
