@@ -111,3 +111,12 @@ class Recorded:
 
     def __array__(self, dtype=None, copy=None):
         raise AssertionError("the whole stack was read")
+
+
+def tiny_cells_input_size() -> int:
+    """The bundled tiny-cells model's input size in pixels (its native tile)."""
+    import json
+
+    from napari_sam.core.model_loading import BUNDLED_DIR
+
+    return json.loads((BUNDLED_DIR / "tiny-cells" / "config.json").read_text())["vision_config"]["image_size"]

@@ -9,11 +9,15 @@ from napari_sam.core.embedding_store import EmbeddingStore
 from napari_sam.demo import synthetic_cells
 from napari_sam.io import napari_contrast_limits
 
+from helpers import tiny_cells_input_size
+
 
 @pytest.fixture()
 def stack_file(tmp_path):
-    """A 2-plane 600x600 uint16 TIFF: each plane is seen in 9 tiles by tiny-cells."""
-    stack = synthetic_cells((2, 600, 600), seed=940_101, ndim=3, radius_range=(10.0, 15.0), n_cells=100)[0]
+    """A 2-plane uint16 TIFF of planes over twice tiny-cells' tile (600² for a 256-pixel model: 9 tiles a plane)."""
+    side = 2 * tiny_cells_input_size() + 88
+    stack = synthetic_cells((2, side, side), seed=940_101, ndim=3, radius_range=(10.0, 15.0),
+                            n_cells=round(100 * side**2 / 600**2))[0]
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, stack)
     return path, stack
@@ -24,9 +28,13 @@ def test_embed_fills_the_store_once_and_the_predictor_reads_it(stack_file, tmp_p
     store = tmp_path / "store"
     assert main(["embed", str(path), "--model", "tiny-cells", "--store", str(store)]) == 0
     out = capsys.readouterr().out
-    assert "18 frames of 1 image(s): 18 computed" in out
+    tiles = Predictor.from_pretrained("tiny-cells", device="cpu")
+    tiles.set_image(stack[0])
+    frames = 2 * len(tiles.frames())  # 18 for a 256-pixel model
+    assert tiles.tiled and frames >= 8
+    assert f"{frames} frames of 1 image(s): {frames} computed" in out
     assert main(["embed", str(path), "--model", "tiny-cells", "--store", str(store)]) == 0
-    assert "0 computed, 18 already stored" in capsys.readouterr().out
+    assert f"0 computed, {frames} already stored" in capsys.readouterr().out
     predictor = Predictor.from_pretrained("tiny-cells", device="cpu", dtype="auto", store=EmbeddingStore(store))
     predictor.set_image(stack[1], contrast_limits=napari_contrast_limits(stack, False))
     assert predictor.tiled and predictor.precompute() == 0  # what the dock does: nothing to compute

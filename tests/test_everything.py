@@ -80,7 +80,10 @@ def reference():
     Re-randomised tiny models give masks that cover most of the image, so every grid point yields about the
     same mask and NMS leaves one: nothing to compare. tiny-cells gives one mask per cell.
     """
-    processor = SamImageProcessorPil(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256})
+    from helpers import tiny_cells_input_size
+
+    side = tiny_cells_input_size()
+    processor = SamImageProcessorPil(size={"longest_edge": side}, pad_size={"height": side, "width": side})
     return pipeline("mask-generation", model=SamModel.from_pretrained(str(BUNDLED_DIR / "tiny-cells")),
                     image_processor=processor, device="cpu")
 
@@ -165,7 +168,10 @@ def pessimistic_checkpoint(tmp_path_factory):
 def test_thresholds_of_zero_turn_the_filters_off_as_in_the_pipeline(pessimistic_checkpoint, monkeypatch):
     """With every predicted IoU negative, thresholds of 0 (off, in Meta's generator and the pipeline) keep the
     masks on both sides; the grid decoder must not skip any point either."""
-    processor = SamImageProcessorPil(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256})
+    from helpers import tiny_cells_input_size
+
+    side = tiny_cells_input_size()
+    processor = SamImageProcessorPil(size={"longest_edge": side}, pad_size={"height": side, "width": side})
     reference = pipeline("mask-generation", model=SamModel.from_pretrained(str(pessimistic_checkpoint)),
                          image_processor=processor, device="cpu")
     monkeypatch.setattr(reference.image_processor, "post_process_for_mask_generation", torch_post_process)

@@ -125,11 +125,14 @@ def test_a_checkpoint_without_recommendations_gets_metas_defaults(make_napari_vi
 
 
 def test_a_lazy_image_larger_than_two_tiles_is_segmented_in_tiles_read_on_workers(everything, qtbot):
-    """A 1024² array-like that refuses to be read whole (tiny-cells sees it in 256² tiles): the dock reads it on its
-    worker tile by tile, and every cell is found once."""
-    from helpers import Recorded, iou
+    """An array-like over twice tiny-cells' tile (1024² for a 256-pixel model) that refuses to be read whole: the
+    dock reads it on its worker tile by tile, and every cell is found once."""
+    from helpers import Recorded, iou, tiny_cells_input_size
 
-    image, truth = synthetic_cells((1024, 1024), seed=910_006, radius_range=(10.0, 15.0), n_cells=300)
+    tile = tiny_cells_input_size()
+    side = 2 * tile + 512
+    image, truth = synthetic_cells((side, side), seed=910_006, radius_range=(10.0, 15.0),
+                                   n_cells=round(300 * side**2 / 1024**2))
     lazy = Recorded(image)
     viewer, layer, widget = everything(lazy, contrast_limits=(0, float(image.max())))
     widget.settings["pred_iou_thresh"].value = 0.7
@@ -138,9 +141,9 @@ def test_a_lazy_image_larger_than_two_tiles_is_segmented_in_tiles_read_on_worker
     widget.run()
     qtbot.waitUntil(lambda: widget.result_layer is not None and not widget.busy, timeout=240_000)
     ours = [shape for thread, _, shape in lazy.reads if thread != "MainThread"]
-    assert len(ours) >= 16 and all(rows <= 256 and cols <= 256 for rows, cols in ours), ours[:5]
+    assert len(ours) >= 16 and all(rows <= tile and cols <= tile for rows, cols in ours), ours[:5]
     found = widget.result_layer.data
-    assert found.shape == (1024, 1024) and len(widget.result_layer.features) == found.max()
+    assert found.shape == (side, side) and len(widget.result_layer.features) == found.max()
     cells = np.unique(truth)[1:]
     best = [max((iou(found == k, truth == cell) for k in np.unique(found[truth == cell]) if k), default=0.0)
             for cell in cells[:: max(1, len(cells) // 60)]]

@@ -34,12 +34,15 @@ def counted(array, chunk, reads, name):
 
 
 def test_a_multiscale_layer_is_read_only_around_the_prompt(session, qtbot):
-    """A 2048² pyramid: napari shows a coarse level; the dock reads level 0 only in the tile of the click, and the
-    preview is a tile-sized layer placed over it."""
+    """A 2048² pyramid in chunks of the model's tile: napari shows a coarse level; the dock reads level 0 only in the
+    tile of the click, and the preview is a tile-sized layer placed over it."""
+    from helpers import tiny_cells_input_size
+
+    tile = tiny_cells_input_size()
     image, labels = synthetic_cells((2048, 2048), seed=950_001, radius_range=(10.0, 15.0), n_cells=1500)
     reads = []
-    pyramid = [counted(image, 256, reads, "level0"), counted(image[::2, ::2], 256, reads, "level1"),
-               counted(image[::4, ::4], 256, reads, "level2")]
+    pyramid = [counted(image, tile, reads, "level0"), counted(image[::2, ::2], tile, reads, "level1"),
+               counted(image[::4, ::4], tile, reads, "level2")]
     viewer, layer, widget = session(pyramid, show=True, multiscale=True, contrast_limits=(0, float(image.max())),
                                     scale=(0.5, 0.5))
     cell = largest_cells(labels, 1)[0]
@@ -47,10 +50,10 @@ def test_a_multiscale_layer_is_read_only_around_the_prompt(session, qtbot):
     widget.points_picker.value.add(np.asarray(layer.data_to_world(cell_point(labels, cell))) / 0.5)
     settle(qtbot, widget)
     level0 = {index for name, index, _ in reads if name == "level0"}
-    assert 1 <= len(level0) <= 9, len(level0)  # the click's tile (and some of its neighbours), of 64 blocks
-    assert widget.preview_layer.data.shape == (256, 256)
+    assert 1 <= len(level0) <= 9, len(level0)  # the click's tile (and some of its neighbours)
+    assert widget.preview_layer.data.shape == (tile, tile)
     masks = widget.shown_masks()
-    assert masks.shape == (1, 256, 256)
+    assert masks.shape == (1, tile, tile)
     (new,) = widget.commit()
     committed = widget.labels_picker.value.data
     assert committed.shape == (2048, 2048) and np.allclose(widget.labels_picker.value.scale, (0.5, 0.5))
@@ -58,9 +61,15 @@ def test_a_multiscale_layer_is_read_only_around_the_prompt(session, qtbot):
 
 
 def test_a_stack_is_read_plane_by_plane_and_tile_by_tile(session, qtbot):
-    """An 8-plane 1024² stack: napari reads the plane it shows; the dock reads, on its workers, only tiles of the
-    shown plane and of its neighbours, never a whole plane and never the whole stack."""
-    stack, truth = synthetic_cells((8, 1024, 1024), seed=950_002, ndim=3, radius_range=(10.0, 15.0), n_cells=250)
+    """An 8-plane stack of planes over twice the model's tile: napari reads the plane it shows; the dock reads, on
+    its workers, only tiles of the shown plane and of its neighbours, never a whole plane and never the whole
+    stack."""
+    from helpers import tiny_cells_input_size
+
+    tile = tiny_cells_input_size()
+    side = 2 * tile + 256  # 768 for a 256-pixel model
+    stack, truth = synthetic_cells((8, side, side), seed=950_002, ndim=3, radius_range=(10.0, 15.0),
+                                   n_cells=round(250 * side**2 / 1024**2))
     lazy = Recorded(stack)
     viewer, layer, widget = session(lazy, contrast_limits=(0, float(stack.max())))
     lazy.reads.clear()
@@ -69,7 +78,7 @@ def test_a_stack_is_read_plane_by_plane_and_tile_by_tile(session, qtbot):
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     ours = [(plane, shape) for thread, plane, shape in lazy.reads if thread != "MainThread"]  # napari displays
     assert ours and {plane for plane, _ in ours} <= {3, 4, 5}, ours  # on the UI thread; the dock reads on workers
-    assert all(shape[0] <= 256 and shape[1] <= 256 for _, shape in ours)
+    assert all(shape[0] <= tile and shape[1] <= tile for _, shape in ours)
     cell = largest_cells(truth[4], 1)[0]
     widget.points_picker.value.add(np.r_[4, cell_point(truth[4], cell)])
     settle(qtbot, widget)
@@ -136,10 +145,11 @@ def test_tiling_and_store_options_in_the_dock(session, qtbot, notifications, tmp
     assert widget.session.store is not None and "Store:" in options.store_status.value  # on by default
     options.tiling.controls["mode"].value = "tiles"
     assert widget.predictor.tiling.mode == "tiles"
-    for mode in ("tiles", "auto"):  # a halo of more than half tiny-cells' tile: named, and not applied
+    tile = widget.predictor.geometry.longest_edge
+    for mode in ("tiles", "auto"):  # a halo of half tiny-cells' tile: named, and not applied
         options.tiling.controls["mode"].value = mode
         before = len(notifications())
-        options.tiling.controls["halo"].value = 200
+        options.tiling.controls["halo"].value = tile // 2
         assert any("halo" in n.message for n in notifications()[before:])
         assert widget.predictor.tiling.halo == 0 and widget.predictor.tiling.mode == mode
         widget.model._embed_if_tiled()  # what the camera's rest calls
