@@ -1,8 +1,8 @@
-"""Synthetic microscopy scenes of many looks, with exact instance labels: the training and held-out data of the
-bundled model.
+"""Synthetic microscopy scenes of many looks, with exact instance labels: the training data of tiny-cells'
+successor (``scripts/train_tiny_cells_v2.py``) and the held-out data of ``napari_sam.held_out``.
 
 :func:`synthetic_scene` draws one 2D image of a named *look* (:data:`LOOKS`) or of a randomly mixed one: nuclei from
-~6 to ~80 px across, sparse to crowded, touching and overlapping, round to elongated and irregular, with speckle,
+~6 to ~120 px across, sparse to crowded, touching and overlapping, round to elongated and irregular, with speckle,
 nucleoli or bright rims, blur and defocus, Poisson and Gaussian noise, uneven illumination, dim objects next to
 bright ones, mitotic-looking compact bright objects and unlabelled debris; and, less often, other microscopy looks:
 cytoplasm stains (large irregular cells with a dark nucleus) and phase-contrast-like objects with bright halos.
@@ -39,7 +39,7 @@ class Look:
     texture: tuple[str, ...] = ("smooth", "speckle", "nucleoli", "rim")
     brightness_decades: tuple[float, float] = (0.2, 0.8)  #: spread of object brightness, in decades
     mitotic: tuple[float, float] = (0.0, 0.05)  #: fraction of compact bright objects
-    debris: tuple[float, float] = (0.0, 1.0)  #: unlabelled specks per 1000 px² of field ... scaled below
+    debris: tuple[float, float] = (0.0, 1.0)  #: unlabelled specks per 10,000 px² of the image
     blur: tuple[float, float] = (0.3, 1.5)  #: Gaussian blur sigma in field pixels
     photons: tuple[float, float] = (30.0, 3000.0)  #: photons of a mean-bright object pixel
     read_noise: tuple[float, float] = (0.0, 0.02)  #: Gaussian noise relative to a mean-bright object
