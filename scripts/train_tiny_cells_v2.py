@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from train_tiny_sam import mask_losses  # scripts/train_tiny_sam.py: the same focal and dice losses as v1
+from train_tiny_sam import mask_losses, save_checkpoint  # scripts/train_tiny_sam.py: v1's losses and saving
 
 from napari_sam.core.image_preparation import default_contrast_limits, display_rgb, model_input, resized_shape
 from napari_sam.core.model_loading import geometry_from_config
@@ -365,12 +365,12 @@ def train(args) -> dict:
                   f"IoU {np.mean(iou_history[-args.log_every:]):.3f}  lr {schedule.get_last_lr()[0]:.2e}  "
                   f"{time.time() - start:7.1f} s", flush=True)
         if args.checkpoint_every and step and step % args.checkpoint_every == 0:
-            save(model, geometry, Path(args.out))
+            save_checkpoint(model, geometry, Path(args.out), IMAGE_SIZE)
         if args.stop_after and step + 1 >= args.stop_after:
             break
     elapsed = time.time() - start
     model.eval()
-    save(model, geometry, Path(args.out))
+    save_checkpoint(model, geometry, Path(args.out), IMAGE_SIZE)
     summary = {"steps": args.steps, "stopped_after": len(history), "seed": args.seed,
                "init": Path(args.init).name if args.init else None,
                "images_per_step": args.images, "objects_per_image": args.prompts, "pool": args.pool,
@@ -380,18 +380,6 @@ def train(args) -> dict:
                "final_loss": float(np.mean(history[-50:])), "final_iou": float(np.mean(iou_history[-50:]))}
     (Path(args.out) / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def save(model, geometry, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    preprocessor = {"image_processor_type": "SamImageProcessor", "image_mean": list(geometry.mean),
-                    "image_std": list(geometry.std), "size": {"longest_edge": IMAGE_SIZE},
-                    "pad_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE}, "do_resize": True, "do_rescale": True,
-                    "do_normalize": True, "do_pad": True, "rescale_factor": 1 / 255, "resample": 2,
-                    "mask_size": {"longest_edge": IMAGE_SIZE // 4},
-                    "mask_pad_size": {"height": IMAGE_SIZE // 4, "width": IMAGE_SIZE // 4}}
-    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
 
 
 def main() -> None:

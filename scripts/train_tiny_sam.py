@@ -226,21 +226,26 @@ def train(args) -> dict:
     elapsed = time.time() - start
     model.eval()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    preprocessor = {"image_processor_type": "SamImageProcessor", "image_mean": list(geometry.mean),
-                    "image_std": list(geometry.std), "size": {"longest_edge": IMAGE_SIZE},
-                    "pad_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE}, "do_resize": True, "do_rescale": True,
-                    "do_normalize": True, "do_pad": True, "rescale_factor": 1 / 255, "resample": 2,
-                    "mask_size": {"longest_edge": IMAGE_SIZE // 4},
-                    "mask_pad_size": {"height": IMAGE_SIZE // 4, "width": IMAGE_SIZE // 4}}
-    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+    save_checkpoint(model, geometry, out, IMAGE_SIZE)
     summary = {"steps": args.steps, "seed": args.seed, "images_per_step": args.images,
                "prompts_per_image": args.prompts, "parameters": parameters, "training_seconds": round(elapsed),
                "final_loss": float(np.mean(history[-50:]))}
     summary.update(held_out_ious(out))
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def save_checkpoint(model, geometry, out: Path, image_size: int) -> None:
+    """``model`` as a ``save_pretrained`` folder (safetensors) with SAM's preprocessor config for ``image_size``."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    preprocessor = {"image_processor_type": "SamImageProcessor", "image_mean": list(geometry.mean),
+                    "image_std": list(geometry.std), "size": {"longest_edge": image_size},
+                    "pad_size": {"height": image_size, "width": image_size}, "do_resize": True, "do_rescale": True,
+                    "do_normalize": True, "do_pad": True, "rescale_factor": 1 / 255, "resample": 2,
+                    "mask_size": {"longest_edge": image_size // 4},
+                    "mask_pad_size": {"height": image_size // 4, "width": image_size // 4}}
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
 
 
 def main() -> None:

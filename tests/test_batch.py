@@ -64,6 +64,14 @@ def dataset(tmp_path_factory):
     return folder, images
 
 
+@pytest.fixture(scope="module")
+def clean_outputs(cluster, dataset, tmp_path_factory):
+    """The outputs of one uninterrupted run over the dataset, which the interrupted runs must reproduce."""
+    clean = tmp_path_factory.mktemp("clean")
+    run_batch([str(dataset[0])], str(clean), config(), scheduler=cluster[0], progress=False)
+    return clean
+
+
 def reference_predictor():
     torch.set_num_threads(1)  # the workers' thread count: the same arithmetic, bit for bit
     return Predictor.from_pretrained(MODEL, device="cpu", dtype="float32")
@@ -131,11 +139,10 @@ def test_cli_reports_the_corrupt_file_in_the_exit_status(cluster, dataset, tmp_p
     assert "failed: corrupt: Could not read" in captured.err
 
 
-def test_a_killed_worker_still_gives_the_complete_identical_outputs(cluster, dataset, tmp_path):
+def test_a_killed_worker_still_gives_the_complete_identical_outputs(cluster, dataset, clean_outputs, tmp_path):
     scheduler, client = cluster
     folder, images = dataset
-    clean = tmp_path / "clean"
-    run_batch([str(folder)], str(clean), config(), scheduler=scheduler, progress=False)
+    clean = clean_outputs
     out = tmp_path / "killed"
     pids = client.run(os.getpid)
     result = {}
@@ -442,14 +449,13 @@ def test_propagation_with_a_video_checkpoint_matches_the_api(cluster, tmp_path):
     np.testing.assert_array_equal(labels_of(out, "movie") == 3, expected.masks)
 
 
-def test_a_run_killed_halfway_resumes_where_it_stopped(cluster, dataset, tmp_path):
+def test_a_run_killed_halfway_resumes_where_it_stopped(cluster, dataset, clean_outputs, tmp_path):
     import subprocess
     import sys
 
     scheduler, _ = cluster
     folder, images = dataset
-    clean = tmp_path / "clean"
-    run_batch([str(folder)], str(clean), config(), scheduler=scheduler, progress=False)
+    clean = clean_outputs
     settings = tmp_path / "settings.json"
     config().save(settings)
     out = tmp_path / "out"
