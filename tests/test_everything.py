@@ -1,5 +1,7 @@
 """Segment everything: equivalence with transformers' mask-generation pipeline, recovery of synthetic cells."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -222,6 +224,20 @@ def test_a_flat_image_without_limits_finds_nothing_without_an_error():
     predictor = Predictor.from_pretrained("tiny-cells", device="cpu")
     result = segment_everything(predictor, np.full((64, 80), 1000, dtype=np.uint16), points_per_side=4)
     assert result.labels.shape == (64, 80) and result.labels.dtype == np.uint32
+
+
+def test_without_settings_the_checkpoints_recommendations_hold():
+    from napari_sam.core.settings import EverythingSettings
+
+    predictor = Predictor.from_pretrained("tiny-cells", device="cpu")
+    image, _ = synthetic_cells((180, 220), seed=900_010)
+    assert segment_everything(predictor, image).stats["candidates"] == 32 * 32 * 3  # the recommended grid
+    coarse = EverythingSettings(points_per_side=6, pred_iou_thresh=0.5, stability_score_thresh=0.5)
+    predictor.recommended = dataclasses.replace(predictor.recommended, everything=coarse)
+    result = segment_everything(predictor, image)
+    assert result.stats["candidates"] == 6 * 6 * 3
+    assert np.array_equal(result.labels, segment_everything(predictor, image, coarse).labels)
+    assert segment_everything(predictor, image, EverythingSettings()).stats["candidates"] == 32 * 32 * 3
 
 
 def test_settings_object_and_features():

@@ -5,6 +5,8 @@ tiny-cells was not trained with mask prompts, so these runs use box + interior p
 (``use_mask_input=False``, the default); the mask-input path is checked for plumbing.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -231,12 +233,19 @@ def test_bad_input_is_named(arguments, message):
 
 
 def test_settings_and_keyword_overrides(predictor):
-    """Settings default to PropagationSettings(); keywords override single fields of the settings given."""
+    """Settings default to those the checkpoint recommends; keywords override single fields of the settings
+    given."""
     volume, labels = synthetic_cells((12, 128, 128), seed=920_005, ndim=3)
     middle, first = clicked_cell(predictor, volume, labels, largest_cells(labels, 1)[0])
     default = propagate(predictor, volume, middle, 0, first)
-    explicit = propagate(predictor, volume, middle, 0, first, PropagationSettings())
-    assert np.array_equal(default.masks, explicit.masks)
+    explicit = propagate(predictor, volume, middle, 0, first, predictor.recommended.propagation)
+    assert np.array_equal(default.masks, explicit.masks) and default.stop > default.start
+    fussy = Predictor(predictor.model, predictor.geometry, predictor.device,
+                      recommended=dataclasses.replace(predictor.recommended,
+                                                      propagation=PropagationSettings(min_area=10**6)))
+    alone = propagate(fussy, volume, middle, 0, first)  # its recommendation stops at the start slice
+    assert (alone.start, alone.stop) == (middle, middle)
+    assert propagate(fussy, volume, middle, 0, first, PropagationSettings()).stop == default.stop
     strict = PropagationSettings(score_threshold=0.99)
     by_settings = propagate(predictor, volume, middle, 0, first, settings=strict)
     by_keyword = propagate(predictor, volume, middle, 0, first, score_threshold=0.99)

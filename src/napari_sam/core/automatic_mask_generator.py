@@ -220,10 +220,10 @@ def segment_everything(predictor: Predictor, image, settings: EverythingSettings
         predictor: the model to use; ``image`` becomes its current image, seen whole or in tiles as its
             ``tiling`` settings say.
         image: (H, W), (H, W, 3) or (H, W, 4) array-like (numpy, dask, zarr): only the frames decoded are read.
-        settings: the generator's settings (:class:`~napari_sam.core.settings.EverythingSettings`; None: its
-            defaults). ``overrides`` replace single settings by name, e.g. ``points_per_side=16``. On a tiled
-            image the grid is ``points_per_side`` per tile, and crop layers are not used (tiles are native
-            resolution already).
+        settings: the generator's settings (:class:`~napari_sam.core.settings.EverythingSettings`; None: those the
+            checkpoint recommends, ``predictor.recommended.everything``, as the dock shows them). ``overrides``
+            replace single settings by name, e.g. ``points_per_side=16``. On a tiled image the grid is
+            ``points_per_side`` per tile, and crop layers are not used (tiles are native resolution already).
         contrast_limits, rgb: as for :meth:`Predictor.set_image`; the same limits serve every frame.
         out: an (H, W) integer array-like (e.g. a zarr array on disk) to paint the labels into; None: a new uint32
             numpy array. ``first_id``: the label of the first object (the others follow).
@@ -236,7 +236,7 @@ def segment_everything(predictor: Predictor, image, settings: EverythingSettings
     The same result comes from :func:`segment_frames` over groups of the frames (in other processes, say) and
     :func:`merge_frames` of their parts.
     """
-    settings = (settings or EverythingSettings()).replace(**overrides)
+    settings = (settings or predictor.recommended.everything).replace(**overrides)
     part = segment_frames(predictor, image, settings, contrast_limits=contrast_limits, rgb=rgb, progress=progress,
                           cancel=cancel)
     return merge_frames([part], settings, out=out, first_id=first_id)
@@ -273,7 +273,7 @@ def frame_count(predictor: Predictor, image, settings: EverythingSettings | None
     :func:`segment_frames` takes frame indices below this. Reads nothing when contrast limits are given."""
     with predictor.locked():
         predictor.set_image(image, contrast_limits=contrast_limits, rgb=rgb)
-        return len(_plan(predictor, settings or EverythingSettings()).frames)
+        return len(_plan(predictor, settings or predictor.recommended.everything).frames)
 
 
 def segment_frames(predictor: Predictor, image, settings: EverythingSettings, frames=None, *, contrast_limits=None,

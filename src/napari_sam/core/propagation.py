@@ -111,7 +111,8 @@ def propagate(predictor: Predictor, volume, start_index: int, axis: int, first_m
         start_index: the slice holding ``first_mask`` (an integer).
         axis: the stack axis of ``volume`` (negative counts from the end).
         first_mask: (H, W) bool, the object on the start slice.
-        settings: :class:`PropagationSettings` (None: the defaults); ``overrides`` are its field names
+        settings: :class:`PropagationSettings` (None: those the checkpoint recommends,
+            ``predictor.recommended.propagation``, as the dock shows them); ``overrides`` are its field names
             (``score_threshold``, ``iou_threshold``, ``min_area``, ``n_points``, ``use_mask_input``) applied on top.
         contrast_limits, rgb: as for :meth:`Predictor.set_image`; the same limits serve every slice (None: the
             start slice's defaults).
@@ -123,8 +124,9 @@ def propagate(predictor: Predictor, volume, start_index: int, axis: int, first_m
     Returns :class:`PropagationResult` (slices first whatever ``axis``); its scores are predicted IoUs (1 on the
     start slice). Raises ValueError for bad arguments, naming the problem.
     """
+    recommended = predictor.recommended.propagation if isinstance(predictor, Predictor) else None
     run = prepare_run(volume, start_index, axis, contrast_limits=contrast_limits, rgb=rgb, directions=directions,
-                      settings=settings, overrides=overrides)
+                      settings=settings, overrides=overrides, default=recommended)
     first_mask = np.asarray(first_mask, dtype=bool)
     if first_mask.shape != run.stack.size:
         raise ValueError(f"first_mask has shape {first_mask.shape}, the slices {run.stack.size}.")

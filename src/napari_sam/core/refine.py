@@ -91,7 +91,8 @@ def refine_objects(predictor: Predictor, image: np.ndarray, labels: np.ndarray,
         predictor: the model; its current image becomes ``image``.
         image: (H, W), (H, W, 3) or (H, W, 4), as for :meth:`Predictor.set_image`.
         labels: (H, W) integer array, 0 = background.
-        settings: :class:`~napari_sam.core.settings.RefineSettings` (None: the defaults); ``overrides`` replace
+        settings: :class:`~napari_sam.core.settings.RefineSettings` (None: those the checkpoint
+            recommends, ``predictor.recommended.refine``); ``overrides`` replace
             single settings by name.
         progress: ``progress(done, total)`` after each batch; cancel: checked between batches, returning True
             raises :class:`SegmentationCancelled`.
@@ -99,7 +100,7 @@ def refine_objects(predictor: Predictor, image: np.ndarray, labels: np.ndarray,
     Raises:
         ValueError: labels that are not an integer (H, W) array of the image's size.
     """
-    settings = (settings or RefineSettings()).replace(**overrides)
+    settings = (settings or predictor.recommended.refine).replace(**overrides)
     labels = np.asarray(labels)
     if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be an integer array, got {labels.dtype}.")
