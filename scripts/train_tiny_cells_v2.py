@@ -48,8 +48,6 @@ from napari_sam.demo import CELL_RADIUS, synthetic_cells
 from napari_sam.synthetic_microscopy import synthetic_scene
 
 IMAGE_SIZE = 512
-#: Share of training scenes drawn by ``napari_sam.demo.synthetic_cells`` (the demo's look), the rest from the mix.
-CELLS_SHARE = 0.1
 
 
 def tiny_cells_v2_config():
@@ -101,10 +99,14 @@ def prepared(image: np.ndarray, labels: np.ndarray, rng, geometry):
 
 
 class ScenePool:
-    """``size`` prepared scenes; :meth:`refresh` replaces the oldest ``count`` with new ones."""
+    """``size`` prepared scenes; :meth:`refresh` replaces the oldest ``count`` with new ones. A share
+    ``cells_share`` of them are the demo's cells (``napari_sam.demo.synthetic_cells``), their sizes in the model's
+    frame ``cells_scale`` (low, high; log-uniform) times the demo's own (24-56 px across); the rest are drawn from
+    the synthetic microscopy mix."""
 
-    def __init__(self, rng, geometry, size: int):
+    def __init__(self, rng, geometry, size: int, cells_share: float = 0.1, cells_scale=(2.0, 2.0)):
         self.rng, self.geometry, self.scenes, self.next = rng, geometry, [], 0
+        self.cells_share, self.cells_scale = cells_share, cells_scale
         while len(self.scenes) < size:
             self.scenes.append(self.new())
 
@@ -113,8 +115,10 @@ class ScenePool:
         other = int(longest * self.rng.uniform(0.6, 1.0))
         shape = (longest, other) if self.rng.random() < 0.5 else (other, longest)
         seed = int(self.rng.integers(2**31))
-        if self.rng.random() < CELLS_SHARE:  # the demo's cells, as large in the frame as the earlier model saw them
-            zoom = longest / 256
+        if self.rng.random() < self.cells_share:
+            low, high = self.cells_scale
+            zoom = longest / IMAGE_SIZE * (low if low == high else float(np.exp(self.rng.uniform(np.log(low),
+                                                                                                  np.log(high)))))
             image, labels = synthetic_cells(shape, seed=seed,
                                             n_cells=round(20 * shape[0] * shape[1] / (256 * zoom) ** 2),
                                             radius_range=(CELL_RADIUS[0] * zoom, CELL_RADIUS[1] * zoom),
@@ -348,7 +352,7 @@ def train(args) -> dict:
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     start = time.time()
-    pool = ScenePool(rng, geometry, args.pool)
+    pool = ScenePool(rng, geometry, args.pool, args.cells_share, tuple(args.cells_scale))
     history, iou_history = [], []
     for step in range(args.steps):
         pool.refresh(args.new_scenes)
@@ -375,7 +379,8 @@ def train(args) -> dict:
                "init": Path(args.init).name if args.init else None,
                "images_per_step": args.images, "objects_per_image": args.prompts, "pool": args.pool,
                "new_scenes_per_step": args.new_scenes, "lr": args.lr, "sharp": args.sharp,
-               "mask_input_scale": args.mask_input_scale,
+               "mask_input_scale": args.mask_input_scale, "cells_share": args.cells_share,
+               "cells_scale": list(args.cells_scale),
                "parameters": sum(p.numel() for p in model.parameters()), "training_seconds": round(elapsed),
                "final_loss": float(np.mean(history[-50:])), "final_iou": float(np.mean(iou_history[-50:]))}
     (Path(args.out) / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -397,6 +402,9 @@ def main() -> None:
     parser.add_argument("--sharp", type=int, default=0, help="compare masks k times finer, binary (0: fractions)")
     parser.add_argument("--mask-input-scale", type=float, default=1.0,
                         help="largest factor on the tracking prompts' mask-input logits")
+    parser.add_argument("--cells-share", type=float, default=0.1, help="share of scenes of the demo's cells")
+    parser.add_argument("--cells-scale", type=float, nargs=2, default=(2.0, 2.0), metavar=("LOW", "HIGH"),
+                        help="the demo cells' size in the model's frame, times the demo's own (log-uniform)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--checkpoint-every", type=int, default=200)
