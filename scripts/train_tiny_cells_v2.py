@@ -264,6 +264,24 @@ def first_prompts(rng, frames, per_image: int):
     return clicks, boxes, tracks
 
 
+def background_clicks(rng, frames, count: int):
+    """Up to ``count`` clicks per image on background pixels (label 0; not the padding), as prompt dicts."""
+    out = []
+    for image, frame in enumerate(frames):
+        ys, xs = torch.nonzero(frame == 0, as_tuple=True)
+        for pick in rng.choice(len(ys), size=min(count, len(ys)), replace=False) if len(ys) else []:
+            out.append({"image": image, "target": None, "points": np.array([[xs[pick], ys[pick]]], dtype=np.float32),
+                        "labels": np.array([1]), "box": None, "mask_input": None})
+    return out
+
+
+def background_loss(model, embeddings, prompts) -> torch.Tensor:
+    """Clicks on no object: every candidate's predicted IoU is regressed to 0 (no mask is right), so that segment
+    everything's grid points in the background give nothing that passes its IoU filter."""
+    _, predicted_iou = decode(model, embeddings, prompts, True)
+    return (predicted_iou**2).sum()
+
+
 def prompt_loss(model, embeddings, prompts, multimask: bool, mask_size: int, sharp: int = 0):
     """(summed loss, low-res logits of each prompt's best candidate (detached), their true IoUs).
 
@@ -305,7 +323,8 @@ def training_step(model, rng, pool, args, mask_size):
     batch = pool.draw(args.images)
     pixels = torch.stack([b[0] for b in batch])
     frames = [b[1] for b in batch]
-    embeddings = model.vision_encoder(pixels).last_hidden_state
+    with torch.set_grad_enabled(not args.freeze_encoder):
+        embeddings = model.vision_encoder(pixels).last_hidden_state
     clicks, boxes, tracks = first_prompts(rng, frames, args.prompts)
     for prompt in tracks:
         scale = rng.uniform(0.3, args.mask_input_scale)  # model-like logit magnitudes and the ±6.9 of a drawn mask
@@ -331,6 +350,10 @@ def training_step(model, rng, pool, args, mask_size):
         part, _, iou = prompt_loss(model, embeddings, group, False, mask_size, args.sharp)
         loss, count = loss + part, count + len(group)
         ious.append(iou)
+    if args.background:
+        background = background_clicks(rng, frames, args.background)
+        if background:
+            loss, count = loss + background_loss(model, embeddings, background), count + len(background)
     return loss / max(1, count), torch.cat(ious).mean().item() if ious else 0.0
 
 
@@ -344,7 +367,9 @@ def train(args) -> dict:
     model.train()
     geometry = geometry_from_config(config)
     mask_size = geometry.mask_size
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    trained = [parameter for name, parameter in model.named_parameters()
+               if not (args.freeze_encoder and name.startswith("vision_encoder."))]
+    optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.01)
     warmup = max(1, args.steps // 20)
 
     def rate(step: int) -> float:  # linear warm-up, then cosine decay
@@ -380,7 +405,8 @@ def train(args) -> dict:
                "images_per_step": args.images, "objects_per_image": args.prompts, "pool": args.pool,
                "new_scenes_per_step": args.new_scenes, "lr": args.lr, "sharp": args.sharp,
                "mask_input_scale": args.mask_input_scale, "cells_share": args.cells_share,
-               "cells_scale": list(args.cells_scale),
+               "cells_scale": list(args.cells_scale), "background_clicks": args.background,
+               "freeze_encoder": args.freeze_encoder,
                "parameters": sum(p.numel() for p in model.parameters()), "training_seconds": round(elapsed),
                "final_loss": float(np.mean(history[-50:])), "final_iou": float(np.mean(iou_history[-50:]))}
     (Path(args.out) / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -405,6 +431,9 @@ def main() -> None:
     parser.add_argument("--cells-share", type=float, default=0.1, help="share of scenes of the demo's cells")
     parser.add_argument("--cells-scale", type=float, nargs=2, default=(2.0, 2.0), metavar=("LOW", "HIGH"),
                         help="the demo cells' size in the model's frame, times the demo's own (log-uniform)")
+    parser.add_argument("--background", type=int, default=0,
+                        help="clicks per image on the background, their predicted IoUs taught to be 0")
+    parser.add_argument("--freeze-encoder", action="store_true", help="train the prompt encoder and decoder only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--checkpoint-every", type=int, default=200)
