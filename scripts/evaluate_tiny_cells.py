@@ -1,13 +1,15 @@
-"""Held-out synthetic figures of a tiny-cells checkpoint, per look, through the public API with its defaults.
+"""Held-out synthetic figures of a tiny-cells checkpoint, per look, through the public API.
 
 For every look of ``napari_sam.synthetic_microscopy.LOOKS``, on scenes whose seeds training never draws (training
 seeds are below 2**31, these are above):
 - click: median IoU of the best-scoring mask for one click at a random pixel inside each object;
 - box: median IoU for each object's bounding box;
-- everything: recall of ``segment_everything`` with its defaults (Meta's 0.88 / 0.95 thresholds), an object found
-  when a segment overlaps it at IoU >= 0.5, and the share of segments that match an object (precision);
+- everything: recall of ``segment_everything`` with Meta's 0.88 / 0.95 thresholds (and with the checkpoint's
+  recommended ones, where it recommends others), an object found when a segment overlaps it at IoU >= 0.5, and
+  the share of segments that match an object (precision);
 - 3D (``--stacks``): median 3D IoU of ``propagate`` from one click near the centre of each object's middle slice
-  (24 x 256² stacks of nuclei 10-30 px across), with the API's defaults (mask input on) and without mask input.
+  (24 x 256² stacks of nuclei 10-30 px across), with the checkpoint's settings, with and without the previous
+  slice's mask as a prompt.
 
     python scripts/evaluate_tiny_cells.py [--model tiny-cells] [--scenes 3] [--stacks 3] [--json out.json]
 """

@@ -10,6 +10,7 @@ import numpy as np
 
 from .core.automatic_mask_generator import segment_everything
 from .core.propagation import propagate
+from .core.settings import EverythingSettings
 from .synthetic_microscopy import LOOKS, synthetic_scene, synthetic_stack
 
 #: The first held-out seed.
@@ -41,8 +42,14 @@ def matched(labels: np.ndarray, found: np.ndarray, threshold: float = 0.5) -> tu
 
 def scene_figures(predictor, look: str, scenes: int, rng, everything: bool = True) -> dict:
     """Click and box median IoUs and segment everything's recall/precision on ``scenes`` held-out 512² scenes of
-    ``look`` (objects of at least 12 pixels are prompted; ``rng`` picks the click inside each)."""
-    clicks, boxes, totals = [], [], np.zeros(4, dtype=np.int64)
+    ``look`` (objects of at least 12 pixels are prompted; ``rng`` picks the click inside each). Segment everything
+    runs with Meta's thresholds (``EverythingSettings()``) and, where the checkpoint recommends others, with those
+    too (``recommended_`` figures)."""
+    clicks, boxes = [], []
+    runs = {"": EverythingSettings()}
+    if predictor.recommended.everything != EverythingSettings():
+        runs["recommended_"] = predictor.recommended.everything
+    totals = {prefix: np.zeros(4, dtype=np.int64) for prefix in runs}
     for index in range(scenes):
         image, labels, _ = synthetic_scene((512, 512), look, seed=HELD_OUT + 1000 * list(LOOKS).index(look) + index)
         predictor.set_image(image)
@@ -56,18 +63,21 @@ def scene_figures(predictor, look: str, scenes: int, rng, everything: bool = Tru
             box = [rows.min(), cols.min(), rows.max(), cols.max()]
             boxes.append(iou(best_mask(predictor.predict(boxes=[box])), target))
         if everything:
-            totals += matched(labels, np.asarray(segment_everything(predictor, image).labels))
+            for prefix, settings in runs.items():
+                totals[prefix] += matched(labels, np.asarray(segment_everything(predictor, image, settings).labels))
     figures = {"objects": len(clicks), "click_median_iou": round(float(np.median(clicks)), 3),
                "box_median_iou": round(float(np.median(boxes)), 3)}
     if everything:
-        figures.update(everything_recall=round(float(totals[1] / max(1, totals[0])), 3),
-                       everything_precision=round(float(totals[3] / max(1, totals[2])), 3))
+        for prefix, counts in totals.items():
+            figures[f"{prefix}everything_recall"] = round(float(counts[1] / max(1, counts[0])), 3)
+            figures[f"{prefix}everything_precision"] = round(float(counts[3] / max(1, counts[2])), 3)
     return figures
 
 
 def stack_figures(predictor, look, stacks: int, rng, objects_per_stack: int = 6) -> dict:
-    """Median 3D IoU of ``propagate`` (the API's defaults, and without mask input) from one click near the centre
-    of each object's middle slice, on held-out 24 x 256² stacks of ``look`` (a name or a Look)."""
+    """Median 3D IoU of ``propagate`` (the checkpoint's settings, with and without the previous slice's mask as a
+    prompt) from one click near the centre of each object's middle slice, on held-out 24 x 256² stacks of ``look``
+    (a name or a Look)."""
     with_mask, without = [], []
     for index in range(stacks):
         volume, labels, _ = synthetic_stack((24, 256, 256), look, seed=HELD_OUT + 500_000 + index)
@@ -83,5 +93,5 @@ def stack_figures(predictor, look, stacks: int, rng, objects_per_stack: int = 6)
             for store, mask_input in ((with_mask, True), (without, False)):
                 result = propagate(predictor, volume, middle, 0, first, use_mask_input=mask_input)
                 store.append(iou(np.asarray(result.masks), target))
-    return {"objects": len(with_mask), "median_3d_iou_defaults": round(float(np.median(with_mask)), 3),
+    return {"objects": len(with_mask), "median_3d_iou_mask_input": round(float(np.median(with_mask)), 3),
             "median_3d_iou_without_mask_input": round(float(np.median(without)), 3)}
