@@ -91,9 +91,8 @@ def refine_objects(predictor: Predictor, image: np.ndarray, labels: np.ndarray,
         predictor: the model; its current image becomes ``image``.
         image: (H, W), (H, W, 3) or (H, W, 4), as for :meth:`Predictor.set_image`.
         labels: (H, W) integer array, 0 = background.
-        settings: :class:`~napari_sam.core.settings.RefineSettings` (None: those the checkpoint
-            recommends, ``predictor.recommended.refine``); ``overrides`` replace
-            single settings by name.
+        settings: :class:`~napari_sam.core.settings.RefineSettings` (None: those the checkpoint recommends,
+            ``predictor.recommended.refine``); ``overrides`` replace single settings by name.
         progress: ``progress(done, total)`` after each batch; cancel: checked between batches, returning True
             raises :class:`SegmentationCancelled`.
 
