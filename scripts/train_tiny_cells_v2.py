@@ -31,14 +31,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from train_tiny_sam import mask_losses, save_checkpoint  # scripts/train_tiny_sam.py: v1's losses and saving
+from train_tiny_sam import (  # scripts/train_tiny_sam.py: v1's losses, schedule, step and saving
+    mask_losses,
+    optimizer_step,
+    save_checkpoint,
+    warmup_cosine,
+)
 
 from napari_sam.core.image_preparation import default_contrast_limits, display_rgb, model_input, resized_shape
 from napari_sam.core.model_loading import geometry_from_config
@@ -370,23 +374,14 @@ def train(args) -> dict:
     trained = [parameter for name, parameter in model.named_parameters()
                if not (args.freeze_encoder and name.startswith("vision_encoder."))]
     optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.01)
-    warmup = max(1, args.steps // 20)
-
-    def rate(step: int) -> float:  # linear warm-up, then cosine decay
-        return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, args.steps) / args.steps))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+    schedule = warmup_cosine(optimizer, args.steps)
     start = time.time()
     pool = ScenePool(rng, geometry, args.pool, args.cells_share, tuple(args.cells_scale))
     history, iou_history = [], []
     for step in range(args.steps):
         pool.refresh(args.new_scenes)
         loss, mean_iou = training_step(model, rng, pool, args, mask_size)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        optimizer_step(model, optimizer, schedule, loss)
         history.append(loss.item())
         iou_history.append(mean_iou)
         if step % args.log_every == 0 or step == args.steps - 1:

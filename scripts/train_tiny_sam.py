@@ -178,11 +178,7 @@ def train(args) -> dict:
     geometry = geometry_from_config(config)
     parameters = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    warmup = max(1, args.steps // 20)
-    def rate(step: int) -> float:  # linear warm-up, then cosine decay
-        return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, args.steps) / args.steps))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+    schedule = warmup_cosine(optimizer, args.steps)
     start = time.time()
     history, iou_history = [], []
     for step in range(args.steps):
@@ -211,11 +207,7 @@ def train(args) -> dict:
             single_iou_loss = F.mse_loss(single_iou, true_iou(single_logits.detach(), targets), reduction="none")[:, 0]
             loss = loss + (best + 0.5 * (20 * single_focal + single_dice)[:, 0] + iou_loss + single_iou_loss).sum()
         loss = loss / max(1, n_prompts)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        optimizer_step(model, optimizer, schedule, loss)
         history.append(loss.item())
         iou_history.append(torch.cat(step_ious).mean().item())
         if step % args.log_every == 0 or step == args.steps - 1:
@@ -233,6 +225,25 @@ def train(args) -> dict:
     summary.update(held_out_ious(out))
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def warmup_cosine(optimizer, steps: int):
+    """A learning-rate schedule over ``steps``: linear warm-up for the first 5%, then cosine decay to 0."""
+    warmup = max(1, steps // 20)
+
+    def rate(step: int) -> float:
+        return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+
+
+def optimizer_step(model, optimizer, schedule, loss: torch.Tensor) -> None:
+    """Back-propagate ``loss``, clip the gradients' norm to 1, step the optimizer and the schedule."""
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
 
 
 def save_checkpoint(model, geometry, out: Path, image_size: int) -> None:
