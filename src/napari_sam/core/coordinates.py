@@ -8,6 +8,7 @@ half a pixel itself, so a data position only needs scaling by the resize factor 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def points_to_model(points_rc: np.ndarray, original_size: tuple[int, int],
@@ -26,3 +27,27 @@ def boxes_to_model(boxes_rc: np.ndarray, original_size: tuple[int, int],
     boxes_rc = np.asarray(boxes_rc, dtype=np.float64)
     corners = boxes_rc.reshape(*boxes_rc.shape[:-1], 2, 2)
     return points_to_model(corners, original_size, resized_size).reshape(*boxes_rc.shape[:-1], 4)
+
+
+def decoder_inputs(prompts, offset: np.ndarray, frame_size: tuple[int, int], resized_size: tuple[int, int],
+                   device, dtype: torch.dtype) -> dict:
+    """The mask decoder's keyword inputs for checked ``prompts`` (an ``ObjectPrompts`` in image pixels) decoded in
+    a frame of ``frame_size`` whose top-left pixel is ``offset`` (row, col) of the image: ``input_points``
+    (objects, 1, n, 2) and ``input_labels`` (objects, 1, n), the points shared by every object; ``input_boxes``
+    (objects, 1, 4), clipped to the frame; ``input_masks`` (objects, 1, m, m) in ``dtype``. Positions are (x, y) in
+    the resized model input."""
+    n_objects = prompts.n_objects
+    inputs: dict = {}
+    if prompts.points is not None:
+        xy = points_to_model(prompts.points - offset, frame_size, resized_size)
+        inputs["input_points"] = torch.tensor(xy, device=device)[None, None].expand(n_objects, 1, -1, -1)
+        inputs["input_labels"] = torch.tensor(prompts.point_labels, device=device)[None, None].expand(
+            n_objects, 1, -1)
+    if prompts.boxes is not None:
+        local = prompts.boxes - np.tile(offset, 2)
+        local[:, [0, 2]] = local[:, [0, 2]].clip(0, frame_size[0] - 1)
+        local[:, [1, 3]] = local[:, [1, 3]].clip(0, frame_size[1] - 1)
+        inputs["input_boxes"] = torch.tensor(boxes_to_model(local, frame_size, resized_size), device=device)[:, None]
+    if prompts.mask_input is not None:
+        inputs["input_masks"] = torch.tensor(prompts.mask_input, device=device)[:, None].to(dtype)
+    return inputs

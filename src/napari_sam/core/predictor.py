@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .coordinates import boxes_to_model, points_to_model
+from .coordinates import decoder_inputs, points_to_model
 from .embedding_cache import CachedEmbedding, EmbeddingCache, EmbeddingKey
 from .families import FAMILIES
 from .frames import Frame, Tiling, place_in_frame, prompt_extent, touches_inner_edge, whole_frame
@@ -349,23 +349,9 @@ class Predictor:
     def _decode(self, frame: Frame, prompts: ObjectPrompts, multimask: bool) -> Prediction:
         """Decode ``prompts`` (image pixels) in ``frame``."""
         current, _ = self.frame_embedding(frame)
-        n_objects = prompts.n_objects
-        to_tensor = {"device": self.device}
-        inputs: dict = {}
-        if prompts.points is not None:
-            xy = points_to_model(prompts.points - frame.offset, frame.size, self.geometry.input_size(frame))
-            inputs["input_points"] = torch.tensor(xy, **to_tensor)[None, None].expand(n_objects, 1, -1, -1)
-            inputs["input_labels"] = torch.tensor(prompts.point_labels, **to_tensor)[None, None].expand(
-                n_objects, 1, -1)
-        if prompts.boxes is not None:
-            local = prompts.boxes - np.tile(frame.offset, 2)
-            local[:, [0, 2]] = local[:, [0, 2]].clip(0, frame.size[0] - 1)
-            local[:, [1, 3]] = local[:, [1, 3]].clip(0, frame.size[1] - 1)
-            boxes = boxes_to_model(local, frame.size, self.geometry.input_size(frame))
-            inputs["input_boxes"] = torch.tensor(boxes, **to_tensor)[:, None]
-        if prompts.mask_input is not None:
-            inputs["input_masks"] = torch.tensor(prompts.mask_input, **to_tensor)[:, None].to(self.dtype)
-        low_res, scores = self.family.decode(self.model, current.embedding, current.extras, n_objects, inputs,
+        inputs = decoder_inputs(prompts, frame.offset, frame.size, self.geometry.input_size(frame), self.device,
+                                self.dtype)
+        low_res, scores = self.family.decode(self.model, current.embedding, current.extras, prompts.n_objects, inputs,
                                              multimask)  # (objects, candidates, m, m), (objects, candidates)
         with torch.inference_mode():
             n_objects, n_candidates = low_res.shape[:2]
