@@ -106,16 +106,19 @@ class ScenePool:
     """``size`` prepared scenes; :meth:`refresh` replaces the oldest ``count`` with new ones. A share
     ``cells_share`` of them are the demo's cells (``napari_sam.demo.synthetic_cells``), their sizes in the model's
     frame ``cells_scale`` (low, high; log-uniform) times the demo's own (24-56 px across); the rest are drawn from
-    the synthetic microscopy mix."""
+    the synthetic microscopy mix. Scenes are 384-768 px on their longest side; a share ``small_share`` of them are
+    96-383 px, upscaled into the model's frame (soft-edged, as a small image or crop is)."""
 
-    def __init__(self, rng, geometry, size: int, cells_share: float = 0.1, cells_scale=(2.0, 2.0)):
+    def __init__(self, rng, geometry, size: int, cells_share: float = 0.1, cells_scale=(2.0, 2.0),
+                 small_share: float = 0.0):
         self.rng, self.geometry, self.scenes, self.next = rng, geometry, [], 0
-        self.cells_share, self.cells_scale = cells_share, cells_scale
+        self.cells_share, self.cells_scale, self.small_share = cells_share, cells_scale, small_share
         while len(self.scenes) < size:
             self.scenes.append(self.new())
 
     def new(self):
-        longest = int(self.rng.integers(384, 769))
+        small = self.small_share and self.rng.random() < self.small_share  # no draw at 0: earlier stages repeat
+        longest = int(self.rng.integers(96, 384) if small else self.rng.integers(384, 769))
         other = int(longest * self.rng.uniform(0.6, 1.0))
         shape = (longest, other) if self.rng.random() < 0.5 else (other, longest)
         seed = int(self.rng.integers(2**31))
@@ -376,7 +379,7 @@ def train(args) -> dict:
     optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.01)
     schedule = warmup_cosine(optimizer, args.steps)
     start = time.time()
-    pool = ScenePool(rng, geometry, args.pool, args.cells_share, tuple(args.cells_scale))
+    pool = ScenePool(rng, geometry, args.pool, args.cells_share, tuple(args.cells_scale), args.small_share)
     history, iou_history = [], []
     for step in range(args.steps):
         pool.refresh(args.new_scenes)
@@ -400,7 +403,8 @@ def train(args) -> dict:
                "images_per_step": args.images, "objects_per_image": args.prompts, "pool": args.pool,
                "new_scenes_per_step": args.new_scenes, "lr": args.lr, "sharp": args.sharp,
                "mask_input_scale": args.mask_input_scale, "cells_share": args.cells_share,
-               "cells_scale": list(args.cells_scale), "background_clicks": args.background,
+               "cells_scale": list(args.cells_scale), "small_share": args.small_share,
+               "background_clicks": args.background,
                "freeze_encoder": args.freeze_encoder,
                "parameters": sum(p.numel() for p in model.parameters()), "training_seconds": round(elapsed),
                "final_loss": float(np.mean(history[-50:])), "final_iou": float(np.mean(iou_history[-50:]))}
@@ -426,6 +430,8 @@ def main() -> None:
     parser.add_argument("--cells-share", type=float, default=0.1, help="share of scenes of the demo's cells")
     parser.add_argument("--cells-scale", type=float, nargs=2, default=(2.0, 2.0), metavar=("LOW", "HIGH"),
                         help="the demo cells' size in the model's frame, times the demo's own (log-uniform)")
+    parser.add_argument("--small-share", type=float, default=0.0,
+                        help="share of scenes 96-383 px on their longest side (upscaled into the model's frame)")
     parser.add_argument("--background", type=int, default=0,
                         help="clicks per image on the background, their predicted IoUs taught to be 0")
     parser.add_argument("--freeze-encoder", action="store_true", help="train the prompt encoder and decoder only")
