@@ -123,7 +123,7 @@ class ScenePool:
         shape = (longest, other) if self.rng.random() < 0.5 else (other, longest)
         seed = int(self.rng.integers(2**31))
         if self.rng.random() < self.cells_share:
-            low, high = self.cells_scale
+            low, high = self.cells_scale  # one size: no draw, so that earlier stages repeat
             zoom = longest / IMAGE_SIZE * (low if low == high else float(np.exp(self.rng.uniform(np.log(low),
                                                                                                   np.log(high)))))
             image, labels = synthetic_cells(shape, seed=seed,

@@ -124,9 +124,10 @@ def propagate(predictor: Predictor, volume, start_index: int, axis: int, first_m
     Returns :class:`PropagationResult` (slices first whatever ``axis``); its scores are predicted IoUs (1 on the
     start slice). Raises ValueError for bad arguments, naming the problem.
     """
-    recommended = predictor.recommended.propagation if isinstance(predictor, Predictor) else None
+    if settings is None and isinstance(predictor, Predictor):  # not a Predictor: prepare_run names what's wrong
+        settings = predictor.recommended.propagation
     run = prepare_run(volume, start_index, axis, contrast_limits=contrast_limits, rgb=rgb, directions=directions,
-                      settings=settings, overrides=overrides, default=recommended)
+                      settings=settings, overrides=overrides)
     first_mask = np.asarray(first_mask, dtype=bool)
     if first_mask.shape != run.stack.size:
         raise ValueError(f"first_mask has shape {first_mask.shape}, the slices {run.stack.size}.")

@@ -132,12 +132,10 @@ def _integer(value, name: str) -> int:
     return int(value)
 
 
-def resolve_settings(settings: PropagationSettings | None, overrides: dict,
-                     default: PropagationSettings | None = None) -> PropagationSettings:
-    """``settings`` (None: ``default``, else the class defaults) with ``overrides`` (PropagationSettings field
-    names) applied and checked."""
+def resolve_settings(settings: PropagationSettings | None, overrides: dict) -> PropagationSettings:
+    """``settings`` (None: the defaults) with ``overrides`` (PropagationSettings field names) applied and checked."""
     if settings is None:
-        settings = default or PropagationSettings()
+        settings = PropagationSettings()
     elif not isinstance(settings, PropagationSettings):
         raise ValueError(f"settings must be a PropagationSettings (or None for the defaults), got {settings!r}; "
                          "single settings can also be given as keywords, e.g. score_threshold=0.5.")
@@ -173,8 +171,7 @@ def open_stack(volume, axis) -> Stack:
 
 
 def prepare_run(volume, start_index, axis, *, contrast_limits=None, rgb=None, directions=(1, -1),
-                settings: PropagationSettings | None = None, overrides: dict | None = None,
-                default: PropagationSettings | None = None) -> Run:
+                settings: PropagationSettings | None = None, overrides: dict | None = None) -> Run:
     """Check everything both propagation paths take and read the start slice (the only plane read here).
 
     Default contrast limits come from the start slice alone (see :func:`default_contrast_limits`).
@@ -183,7 +180,7 @@ def prepare_run(volume, start_index, axis, *, contrast_limits=None, rgb=None, di
         ValueError: a non-integer or out-of-range ``start_index`` or ``axis``, slices that are not 2D images,
             bad ``contrast_limits``, ``rgb``, ``directions``, ``settings`` or unknown ``overrides``.
     """
-    settings = resolve_settings(settings, overrides or {}, default)
+    settings = resolve_settings(settings, overrides or {})
     steps = check_directions(directions)
     limits = None if contrast_limits is None else check_contrast_limits(contrast_limits)
     if rgb is not None and not isinstance(rgb, (bool, np.bool_)):
