@@ -31,7 +31,7 @@ import torch
 
 from .candidates import Candidates
 from .errors import SegmentationCancelled
-from .frames import Frame, whole_frame
+from .frames import Frame, fitted_scale, whole_frame
 from .mask_objects import MaskObject, cleaned, cropped, paint_labels
 from .predictor import Predictor, upscale_logits
 from .settings import EverythingSettings
@@ -156,8 +156,9 @@ def _plan(predictor: Predictor, settings: EverythingSettings) -> _Pass:
         halo = predictor.tile_grid.halo
         return _Pass(frames, [grid * np.array(frame.size) for frame in frames], max(2.0, halo / 8), True)
     boxes, layers = generate_crop_boxes(size, settings.crop_n_layers, settings.crop_overlap_ratio)
-    frames = [whole_frame(size, input_size)] + [
-        Frame(r0, c0, r1, c1, input_size / max(r1 - r0, c1 - c0)) for r0, c0, r1, c1 in boxes[1:]]
+    upscale = predictor.geometry.max_upscale
+    frames = [whole_frame(size, input_size, upscale)] + [
+        Frame(r0, c0, r1, c1, fitted_scale((r1 - r0, c1 - c0), input_size, upscale)) for r0, c0, r1, c1 in boxes[1:]]
     grids = [build_point_grid(sides[layer]) * np.array(frame.size) for frame, layer in zip(frames, layers)]
     return _Pass(frames, grids, CROP_EDGE_PIXELS, False)
 

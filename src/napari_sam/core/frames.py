@@ -1,6 +1,7 @@
 """Frames: the regions of an image that the model sees, one model input each, and the tile grid of large images.
 
-A small image is seen whole, resized so that its longest side fills the model's input (SAM's own rule). A large
+A small image is seen whole, resized so that its longest side fills the model's input (SAM's own rule; a
+checkpoint trained at its images' own scale may cap the enlargement, ``ModelGeometry.max_upscale``). A large
 image is seen in tiles at native resolution: square tiles of ``tile`` pixels on a grid whose neighbours overlap by
 twice the ``halo``, so that every pixel lies in some tile's core, at least ``halo`` pixels from that tile's inner
 borders. A prompt is decoded in the frame that holds it best; when its mask reaches a frame's inner border the
@@ -65,10 +66,17 @@ class Frame:
         return self.row0 > 0, self.col0 > 0, self.row1 < image_size[0], self.col1 < image_size[1]
 
 
-def whole_frame(image_size: tuple[int, int], input_size: int) -> Frame:
-    """The whole image, its longest side resized to ``input_size``."""
-    height, width = image_size
-    return Frame(0, 0, height, width, input_size / max(height, width))
+def whole_frame(image_size: tuple[int, int], input_size: int, max_upscale: float = 0.0) -> Frame:
+    """The whole image (or a crop of that size), its longest side resized to ``input_size``; enlarged at most
+    ``max_upscale`` times when that is set (> 0), the rest of the input then padded."""
+    return Frame(0, 0, *image_size, fitted_scale(image_size, input_size, max_upscale))
+
+
+def fitted_scale(size: tuple[int, int], input_size: int, max_upscale: float = 0.0) -> float:
+    """The scale that fits a region of ``size`` (H, W) into the model's input: its longest side to ``input_size``
+    (SAM's rule), but at most ``max_upscale`` when that is set (> 0)."""
+    scale = input_size / max(size)
+    return min(scale, max_upscale) if max_upscale > 0 else scale
 
 
 def _starts(length: int, tile: int, stride: int) -> np.ndarray:

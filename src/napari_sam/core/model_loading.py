@@ -90,6 +90,10 @@ class ModelGeometry:
         square: the image is stretched to the square ``pad_size`` (aspect not kept, no padding) and low-resolution
             masks are upsampled straight to the image's size, as the SAM2 family's processors do.
         family: the checkpoint's family (:data:`~napari_sam.core.families.FAMILIES`).
+        max_upscale: the most an image smaller than the input is enlarged (the rest padded); 0 fills the input
+            whatever the image's size, as SAM does. Set by a checkpoint trained at its images' own pixel scale
+            (``"image": {"max_upscale": ...}`` in its ``napari_sam.json``), whose objects would otherwise grow
+            past the sizes it knows. Square (SAM2-family) inputs ignore it.
     """
 
     image_size: int
@@ -106,6 +110,7 @@ class ModelGeometry:
     do_pad: bool = True
     square: bool = False
     family: str = "sam"
+    max_upscale: float = 0.0
 
     def input_size(self, frame) -> tuple[int, int]:
         """(height, width) of ``frame``'s pixels inside the model input: its region times its scale (SAM), or the
@@ -354,6 +359,7 @@ def load_sam(name_or_path: str | os.PathLike, device: str | torch.device | None 
             (missing, unexpected or mis-shaped tensors, named).
     """
     from .families import family_of
+    from .settings import read_recommendations
 
     name, resolved_device, resolved_dtype = resolve_load_arguments(name_or_path, device, dtype, DEFAULT_CHECKPOINT)
     try:
@@ -368,7 +374,8 @@ def load_sam(name_or_path: str | os.PathLike, device: str | torch.device | None 
             geometry = square_geometry(config, family.name, *_preprocessor_source(name))
         else:
             geometry = dataclasses.replace(geometry_from_config(config, *_preprocessor_source(name)),
-                                           family=family.name)  # checked before the weights load
+                                           family=family.name,  # checked before the weights load
+                                           max_upscale=read_recommendations(name).max_upscale)
         model, info = model_class.from_pretrained(name, config=config, use_safetensors=True, trust_remote_code=False,
                                                   dtype=resolved_dtype, output_loading_info=True,
                                                   ignore_mismatched_sizes=True)  # reported below, never used

@@ -167,7 +167,7 @@ class Predictor:
         None: all of it): the whole image, or the tiles that overlap the region."""
         plan = plan or self._require_image("frames")
         if plan.tiles is None:
-            return [whole_frame(plan.size, self.geometry.longest_edge)]
+            return [self._whole(plan.size)]
         row0, col0, row1, col1 = region or (0, 0, *plan.size)
         return [frame for frame in plan.tiles.frames()
                 if frame.row0 < row1 and row0 < frame.row1 and frame.col0 < col1 and col0 < frame.col1]
@@ -233,12 +233,16 @@ class Predictor:
 
     # --- prompts ------------------------------------------------------------------------------------------------
 
+    def _whole(self, size: tuple[int, int]) -> Frame:
+        """The frame of a whole image of ``size`` (H, W) for this checkpoint."""
+        return whole_frame(size, self.geometry.longest_edge, self.geometry.max_upscale)
+
     def _frame_for(self, prompts: ObjectPrompts) -> Frame:
         """The frame a prompt is decoded in: the whole image; else the tile that holds all its points and boxes
         farthest from its inner borders; else a window around them."""
         plan = self._plan
         if plan.tiles is None:
-            return whole_frame(plan.size, self.geometry.longest_edge)
+            return self._whole(plan.size)
         rows, cols = prompt_extent(prompts)
         return plan.tiles.frame_holding(rows, cols) or plan.tiles.window_around(rows, cols)
 
@@ -273,7 +277,7 @@ class Predictor:
                 raise ValueError(f"Masks of shape {masks.shape[1:]} at {tuple(offset)} do not fit the {source.size} "
                                  "image.")
             if frame is None and tiles is None:
-                frame = whole_frame(source.size, self.geometry.longest_edge)
+                frame = self._whole(source.size)
             elif frame is None:
                 rows, cols = np.nonzero(masks.any(axis=0))
                 if not len(rows):
@@ -380,7 +384,7 @@ class Predictor:
         """
         with self._lock:
             source = self._require_image("point_grid_logits")
-            frame = frame or whole_frame(source.size, self.geometry.longest_edge)
+            frame = frame or self._whole(source.size)
             current, _ = self.frame_embedding(frame)
             xy = points_to_model(np.asarray(points_rc, dtype=np.float64), frame.size, self.geometry.input_size(frame))
             points = torch.tensor(xy, dtype=torch.float32, device=self.device)

@@ -277,24 +277,35 @@ class Recommendations:
     Attributes:
         everything, propagation, refine: the settings in effect for that checkpoint.
         source: where they come from: the recommendations file's checkpoint, or ``"defaults"``.
+        max_upscale: from the file's ``"image"`` section: the most an image smaller than the model's input is
+            enlarged (0: SAM's rule, the longest side fills the input); see ``ModelGeometry.max_upscale``.
     """
 
     everything: EverythingSettings = field(default_factory=EverythingSettings)
     propagation: PropagationSettings = field(default_factory=PropagationSettings)
     refine: RefineSettings = field(default_factory=RefineSettings)
     source: str = "defaults"
+    max_upscale: float = 0.0
 
     @classmethod
     def from_dict(cls, values: dict, source: str) -> Recommendations:
-        """Recommendations from a ``napari_sam.json`` dict: sections named as in :data:`SECTIONS`."""
+        """Recommendations from a ``napari_sam.json`` dict: sections named as in :data:`SECTIONS`, and ``"image"``
+        (``{"max_upscale": x}``, x 0 or at least 1)."""
+        known = sorted([*SECTIONS, "image"])
         if not isinstance(values, dict):
-            raise ValueError(f"must hold a JSON object with the sections {sorted(SECTIONS)}.")
-        unknown = set(values) - set(SECTIONS)
+            raise ValueError(f"must hold a JSON object with the sections {known}.")
+        unknown = set(values) - set(known)
         if unknown:
-            raise ValueError(f"unknown section(s) {sorted(unknown)}; the sections are {sorted(SECTIONS)}.")
+            raise ValueError(f"unknown section(s) {sorted(unknown)}; the sections are {known}.")
         parts = {key: SECTIONS[key].from_dict(values.get(key, {})) for key in SECTIONS}
+        image = values.get("image", {})
+        upscale = image.get("max_upscale", 0.0) if isinstance(image, dict) else None
+        if (not isinstance(image, dict) or set(image) - {"max_upscale"} or isinstance(upscale, bool)
+                or not isinstance(upscale, (int, float)) or not (upscale == 0 or 1 <= upscale <= 100)):
+            raise ValueError(f'the "image" section must be {{"max_upscale": x}} with x 0 (off) or from 1 to 100, '
+                             f"not {image!r}.")
         return cls(everything=parts["segment_everything"], propagation=parts["propagation"],
-                   refine=parts["refine"], source=source)
+                   refine=parts["refine"], source=source, max_upscale=float(upscale))
 
 
 def read_recommendations(folder_or_id: str, label: str | None = None) -> Recommendations:

@@ -1,0 +1,98 @@
+"""A checkpoint trained at its images' own pixel scale can cap how much a small image is enlarged (``"image":
+{"max_upscale": x}`` in its ``napari_sam.json``): the image then fills only part of the model's input, the rest
+padded, and every path (clicks, boxes, mask inputs, segment everything and its crops) maps through that frame."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam import Predictor, segment_everything
+from napari_sam.core.frames import fitted_scale, whole_frame
+from napari_sam.core.model_loading import BUNDLED_DIR, ModelLoadError
+from napari_sam.core.prediction import upscale_logits
+from napari_sam.core.settings import EverythingSettings, read_recommendations
+from napari_sam.demo import synthetic_cells
+from napari_sam.held_out import best_mask, iou, matched
+
+
+def with_image_section(folder, section) -> None:
+    values = json.loads((folder / "napari_sam.json").read_text())
+    (folder / "napari_sam.json").write_text(json.dumps({**values, "image": section}))
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory):
+    """tiny-cells (256-pixel input) told never to enlarge an image."""
+    folder = tmp_path_factory.mktemp("capped") / "tiny-cells"
+    shutil.copytree(BUNDLED_DIR / "tiny-cells", folder)
+    with_image_section(folder, {"max_upscale": 1.0})
+    return Predictor.from_pretrained(str(folder), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """120 x 150 pixels, cells of radius 10-14: their size in tiny-cells' training frames when not enlarged."""
+    return synthetic_cells((120, 150), seed=960_001, radius_range=(10.0, 14.0), n_cells=8)
+
+
+def test_the_scale_is_capped_only_where_asked():
+    assert fitted_scale((120, 150), 256) == 256 / 150
+    assert fitted_scale((120, 150), 256, 1.5) == 1.5 and fitted_scale((600, 400), 256, 1.5) == 256 / 600
+    frame = whole_frame((120, 150), 256, 1.0)
+    assert (frame.row1, frame.col1, frame.scale, frame.resized_size) == (120, 150, 1.0, (120, 150))
+
+
+def test_a_small_image_is_embedded_at_its_own_scale_and_its_cells_found(capped, scene):
+    image, labels = scene
+    assert capped.geometry.max_upscale == 1.0
+    capped.set_image(image)
+    frame = capped.frames()[0]
+    assert (frame.scale, frame.resized_size) == (1.0, (120, 150))
+    assert capped.frame_embedding(frame)[0].resized_size == (120, 150)
+    plain = Predictor.from_pretrained("tiny-cells", device="cpu")
+    plain.set_image(image)
+    assert plain.geometry.max_upscale == 0 and plain.frames()[0].scale == 256 / 150
+    clicks, boxes, refined = [], [], []
+    rng = np.random.default_rng(0)
+    cells = [cell for cell in range(1, labels.max() + 1) if (labels == cell).sum() >= 100]
+    assert len(cells) >= 5
+    for cell in cells:
+        target = labels == cell
+        rows, cols = np.nonzero(target)
+        pick = rng.integers(len(rows))
+        click = capped.predict(points=[[rows[pick], cols[pick]]])
+        assert click.frame == frame and click.full_masks(click.best_masks()).shape[-2:] == (120, 150)
+        clicks.append(iou(best_mask(click), target))
+        box = [[rows.min(), cols.min(), rows.max(), cols.max()]]
+        boxes.append(iou(best_mask(capped.predict(boxes=box)), target))
+        logits = torch.from_numpy(capped.mask_logits(target))  # the mask as a prompt, in the capped frame
+        redrawn = upscale_logits(logits, capped.geometry, frame.resized_size, frame.size)[0].numpy() > 0
+        refined.append(iou(redrawn, target))
+    assert np.median(clicks) >= 0.75 and np.median(boxes) >= 0.8, (clicks, boxes)
+    assert min(refined) >= 0.8, refined  # a mask input lands where its mask is
+
+
+def test_segment_everything_and_its_crops_use_the_capped_frames(capped, scene):
+    image, labels = scene
+    settings = EverythingSettings(points_per_side=16, pred_iou_thresh=0.7, stability_score_thresh=0.8)
+    result = segment_everything(capped, image, settings)
+    objects, found, segments, matching = matched(labels, np.asarray(result.labels))
+    assert found >= 0.6 * objects and matching >= 0.6 * segments, (objects, found, segments, matching)
+    cropped = segment_everything(capped, image, settings.replace(crop_n_layers=1))
+    assert cropped.labels.shape == (120, 150)
+    assert matched(labels, np.asarray(cropped.labels))[1] >= found - 1
+
+
+@pytest.mark.parametrize("section", [{"max_upscale": 0.5}, {"max_upscale": "1"}, {"max_upscale": True},
+                                     {"upscale": 2}, [1.5]])
+def test_a_bad_image_section_is_refused_naming_it(tmp_path, section):
+    folder = tmp_path / "tiny-cells"
+    shutil.copytree(BUNDLED_DIR / "tiny-cells", folder)
+    with_image_section(folder, section)
+    with pytest.raises(ModelLoadError, match='"image" section'):
+        read_recommendations(str(folder))
+    with pytest.raises(ModelLoadError, match='"image" section'):
+        Predictor.from_pretrained(str(folder), device="cpu")
