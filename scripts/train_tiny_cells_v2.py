@@ -49,7 +49,7 @@ from napari_sam.core.model_loading import geometry_from_config
 from napari_sam.core.propagation import interior_points
 from napari_sam.core.random_weights import random_sam, sam_config
 from napari_sam.demo import CELL_RADIUS, synthetic_cells
-from napari_sam.synthetic_microscopy import synthetic_scene
+from napari_sam.synthetic_microscopy import synthetic_scene, synthetic_stack
 
 IMAGE_SIZE = 512
 
@@ -94,12 +94,16 @@ def prepared(image: np.ndarray, labels: np.ndarray, rng, geometry):
     elif choice < 0.4:  # saturating limits, as a user may set them
         high = low + (high - low) * rng.uniform(0.3, 0.9)
     rgb = display_rgb(image, contrast_limits=(low, max(high, low + 1e-3)))
-    pixels = model_input(rgb, geometry)[0]
+    return model_input(rgb, geometry)[0], in_frame(labels, geometry)
+
+
+def in_frame(labels: np.ndarray, geometry) -> torch.Tensor:
+    """(H, W) instance labels resized (nearest) into the model's (S, S) frame as an image is; -1 = padding."""
     new_h, new_w = resized_shape(labels.shape, geometry.longest_edge)
     frame = torch.full((IMAGE_SIZE, IMAGE_SIZE), -1, dtype=torch.int64)
     frame[:new_h, :new_w] = F.interpolate(torch.from_numpy(labels.astype(np.int64))[None, None].float(),
                                           size=(new_h, new_w), mode="nearest")[0, 0].long()
-    return pixels, frame
+    return frame
 
 
 class ScenePool:
@@ -107,16 +111,23 @@ class ScenePool:
     ``cells_share`` of them are the demo's cells (``napari_sam.demo.synthetic_cells``), their sizes in the model's
     frame ``cells_scale`` (low, high; log-uniform) times the demo's own (24-56 px across); the rest are drawn from
     the synthetic microscopy mix. Scenes are 384-768 px on their longest side; a share ``small_share`` of them are
-    96-383 px, upscaled into the model's frame (soft-edged, as a small image or crop is)."""
+    96-383 px, upscaled into the model's frame (soft-edged, as a small image or crop is). A share ``stack_share``
+    are a slice of a z-stack (the demo's 3D cells or :func:`synthetic_stack`) with the labels of a slice one or two
+    away: the tracking prompts there are made from that neighbouring slice, as ``propagate`` makes them.
+
+    Each scene is (pixels (3, S, S), labels in the frame (S, S), the neighbouring slice's labels or None)."""
 
     def __init__(self, rng, geometry, size: int, cells_share: float = 0.1, cells_scale=(2.0, 2.0),
-                 small_share: float = 0.0):
+                 small_share: float = 0.0, stack_share: float = 0.0):
         self.rng, self.geometry, self.scenes, self.next = rng, geometry, [], 0
         self.cells_share, self.cells_scale, self.small_share = cells_share, cells_scale, small_share
+        self.stack_share = stack_share
         while len(self.scenes) < size:
             self.scenes.append(self.new())
 
     def new(self):
+        if self.stack_share and self.rng.random() < self.stack_share:  # no draw at 0: earlier stages repeat
+            return self.stack_slices()
         small = self.small_share and self.rng.random() < self.small_share  # no draw at 0: earlier stages repeat
         longest = int(self.rng.integers(96, 384) if small else self.rng.integers(384, 769))
         other = int(longest * self.rng.uniform(0.6, 1.0))
@@ -132,7 +143,30 @@ class ScenePool:
                                             dtype=self.rng.choice([np.uint16, np.uint8, np.float32]))
         else:
             image, labels, _ = synthetic_scene(shape, "random", seed=seed)
-        return prepared(image, labels, self.rng, self.geometry)
+        return (*prepared(image, labels, self.rng, self.geometry), None)
+
+    def stack_slices(self):
+        """A slice of a new z-stack and the labels of the slice 1 or 2 before or after it: the demo's 3D cells
+        (planes of 128-319 px, upscaled 1.6-4x into the frame as the propagation tests' stacks are) or a
+        synthetic-microscopy stack of any look (planes of 256-639 px)."""
+        seed = int(self.rng.integers(2**31))
+        if self.rng.random() < 0.5:
+            side = int(self.rng.integers(128, 320))
+            volume, labels = synthetic_cells((32, side, int(side * self.rng.uniform(0.7, 1.0))), seed=seed, ndim=3,
+                                             dtype=self.rng.choice([np.uint16, np.uint8, np.float32]))
+        else:
+            side = int(self.rng.integers(256, 640))
+            volume, labels, _ = synthetic_stack((int(self.rng.integers(12, 33)), side,
+                                                 int(side * self.rng.uniform(0.7, 1.0))), "random", seed=seed)
+        if self.rng.random() < 0.5:
+            volume, labels = volume[:, :, ::-1], labels[:, :, ::-1]  # planes wider than tall as well
+            volume = np.ascontiguousarray(volume.transpose(0, 2, 1))
+            labels = np.ascontiguousarray(labels.transpose(0, 2, 1))
+        occupied = np.nonzero(labels.any(axis=(1, 2)))[0]
+        z = int(self.rng.choice(occupied))
+        other = int(np.clip(z + self.rng.choice([-2, -1, 1, 2], p=[0.15, 0.35, 0.35, 0.15]), 0, len(labels) - 1))
+        pixels, frame = prepared(volume[z], labels[z], self.rng, self.geometry)
+        return pixels, frame, in_frame(labels[other], self.geometry)
 
     def refresh(self, count: int) -> None:
         for _ in range(count):
@@ -143,17 +177,19 @@ class ScenePool:
         """``count`` scenes with random flips (only of the image's region: padding stays bottom-right)."""
         out = []
         for index in self.rng.choice(len(self.scenes), size=count, replace=False):
-            pixels, frame = self.scenes[index]
+            pixels, frame, neighbour = self.scenes[index]
             rows, cols = int((frame[:, 0] >= 0).sum()), int((frame[0] >= 0).sum())
             pixels, frame = pixels.clone(), frame.clone()
+            neighbour = None if neighbour is None else neighbour.clone()
             for axis in (1, 2):
                 if self.rng.random() < 0.5:
                     extent = rows if axis == 1 else cols
                     part = pixels.narrow(axis, 0, extent)
                     pixels.narrow(axis, 0, extent).copy_(part.flip(axis))
-                    region = frame.narrow(axis - 1, 0, extent)
-                    frame.narrow(axis - 1, 0, extent).copy_(region.flip(axis - 1))
-            out.append((pixels, frame))
+                    for labels in (frame, neighbour) if neighbour is not None else (frame,):
+                        region = labels.narrow(axis - 1, 0, extent)
+                        labels.narrow(axis - 1, 0, extent).copy_(region.flip(axis - 1))
+            out.append((pixels, frame, neighbour))
         return out
 
 
@@ -239,10 +275,14 @@ def structure(prompt) -> tuple:
     return (prompt["points"] is not None, prompt["box"] is not None, prompt["mask_input"] is not None)
 
 
-def first_prompts(rng, frames, per_image: int):
-    """Click, box and tracking prompts for objects of each image (frame-res targets)."""
+def first_prompts(rng, frames, neighbours, per_image: int):
+    """Click, box and tracking prompts for objects of each image (frame-res targets). An image with a
+    neighbouring slice's labels gets tracking prompts from that slice instead (see :func:`slice_tracks`)."""
     clicks, boxes, tracks = [], [], []
-    for image, frame in enumerate(frames):
+    for image, (frame, neighbour) in enumerate(zip(frames, neighbours)):
+        if neighbour is not None:
+            tracks += slice_tracks(rng, image, frame, neighbour, per_image)
+            continue
         ids = [int(i) for i in torch.unique(frame) if i > 0]
         if not ids:
             continue
@@ -269,6 +309,24 @@ def first_prompts(rng, frames, per_image: int):
                               mask_input=previous)
                 tracks.append(prompt)
     return clicks, boxes, tracks
+
+
+def slice_tracks(rng, image: int, frame: torch.Tensor, neighbour: torch.Tensor, count: int):
+    """Tracking prompts as ``propagate`` gives the next slice: for objects of the neighbouring slice, their mask
+    there (as it is, or shifted/grown/shrunk a little, as a prediction may be) gives the box, 1-3 interior points
+    and, for half of them, the mask input; the target is the object on this slice, empty where it has ended, so
+    that the mask and its predicted IoU go to nothing there instead of jumping to a neighbour."""
+    ids = [int(i) for i, n in zip(*torch.unique(neighbour, return_counts=True)) if i > 0 and n >= 6]
+    out = []
+    for cell in rng.choice(ids, size=min(count, len(ids)), replace=False) if ids else []:
+        previous = neighbour == cell
+        if rng.random() < 0.5:
+            previous = perturbed(rng, previous)
+        rows_cols = interior_points(previous.numpy(), int(rng.integers(1, 4)))
+        out.append({"image": image, "target": frame == cell, "points": rows_cols[:, ::-1].astype(np.float32).copy(),
+                    "labels": np.ones(len(rows_cols), dtype=np.int64), "box": box_of(previous),
+                    "mask_input": previous if rng.random() < 0.5 else None})
+    return out
 
 
 def background_clicks(rng, frames, count: int):
@@ -315,6 +373,8 @@ def prompt_loss(model, embeddings, prompts, multimask: bool, mask_size: int, sha
 def corrections(rng, prompts, chosen: torch.Tensor):
     """A correction round for ``prompts`` from their previous logits (m x m): one more click, the previous
     logits as mask input."""
+    if not prompts:
+        return []
     size = prompts[0]["target"].shape[-1]
     previous = F.interpolate(chosen[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0] > 0
     out = []
@@ -329,11 +389,13 @@ def corrections(rng, prompts, chosen: torch.Tensor):
 def training_step(model, rng, pool, args, mask_size):
     batch = pool.draw(args.images)
     pixels = torch.stack([b[0] for b in batch])
-    frames = [b[1] for b in batch]
+    frames, neighbours = [b[1] for b in batch], [b[2] for b in batch]
     with torch.set_grad_enabled(not args.freeze_encoder):
         embeddings = model.vision_encoder(pixels).last_hidden_state
-    clicks, boxes, tracks = first_prompts(rng, frames, args.prompts)
+    clicks, boxes, tracks = first_prompts(rng, frames, neighbours, args.prompts)
     for prompt in tracks:
+        if prompt["mask_input"] is None:
+            continue
         scale = rng.uniform(0.3, args.mask_input_scale)  # model-like logit magnitudes and the ±6.9 of a drawn mask
         prompt["mask_input"] = mask_logits(prompt["mask_input"][None], mask_size)[0] * scale
     loss, count, ious = torch.zeros(()), 0, []
@@ -379,7 +441,8 @@ def train(args) -> dict:
     optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.01)
     schedule = warmup_cosine(optimizer, args.steps)
     start = time.time()
-    pool = ScenePool(rng, geometry, args.pool, args.cells_share, tuple(args.cells_scale), args.small_share)
+    pool = ScenePool(rng, geometry, args.pool, args.cells_share, tuple(args.cells_scale), args.small_share,
+                     args.stack_share)
     history, iou_history = [], []
     for step in range(args.steps):
         pool.refresh(args.new_scenes)
@@ -404,6 +467,7 @@ def train(args) -> dict:
                "new_scenes_per_step": args.new_scenes, "lr": args.lr, "sharp": args.sharp,
                "mask_input_scale": args.mask_input_scale, "cells_share": args.cells_share,
                "cells_scale": list(args.cells_scale), "small_share": args.small_share,
+               "stack_share": args.stack_share,
                "background_clicks": args.background,
                "freeze_encoder": args.freeze_encoder,
                "parameters": sum(p.numel() for p in model.parameters()), "training_seconds": round(elapsed),
@@ -432,6 +496,8 @@ def main() -> None:
                         help="the demo cells' size in the model's frame, times the demo's own (log-uniform)")
     parser.add_argument("--small-share", type=float, default=0.0,
                         help="share of scenes 96-383 px on their longest side (upscaled into the model's frame)")
+    parser.add_argument("--stack-share", type=float, default=0.0,
+                        help="share of scenes that are a z-stack's slice, tracked from a neighbouring slice")
     parser.add_argument("--background", type=int, default=0,
                         help="clicks per image on the background, their predicted IoUs taught to be 0")
     parser.add_argument("--freeze-encoder", action="store_true", help="train the prompt encoder and decoder only")

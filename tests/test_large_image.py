@@ -218,8 +218,9 @@ def test_segment_everything_in_tiles_finds_the_cells_once(large, predictor, tmp_
 
     image, labels = large[0][:1536, :1536], large[1][:1536, :1536]
     out = zarr.create_array(tmp_path / "labels.zarr", shape=image.shape, chunks=(512, 512), dtype="uint32")
+    # a grid point every 16 px of the image, whatever the model's tile size
     result = segment_everything(predictor, image, pred_iou_thresh=0.7, stability_score_thresh=0.8,
-                                points_per_side=16, out=out)
+                                points_per_side=predictor.geometry.longest_edge // 16, out=out)
     assert result.labels is out and predictor.tiled
     found = np.asarray(out[:])
     tile = predictor.tile_grid.tile  # objects are kept cropped, never image-sized
