@@ -93,7 +93,8 @@ class ModelGeometry:
         max_upscale: the most an image smaller than the input is enlarged (the rest padded); 0 fills the input
             whatever the image's size, as SAM does. Set by a checkpoint trained at its images' own pixel scale
             (``"image": {"max_upscale": ...}`` in its ``napari_sam.json``), whose objects would otherwise grow
-            past the sizes it knows. Square (SAM2-family) inputs ignore it.
+            past the sizes it knows; :meth:`Predictor.from_pretrained` sets it. Square (SAM2-family) inputs ignore
+            it.
     """
 
     image_size: int
@@ -359,7 +360,6 @@ def load_sam(name_or_path: str | os.PathLike, device: str | torch.device | None 
             (missing, unexpected or mis-shaped tensors, named).
     """
     from .families import family_of
-    from .settings import read_recommendations
 
     name, resolved_device, resolved_dtype = resolve_load_arguments(name_or_path, device, dtype, DEFAULT_CHECKPOINT)
     try:
@@ -374,8 +374,7 @@ def load_sam(name_or_path: str | os.PathLike, device: str | torch.device | None 
             geometry = square_geometry(config, family.name, *_preprocessor_source(name))
         else:
             geometry = dataclasses.replace(geometry_from_config(config, *_preprocessor_source(name)),
-                                           family=family.name,  # checked before the weights load
-                                           max_upscale=read_recommendations(name).max_upscale)
+                                           family=family.name)  # checked before the weights load
         model, info = model_class.from_pretrained(name, config=config, use_safetensors=True, trust_remote_code=False,
                                                   dtype=resolved_dtype, output_loading_info=True,
                                                   ignore_mismatched_sizes=True)  # reported below, never used

@@ -84,6 +84,8 @@ class Predictor:
         model, geometry, resolved = load_sam(name_or_path, device=device, dtype=dtype)
         recommended = read_recommendations(resolve_checkpoint(name_or_path), label=os.fspath(name_or_path))
         family = FAMILIES[geometry.family]
+        if not geometry.square:  # the SAM2 family stretches every frame to its square input
+            geometry = dataclasses.replace(geometry, max_upscale=recommended.image.max_upscale)
         if recommended.source == "defaults" and family.amg_defaults:  # the family's own generator's defaults
             recommended = dataclasses.replace(recommended, everything=recommended.everything.replace(
                 **dict(family.amg_defaults)), source=f"{family.label}'s generator")

@@ -211,6 +211,20 @@ class PropagationSettings(_Settings):
 
 
 @dataclass(frozen=True)
+class FramingSettings(_Settings):
+    """How a whole image (or a crop) is fitted into the model's input: SAM enlarges it until its longest side fills
+    the input; a checkpoint trained at its images' own pixel scale may cap that (``ModelGeometry.max_upscale``)."""
+
+    max_upscale: float = setting(
+        0.0, 0.0, 100.0, "The most an image smaller than the model's input is enlarged, the rest of the input "
+        "padded; 0 fills the input whatever the image's size (SAM's rule).", label="max upscale", step=0.1)
+
+    def _check(self) -> None:
+        if 0 < self.max_upscale < 1:
+            raise ValueError(f"max_upscale must be 0 (off) or at least 1, got {self.max_upscale!r}.")
+
+
+@dataclass(frozen=True)
 class RefineSettings(_Settings):
     """Refining existing objects with SAM: each object's box, and optionally its mask, is the prompt."""
 
@@ -267,7 +281,7 @@ class TilingSettings(_Settings):
 
 #: The settings classes by their key in a checkpoint's ``napari_sam.json``.
 SECTIONS = {"segment_everything": EverythingSettings, "propagation": PropagationSettings,
-            "refine": RefineSettings}
+            "refine": RefineSettings, "image": FramingSettings}
 
 
 @dataclass(frozen=True)
@@ -276,36 +290,35 @@ class Recommendations:
 
     Attributes:
         everything, propagation, refine: the settings in effect for that checkpoint.
+        image: how a whole image is fitted into the model's input (the file's ``"image"`` section).
         source: where they come from: the recommendations file's checkpoint, or ``"defaults"``.
-        max_upscale: from the file's ``"image"`` section: the most an image smaller than the model's input is
-            enlarged (0: SAM's rule, the longest side fills the input); see ``ModelGeometry.max_upscale``.
     """
 
     everything: EverythingSettings = field(default_factory=EverythingSettings)
     propagation: PropagationSettings = field(default_factory=PropagationSettings)
     refine: RefineSettings = field(default_factory=RefineSettings)
+    image: FramingSettings = field(default_factory=FramingSettings)
     source: str = "defaults"
-    max_upscale: float = 0.0
 
     @classmethod
     def from_dict(cls, values: dict, source: str) -> Recommendations:
-        """Recommendations from a ``napari_sam.json`` dict: sections named as in :data:`SECTIONS`, and ``"image"``
-        (``{"max_upscale": x}``, x 0 or at least 1)."""
-        known = sorted([*SECTIONS, "image"])
+        """Recommendations from a ``napari_sam.json`` dict: sections named as in :data:`SECTIONS`."""
         if not isinstance(values, dict):
-            raise ValueError(f"must hold a JSON object with the sections {known}.")
-        unknown = set(values) - set(known)
+            raise ValueError(f"must hold a JSON object with the sections {sorted(SECTIONS)}.")
+        unknown = set(values) - set(SECTIONS)
         if unknown:
-            raise ValueError(f"unknown section(s) {sorted(unknown)}; the sections are {known}.")
-        parts = {key: SECTIONS[key].from_dict(values.get(key, {})) for key in SECTIONS}
-        image = values.get("image", {})
-        upscale = image.get("max_upscale", 0.0) if isinstance(image, dict) else None
-        if (not isinstance(image, dict) or set(image) - {"max_upscale"} or isinstance(upscale, bool)
-                or not isinstance(upscale, (int, float)) or not (upscale == 0 or 1 <= upscale <= 100)):
-            raise ValueError(f'the "image" section must be {{"max_upscale": x}} with x 0 (off) or from 1 to 100, '
-                             f"not {image!r}.")
+            raise ValueError(f"unknown section(s) {sorted(unknown)}; the sections are {sorted(SECTIONS)}.")
+        parts = {}
+        for key, kind in SECTIONS.items():
+            section = values.get(key, {})
+            try:
+                if not isinstance(section, dict):
+                    raise ValueError(f"must be a JSON object of settings, not {section!r}.")
+                parts[key] = kind.from_dict(section)
+            except ValueError as error:
+                raise ValueError(f'the "{key}" section: {error}') from error
         return cls(everything=parts["segment_everything"], propagation=parts["propagation"],
-                   refine=parts["refine"], source=source, max_upscale=float(upscale))
+                   refine=parts["refine"], image=parts["image"], source=source)
 
 
 def read_recommendations(folder_or_id: str, label: str | None = None) -> Recommendations:
