@@ -120,3 +120,13 @@ def tiny_cells_input_size() -> int:
     from napari_sam.core.model_loading import BUNDLED_DIR
 
     return json.loads((BUNDLED_DIR / "tiny-cells" / "config.json").read_text())["vision_config"]["image_size"]
+
+
+def tiny_cells_tile() -> int:
+    """Side of the bundled tiny-cells model's own tile in image pixels: its input size, divided by the tile scale
+    it recommends (it sees images magnified)."""
+    from napari_sam.core.model_loading import BUNDLED_DIR
+    from napari_sam.core.settings import read_recommendations
+
+    scale = read_recommendations(BUNDLED_DIR / "tiny-cells").image.tile_scale
+    return round(tiny_cells_input_size() / scale) if scale > 1 else tiny_cells_input_size()

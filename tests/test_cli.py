@@ -9,13 +9,13 @@ from napari_sam.core.embedding_store import EmbeddingStore
 from napari_sam.demo import synthetic_cells
 from napari_sam.io import napari_contrast_limits
 
-from helpers import tiny_cells_input_size
+from helpers import tiny_cells_tile
 
 
 @pytest.fixture()
 def stack_file(tmp_path):
     """A 2-plane uint16 TIFF of planes over twice tiny-cells' tile (600² for a 256-pixel model: 9 tiles a plane)."""
-    side = 2 * tiny_cells_input_size() + 88
+    side = 2 * tiny_cells_tile() + 88
     stack = synthetic_cells((2, side, side), seed=940_101, ndim=3, radius_range=(10.0, 15.0),
                             n_cells=round(100 * side**2 / 600**2))[0]
     path = tmp_path / "stack.tif"

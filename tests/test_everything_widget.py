@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from napari_sam.core.settings import EverythingSettings
 from napari_sam.demo import synthetic_cells
 
 WIDGET = ("napari-sam", "Segment everything")
@@ -127,9 +128,9 @@ def test_a_checkpoint_without_recommendations_gets_metas_defaults(make_napari_vi
 def test_a_lazy_image_larger_than_two_tiles_is_segmented_in_tiles_read_on_workers(everything, qtbot):
     """An array-like over twice tiny-cells' tile (1024² for a 256-pixel model) that refuses to be read whole: the
     dock reads it on its worker tile by tile, and every cell is found once."""
-    from helpers import Recorded, iou, tiny_cells_input_size
+    from helpers import Recorded, iou, tiny_cells_tile
 
-    tile = tiny_cells_input_size()
+    tile = tiny_cells_tile()
     side = 2 * tile + 512
     image, truth = synthetic_cells((side, side), seed=910_006, radius_range=(10.0, 15.0),
                                    n_cells=round(300 * side**2 / 1024**2))
@@ -176,7 +177,9 @@ def test_export_batch_run_gives_the_docks_result_on_the_folder(make_napari_viewe
 
     config = widget.batch_export.config()
     assert config.batch.model == "tiny-cells" and config.batch.contrast == "napari"
-    assert config.everything.points_per_side == 12 and config.everything.pred_iou_thresh == 0.7  # recommended
+    recommended = widget.predictor.recommended.everything
+    assert config.everything.points_per_side == 12  # as set in the dock; the thresholds as recommended
+    assert config.everything.pred_iou_thresh == recommended.pred_iou_thresh != EverythingSettings().pred_iou_thresh
     command = widget.batch_export.save(tmp_path / "settings.json", config, layer)
     words = shlex.split(command)
     assert words[:3] == ["napari-sam", "segment", str(folder)] and "--settings" in words

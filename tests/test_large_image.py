@@ -110,8 +110,8 @@ def test_cells_crossing_tile_borders_come_out_whole(large, predictor):
 def test_an_object_past_its_tiles_border_is_decoded_again_around_it(predictor):
     """A click 15 px inside the cell's left edge is decoded in the first tile column (the one holding it); the cell
     crosses that tile's border, so the mask reaches it, and the prompt is decoded again in a tile-sized window
-    centred on the cell, at native resolution."""
-    tile = predictor.geometry.longest_edge
+    centred on the cell, at native resolution (magnified tiles would show the 80 px cell too large)."""
+    tile = predictor.geometry.default_tile
     image, labels = cell_across_a_tile_border(tile)
     predictor = thin_halo(predictor)
     predictor.set_image(image)
@@ -132,7 +132,7 @@ def test_a_mask_input_follows_its_prompts_out_of_its_frame(predictor):
     """A mask input comes with the frame it belongs to (as the preview and propagation carry it). When the prompts
     no longer fit that frame (a box past its border, a new point far away), they are decoded in a frame that holds
     them, the mask input redrawn there: as if its mask had been given in that frame."""
-    tile = predictor.geometry.longest_edge
+    tile = predictor.geometry.default_tile
     image, labels = cell_across_a_tile_border(tile)
     predictor = thin_halo(predictor)
     predictor.set_image(image)
@@ -162,7 +162,7 @@ def test_only_the_tiles_a_prompt_needs_are_read_and_encoded(predictor):
     import dask
     import dask.array as da
 
-    tile = predictor.geometry.longest_edge  # chunks of a tile, 4 x 4 of them
+    tile = predictor.geometry.default_tile  # chunks of a tile, 4 x 4 of them
     image, labels = synthetic_cells((4 * tile, 4 * tile), seed=930_003, radius_range=(10.0, 15.0),
                                     n_cells=300 * (tile // 256) ** 2)
     reads = []
@@ -205,7 +205,7 @@ def test_tiling_settings_and_bad_input(predictor):
     assert covered.min() >= 1
     with pytest.raises(ValueError, match="halo"):  # an explicit tile: refused at once
         TilingSettings(mode="tiles", tile_size=128, halo=64)
-    tile = predictor.geometry.longest_edge
+    tile = predictor.geometry.default_tile
     predictor.tiling = TilingSettings(mode="tiles", halo=tile // 2)  # half the model's tile: refused when used
     with pytest.raises(ValueError, match="halo"):
         predictor.set_image(image)
@@ -220,7 +220,7 @@ def test_segment_everything_in_tiles_finds_the_cells_once(large, predictor, tmp_
     out = zarr.create_array(tmp_path / "labels.zarr", shape=image.shape, chunks=(512, 512), dtype="uint32")
     # a grid point every 16 px of the image, whatever the model's tile size
     result = segment_everything(predictor, image, pred_iou_thresh=0.7, stability_score_thresh=0.8,
-                                points_per_side=predictor.geometry.longest_edge // 16, out=out)
+                                points_per_side=predictor.geometry.default_tile // 16, out=out)
     assert result.labels is out and predictor.tiled
     found = np.asarray(out[:])
     tile = predictor.tile_grid.tile  # objects are kept cropped, never image-sized
@@ -248,7 +248,7 @@ def test_embeddings_kept_on_disk_serve_a_new_session(tmp_path):
     entry is recomputed; another model's entries are not used."""
     from napari_sam.core.embedding_store import EmbeddingStore
 
-    tile = Predictor.from_pretrained("tiny-cells", device="cpu").geometry.longest_edge
+    tile = Predictor.from_pretrained("tiny-cells", device="cpu").geometry.default_tile
     side = 2 * tile + 100  # tiled: more than twice the tile
     image, labels = synthetic_cells((side, side), seed=930_004, radius_range=(10.0, 15.0),
                                     n_cells=round(120 * side**2 / 700**2))

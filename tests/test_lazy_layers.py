@@ -36,9 +36,9 @@ def counted(array, chunk, reads, name):
 def test_a_multiscale_layer_is_read_only_around_the_prompt(session, qtbot):
     """A 2048² pyramid in chunks of the model's tile: napari shows a coarse level; the dock reads level 0 only in the
     tile of the click, and the preview is a tile-sized layer placed over it."""
-    from helpers import tiny_cells_input_size
+    from helpers import tiny_cells_tile
 
-    tile = tiny_cells_input_size()
+    tile = tiny_cells_tile()
     image, labels = synthetic_cells((2048, 2048), seed=950_001, radius_range=(10.0, 15.0), n_cells=1500)
     reads = []
     pyramid = [counted(image, tile, reads, "level0"), counted(image[::2, ::2], tile, reads, "level1"),
@@ -64,9 +64,9 @@ def test_a_stack_is_read_plane_by_plane_and_tile_by_tile(session, qtbot):
     """An 8-plane stack of planes over twice the model's tile: napari reads the plane it shows; the dock reads, on
     its workers, only tiles of the shown plane and of its neighbours, never a whole plane and never the whole
     stack."""
-    from helpers import tiny_cells_input_size
+    from helpers import tiny_cells_tile
 
-    tile = tiny_cells_input_size()
+    tile = tiny_cells_tile()
     side = 2 * tile + 256  # 768 for a 256-pixel model
     stack, truth = synthetic_cells((8, side, side), seed=950_002, ndim=3, radius_range=(10.0, 15.0),
                                    n_cells=round(250 * side**2 / 1024**2))
@@ -145,7 +145,7 @@ def test_tiling_and_store_options_in_the_dock(session, qtbot, notifications, tmp
     assert widget.session.store is not None and "Store:" in options.store_status.value  # on by default
     options.tiling.controls["mode"].value = "tiles"
     assert widget.predictor.tiling.mode == "tiles"
-    tile = widget.predictor.geometry.longest_edge
+    tile = widget.predictor.geometry.default_tile
     for mode in ("tiles", "auto"):  # a halo of half tiny-cells' tile: named, and not applied
         options.tiling.controls["mode"].value = mode
         before = len(notifications())

@@ -1,6 +1,11 @@
-"""A checkpoint trained at its images' own pixel scale can cap how much a small image is enlarged (``"image":
-{"max_upscale": x}`` in its ``napari_sam.json``): the image then fills only part of the model's input, the rest
-padded, and every path (clicks, boxes, mask inputs, segment everything and its crops) maps through that frame."""
+"""How a checkpoint's ``napari_sam.json`` ``"image"`` section frames images.
+
+- ``max_upscale``: a checkpoint trained at its images' own pixel scale can cap how much a small image is enlarged:
+  the image then fills only part of the model's input, the rest padded, and every path (clicks, boxes, mask
+  inputs, segment everything and its crops) maps through that frame.
+- ``tile_scale``: a checkpoint trained on objects larger than its users' sees images magnified, in tiles of
+  ``input / tile_scale`` pixels; an object too large for them is decoded again at native resolution.
+"""
 
 import json
 import shutil
@@ -10,12 +15,13 @@ import pytest
 import torch
 
 from napari_sam import Predictor, segment_everything
-from napari_sam.core.frames import fitted_scale, whole_frame
+from napari_sam.core.frames import fitted_scale, too_large_magnified, whole_frame
 from napari_sam.core.model_loading import BUNDLED_DIR, ModelLoadError
 from napari_sam.core.prediction import upscale_logits
-from napari_sam.core.settings import EverythingSettings, read_recommendations
+from napari_sam.core.settings import EverythingSettings, TilingSettings, read_recommendations
 from napari_sam.demo import synthetic_cells
-from napari_sam.held_out import best_mask, iou, matched
+from napari_sam.held_out import HELD_OUT, best_mask, iou, matched
+from napari_sam.synthetic_microscopy import synthetic_scene
 
 
 def with_image_section(folder, section) -> None:
@@ -23,13 +29,17 @@ def with_image_section(folder, section) -> None:
     (folder / "napari_sam.json").write_text(json.dumps({**values, "image": section}))
 
 
+def tiny_cells_with(tmp_path_factory, section) -> Predictor:
+    folder = tmp_path_factory.mktemp("framed") / "tiny-cells"
+    shutil.copytree(BUNDLED_DIR / "tiny-cells", folder)
+    with_image_section(folder, section)
+    return Predictor.from_pretrained(str(folder), device="cpu")
+
+
 @pytest.fixture(scope="module")
 def capped(tmp_path_factory):
-    """tiny-cells (256-pixel input) told never to enlarge an image."""
-    folder = tmp_path_factory.mktemp("capped") / "tiny-cells"
-    shutil.copytree(BUNDLED_DIR / "tiny-cells", folder)
-    with_image_section(folder, {"max_upscale": 1.0})
-    return Predictor.from_pretrained(str(folder), device="cpu")
+    """tiny-cells told never to enlarge an image."""
+    return tiny_cells_with(tmp_path_factory, {"max_upscale": 1.0})
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +55,16 @@ def test_the_scale_is_capped_only_where_asked():
     assert (frame.row1, frame.col1, frame.scale, frame.resized_size) == (120, 150, 1.0, (120, 150))
 
 
-def test_a_small_image_is_embedded_at_its_own_scale_and_its_cells_found(capped, scene):
+def test_a_small_image_is_embedded_at_its_own_scale_and_its_cells_found(capped, scene, tmp_path_factory):
     image, labels = scene
     assert capped.geometry.max_upscale == 1.0
     capped.set_image(image)
     frame = capped.frames()[0]
     assert (frame.scale, frame.resized_size) == (1.0, (120, 150))
     assert capped.frame_embedding(frame)[0].resized_size == (120, 150)
-    plain = Predictor.from_pretrained("tiny-cells", device="cpu")
+    plain = tiny_cells_with(tmp_path_factory, {})  # SAM's rule: the longest side fills the input
     plain.set_image(image)
-    assert plain.geometry.max_upscale == 0 and plain.frames()[0].scale == 256 / 150
+    assert plain.geometry.max_upscale == 0 and plain.frames()[0].scale == plain.geometry.longest_edge / 150
     clicks, boxes, refined = [], [], []
     rng = np.random.default_rng(0)
     cells = [cell for cell in range(1, labels.max() + 1) if (labels == cell).sum() >= 100]
@@ -87,7 +97,7 @@ def test_segment_everything_and_its_crops_use_the_capped_frames(capped, scene):
 
 
 @pytest.mark.parametrize("section", [{"max_upscale": 0.5}, {"max_upscale": "1"}, {"max_upscale": True},
-                                     {"upscale": 2}, [1.5]])
+                                     {"upscale": 2}, [1.5], {"tile_scale": 0.5}, {"tile_scale": 17}])
 def test_a_bad_image_section_is_refused_naming_it(tmp_path, section):
     folder = tmp_path / "tiny-cells"
     shutil.copytree(BUNDLED_DIR / "tiny-cells", folder)
@@ -96,3 +106,54 @@ def test_a_bad_image_section_is_refused_naming_it(tmp_path, section):
         read_recommendations(str(folder))
     with pytest.raises(ModelLoadError, match='"image" section'):
         Predictor.from_pretrained(str(folder), device="cpu")
+
+
+def test_the_tiling_rule_follows_the_tile_scale():
+    plain = TilingSettings()
+    assert not plain.tiles((1024, 1024), 512) and plain.tiles((1025, 300), 512)  # SAM's rule: over two tiles
+    assert not plain.tiles((256, 200), 256, whole_limit=1.0) and plain.tiles((257, 200), 256, whole_limit=1.0)
+    assert plain.resolved(256) == (256, 32)
+    assert TilingSettings(tile_size=384).resolved(256) == (384, 48)  # an explicit tile wins
+
+
+def test_a_magnifying_checkpoint_sees_small_nuclei_in_magnified_tiles(tmp_path_factory):
+    """The same weights with ``tile_scale`` 2 and without: a 512² field of 10-30 px nuclei is seen in 256-px tiles
+    at twice its size, and clicks on the nuclei give better masks there; an object covering more than a quarter of
+    the input in such a tile is decoded again at native resolution."""
+    magnified, native = (tiny_cells_with(tmp_path_factory, {"tile_scale": 2.0}),
+                         tiny_cells_with(tmp_path_factory, {}))
+    geometry = magnified.geometry
+    assert geometry.default_tile == geometry.image_size // 2 and geometry.whole_limit == 1.0
+    assert native.geometry.default_tile == geometry.image_size and native.geometry.whole_limit == 2.0
+    image, labels, _ = synthetic_scene((512, 512), "nuclei", seed=HELD_OUT + 77)
+    magnified.set_image(image)
+    native.set_image(image)
+    tiles = magnified.tile_grid
+    assert magnified.tiled and tiles.tile == geometry.image_size // 2 and tiles.scale == 2.0
+    assert not native.tiled and native.frames()[0].scale == 1.0
+    rng = np.random.default_rng(1)
+    ious = {"magnified": [], "native": []}
+    for cell in range(1, int(labels.max()) + 1):
+        rows, cols = np.nonzero(labels == cell)
+        if len(rows) < 12:
+            continue
+        pick = rng.integers(len(rows))
+        for name, predictor in (("magnified", magnified), ("native", native)):
+            prediction = predictor.predict(points=[[rows[pick], cols[pick]]])
+            ious[name].append(iou(best_mask(prediction), labels == cell))
+    assert len(ious["native"]) >= 40
+    assert np.median(ious["magnified"]) >= np.median(ious["native"]) + 0.05, {k: np.median(v) for k, v in ious.items()}
+    assert too_large_magnified((200, 299), (150, 249), tiles) and not too_large_magnified((200, 260), (150, 210),
+                                                                                           tiles)
+    window = tiles.window_around((200, 299), (150, 249), max_scale=1.0)
+    assert window.scale == 1.0 and window.holds((200, 299), (150, 249))
+    # the largest cell of a "large" scene, 65 px across: 130 px in a magnified tile, so its box is decoded again at
+    # native resolution
+    image, labels, _ = synthetic_scene((512, 512), "large", seed=HELD_OUT + 78)
+    magnified.set_image(image)
+    sizes = np.bincount(labels.ravel())
+    cell = int(np.argmax(sizes[1:])) + 1
+    rows, cols = np.nonzero(labels == cell)
+    assert too_large_magnified((rows.min(), rows.max()), (cols.min(), cols.max()), magnified.tile_grid)
+    prediction = magnified.predict(boxes=[[rows.min(), cols.min(), rows.max(), cols.max()]])
+    assert prediction.frame.scale == 1.0 and iou(best_mask(prediction), labels == cell) >= 0.85

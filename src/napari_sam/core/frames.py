@@ -2,11 +2,13 @@
 
 A small image is seen whole, resized so that its longest side fills the model's input (SAM's own rule; a
 checkpoint trained at its images' own scale may cap the enlargement, ``ModelGeometry.max_upscale``). A large
-image is seen in tiles at native resolution: square tiles of ``tile`` pixels on a grid whose neighbours overlap by
-twice the ``halo``, so that every pixel lies in some tile's core, at least ``halo`` pixels from that tile's inner
-borders. A prompt is decoded in the frame that holds it best; when its mask reaches a frame's inner border the
-object goes on outside, and a window centred on it is used instead (:func:`window_around`), at native resolution
-when it fits in a tile, resized otherwise.
+image is seen in tiles at native resolution (or magnified, for a checkpoint that asks so,
+``ModelGeometry.tile_scale``): square tiles of ``tile`` pixels on a grid whose neighbours overlap by twice the
+``halo``, so that every pixel lies in some tile's core, at least ``halo`` pixels from that tile's inner borders. A
+prompt is decoded in the frame that holds it best; when its mask reaches a frame's inner border the object goes on
+outside, and a window centred on it is used instead (:func:`window_around`), at the tiles' scale when it fits in a
+tile, resized otherwise. In magnified tiles an object covering more than a quarter of the input is decoded again
+in a window at native resolution (:func:`too_large_magnified`).
 
 All positions are (row, col) image pixels; regions are end-exclusive.
 """
@@ -108,7 +110,8 @@ class Tiling:
     Attributes:
         image_size: (H, W) of the image.
         tile: side of a tile in image pixels; halo: the overlap kept around each tile's core.
-        input_size: the model's input side (a tile is resized by ``input_size / tile``: 1 for the default tile).
+        input_size: the model's input side (a tile is resized by ``input_size / tile``: 1 for the default tile,
+            more for a checkpoint that sees images magnified).
     """
 
     image_size: tuple[int, int]
@@ -142,11 +145,15 @@ class Tiling:
         col0 = _best_start(self.starts[1], self.tile, self.image_size[1], *cols)
         return None if row0 is None or col0 is None else self.frame_at(row0, col0)
 
-    def window_around(self, rows: tuple[float, float], cols: tuple[float, float]) -> Frame:
-        """A square window centred on the region rows x cols with a halo around it: one tile (native
-        resolution) when it fits, else as large as needed and resized to the model's input; inside the image."""
+    def window_around(self, rows: tuple[float, float], cols: tuple[float, float],
+                      max_scale: float | None = None) -> Frame:
+        """A square window centred on the region rows x cols with a halo around it: one tile (at the tiles' scale)
+        when it fits, else as large as needed and resized to the model's input; inside the image. With
+        ``max_scale``, at least ``input_size / max_scale`` pixels wide, so that it is seen at most that
+        magnified."""
         extent = max(rows[1] - rows[0], cols[1] - cols[0]) + 1
-        side = int(max(self.tile, np.ceil(extent + 2 * self.halo)))
+        least = self.tile if max_scale is None else max(self.tile, int(np.ceil(self.input_size / max_scale)))
+        side = int(max(least, np.ceil(extent + 2 * self.halo)))
         height, width = self.image_size
         starts = []
         for (low, high), length in zip((rows, cols), (height, width)):
@@ -154,6 +161,13 @@ class Tiling:
             starts.append(int(np.clip(start, 0, max(0, length - side))))
         frame = Frame(starts[0], starts[1], min(height, starts[0] + side), min(width, starts[1] + side), 1.0)
         return Frame(frame.row0, frame.col0, frame.row1, frame.col1, self.input_size / max(side, *frame.size))
+
+
+def too_large_magnified(rows: tuple[float, float], cols: tuple[float, float], tiles: Tiling) -> bool:
+    """Whether an object spanning rows x cols (image pixels) would cover more than a quarter of the model's input in
+    magnified tiles: the magnification is for small objects, and larger ones are better seen at native resolution."""
+    extent = max(rows[1] - rows[0], cols[1] - cols[0]) + 1
+    return tiles.scale > 1 and extent * tiles.scale > tiles.input_size / 4
 
 
 def touches_inner_edge(masks: np.ndarray, frame: Frame, image_size: tuple[int, int]) -> bool:

@@ -95,6 +95,10 @@ class ModelGeometry:
             (``"image": {"max_upscale": ...}`` in its ``napari_sam.json``), whose objects would otherwise grow
             past the sizes it knows; :meth:`Predictor.from_pretrained` sets it. Square (SAM2-family) inputs ignore
             it.
+        tile_scale: model-input pixels per image pixel in a large image's tiles (0: 1, native resolution). A
+            checkpoint trained on objects larger than those of its users' images sees images magnified
+            (``"image": {"tile_scale": ...}``): tiles of ``image_size / tile_scale`` pixels, and with auto tiling
+            every image larger than one tile is tiled. Square (SAM2-family) inputs ignore it.
     """
 
     image_size: int
@@ -112,6 +116,20 @@ class ModelGeometry:
     square: bool = False
     family: str = "sam"
     max_upscale: float = 0.0
+    tile_scale: float = 0.0
+
+    @property
+    def default_tile(self) -> int:
+        """Side of a tile in image pixels when the tiling settings leave it to the model: the input's side, or
+        less for a checkpoint that sees images magnified (``tile_scale`` > 1)."""
+        return int(round(self.image_size / self.tile_scale)) if self.tile_scale > 1 else self.image_size
+
+    @property
+    def whole_limit(self) -> float:
+        """Auto tiling sees an image whole up to this many default tiles on its longest side: 2 (an image
+        shrunk by at most half keeps most of its pixels), or 1 for a magnifying checkpoint, which would see any
+        larger image below the scale it needs."""
+        return 1.0 if self.tile_scale > 1 else 2.0
 
     def input_size(self, frame) -> tuple[int, int]:
         """(height, width) of ``frame``'s pixels inside the model input: its region times its scale (SAM), or the

@@ -29,7 +29,7 @@ import torch
 from .coordinates import decoder_inputs, points_to_model
 from .embedding_cache import CachedEmbedding, EmbeddingCache, EmbeddingKey
 from .families import FAMILIES
-from .frames import Frame, Tiling, place_in_frame, prompt_extent, touches_inner_edge, whole_frame
+from .frames import Frame, Tiling, place_in_frame, prompt_extent, too_large_magnified, touches_inner_edge, whole_frame
 from .grid_decoder import GridDecoder, PreparedImage
 from .image_preparation import display_rgb, model_input
 from .image_source import ImagePlan, open_image
@@ -85,7 +85,8 @@ class Predictor:
         recommended = read_recommendations(resolve_checkpoint(name_or_path), label=os.fspath(name_or_path))
         family = FAMILIES[geometry.family]
         if not geometry.square:  # the SAM2 family stretches every frame to its square input
-            geometry = dataclasses.replace(geometry, max_upscale=recommended.image.max_upscale)
+            geometry = dataclasses.replace(geometry, max_upscale=recommended.image.max_upscale,
+                                           tile_scale=recommended.image.tile_scale)
         if recommended.source == "defaults" and family.amg_defaults:  # the family's own generator's defaults
             recommended = dataclasses.replace(recommended, everything=recommended.everything.replace(
                 **dict(family.amg_defaults)), source=f"{family.label}'s generator")
@@ -127,10 +128,18 @@ class Predictor:
         """How the model sees ``image`` (see :meth:`set_image` for the arguments), without making it current."""
         source = open_image(image, contrast_limits, rgb)
         tiles = None
-        if self.tiling.tiles(source.size, self.geometry.image_size):
-            tile, halo = self.tiling.resolved(self.geometry.image_size)
+        if self.sees_in_tiles(source.size):
+            tile, halo = self.tiling.resolved(self.geometry.default_tile)
             tiles = Tiling(source.size, tile, halo, self.geometry.image_size)
         return ImagePlan(source, tiles)
+
+    def sees_in_tiles(self, size: tuple[int, int]) -> bool:
+        """Whether an image (plane) of ``size`` (H, W) would be seen in tiles with the present tiling settings.
+
+        Raises:
+            ValueError: tiling settings that do not fit this model (a halo too large for its tile).
+        """
+        return self.tiling.tiles(size, self.geometry.default_tile, self.geometry.whole_limit)
 
     def set_image(self, image, contrast_limits=None, rgb: bool | None = None) -> ImagePlan:
         """Make ``image`` the current image. Nothing is read beyond what the contrast limits need, and nothing is
@@ -305,7 +314,9 @@ class Predictor:
                 not hold every point and box is replaced by the one they are decoded in, ``mask_input`` moved
                 into it.
             grow: on a tiled image, decode again in a larger window when a mask reaches the frame's inner border
-                (the object goes on outside it), ``mask_input`` moved along; False keeps the first frame.
+                (the object goes on outside it), or at native resolution when the tiles are magnified and the
+                object covers more than a quarter of the input, ``mask_input`` moved along; False keeps the first
+                frame.
 
         Returns:
             A :class:`Prediction`: masks at full resolution over the frame the objects were decoded in (the whole
@@ -326,10 +337,13 @@ class Predictor:
             for _ in range(MAX_GROWTH + 1):
                 prediction = self._decode(frame, prompts, multimask)
                 masks = prediction.best_masks()
-                if not grow or not touches_inner_edge(masks, frame, source.size):
+                if not grow:
                     break
                 rows, cols = prompt_extent(prompts, masks, frame)
-                bigger = source.tiles.window_around(rows, cols)
+                large = too_large_magnified(rows, cols, source.tiles)
+                if not large and not touches_inner_edge(masks, frame, source.size):
+                    break
+                bigger = source.tiles.window_around(rows, cols, max_scale=1.0 if large else None)
                 if bigger == frame:
                     break
                 prompts, frame = self._moved(prompts, frame, bigger), bigger

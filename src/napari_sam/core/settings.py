@@ -212,16 +212,23 @@ class PropagationSettings(_Settings):
 
 @dataclass(frozen=True)
 class FramingSettings(_Settings):
-    """How a whole image (or a crop) is fitted into the model's input: SAM enlarges it until its longest side fills
-    the input; a checkpoint trained at its images' own pixel scale may cap that (``ModelGeometry.max_upscale``)."""
+    """How an image is fitted into the model's input. SAM enlarges a whole image (or crop) until its longest side
+    fills the input; a checkpoint trained at its images' own pixel scale may cap that
+    (``ModelGeometry.max_upscale``). Large images are seen in native-resolution tiles; a checkpoint trained on
+    objects larger than its users' may see them magnified (``ModelGeometry.tile_scale``)."""
 
     max_upscale: float = setting(
         0.0, 0.0, 100.0, "The most an image smaller than the model's input is enlarged, the rest of the input "
         "padded; 0 fills the input whatever the image's size (SAM's rule).", label="max upscale", step=0.1)
+    tile_scale: float = setting(
+        0.0, 0.0, 16.0, "Model-input pixels per image pixel in a large image's tiles; 0 or 1: native resolution. "
+        "Above 1, tiles are the input's side divided by it, and auto tiling tiles every image larger than one "
+        "tile.", label="tile scale", step=0.5)
 
     def _check(self) -> None:
-        if 0 < self.max_upscale < 1:
-            raise ValueError(f"max_upscale must be 0 (off) or at least 1, got {self.max_upscale!r}.")
+        for name in ("max_upscale", "tile_scale"):
+            if 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name} must be 0 (off) or at least 1, got {getattr(self, name)!r}.")
 
 
 @dataclass(frozen=True)
@@ -246,8 +253,9 @@ class TilingSettings(_Settings):
         "resized; tiles: always tiles; whole: always the whole image resized to the model's input.",
         choices=("auto", "tiles", "whole"), label="tiling", flag="--tiling")
     tile_size: int = setting(
-        0, 0, 1 << 16, "Side of a tile in image pixels (0: the model's input size, so tiles are seen at native "
-        "resolution).", advanced=True, label="tile (px)", step=64)
+        0, 0, 1 << 16, "Side of a tile in image pixels (0: the model's own: its input size, so tiles are seen at "
+        "native resolution, or less for a checkpoint that sees images magnified).", advanced=True,
+        label="tile (px)", step=64)
     halo: int = setting(
         0, 0, 1 << 15, "Overlap kept around each tile's core, in pixels (0: an eighth of the tile). An object about "
         "twice the halo across, cut by a tile border, still lies whole in a neighbouring tile.", advanced=True,
@@ -257,13 +265,14 @@ class TilingSettings(_Settings):
         if self.tile_size:  # with the model's input as the tile (0), the check waits for the model
             self.resolved(self.tile_size)
 
-    def resolved(self, input_size: int) -> tuple[int, int]:
-        """(tile, halo) in pixels for a model of ``input_size``, checked.
+    def resolved(self, default_tile: int) -> tuple[int, int]:
+        """(tile, halo) in pixels for a model whose own tile is ``default_tile`` (its input size, or less for a
+        checkpoint that sees images magnified: ``ModelGeometry.default_tile``), checked.
 
         Raises:
             ValueError: a halo of half the tile or more (no core would be left).
         """
-        tile = self.tile_size or input_size
+        tile = self.tile_size or default_tile
         halo = self.halo or tile // 8
         if tile < 32:
             raise ValueError(f"tile_size must be at least 32 pixels (or 0 for the model's input), got {tile}.")
@@ -272,11 +281,13 @@ class TilingSettings(_Settings):
                              "tile keeps a core: lower the halo or raise the tile size.")
         return tile, halo
 
-    def tiles(self, image_size: tuple[int, int], input_size: int) -> bool:
-        """Whether an image of ``image_size`` (H, W) is seen in tiles."""
+    def tiles(self, image_size: tuple[int, int], default_tile: int, whole_limit: float = 2.0) -> bool:
+        """Whether an image of ``image_size`` (H, W) is seen in tiles; auto sees it whole up to ``whole_limit``
+        tiles on its longest side (``ModelGeometry.whole_limit``: 1 for a checkpoint that sees images
+        magnified)."""
         if self.mode == "whole":
             return False
-        return self.mode == "tiles" or max(image_size) > 2 * self.resolved(input_size)[0]
+        return self.mode == "tiles" or max(image_size) > whole_limit * self.resolved(default_tile)[0]
 
 
 #: The settings classes by their key in a checkpoint's ``napari_sam.json``.

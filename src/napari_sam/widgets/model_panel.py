@@ -188,7 +188,7 @@ class ModelPanel:
         if predictor is None or layer is None:
             return
         try:
-            tiled = predictor.tiling.tiles(plane_shape(layer), predictor.geometry.image_size)
+            tiled = predictor.sees_in_tiles(plane_shape(layer))
         except ValueError:  # tiling options that do not fit this model: said when they were set and when used
             return
         if tiled:

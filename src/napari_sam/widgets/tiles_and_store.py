@@ -38,8 +38,8 @@ class TilesAndStore:
         settings = self.tiling.checked("tiling options")
         predictor = self.session.predictor
         if settings is not None and predictor is not None:
-            try:  # a halo may be too large only for the loaded model's tile (0: its input size)
-                settings.resolved(predictor.geometry.image_size)
+            try:  # a halo may be too large only for the loaded model's tile (0: its own)
+                settings.resolved(predictor.geometry.default_tile)
             except ValueError as error:
                 show_error(f"Invalid tiling options: {error}")
                 return
