@@ -84,7 +84,18 @@ def test_the_mask_input_path_runs(predictor):
     result = propagate(predictor, volume, middle, 0, first, use_mask_input=True, score_threshold=0.0,
                        iou_threshold=0.0, min_area=0)
     assert result.masks.shape == volume.shape and result.masks[middle].sum() == first.sum()
-    assert result.start == 0 and result.stop == 9  # nothing stops it with these thresholds
+    kept = result.masks[result.start:result.stop + 1].any(axis=(1, 2))
+    assert kept.all()  # only an empty mask (the object ended) stops it with these thresholds
+
+
+def test_an_empty_mask_ends_a_direction_whatever_the_thresholds():
+    from napari_sam.core.propagation_driver import Segmented, stops
+    from napari_sam.core.settings import PropagationSettings
+
+    off = PropagationSettings(score_threshold=0.0, iou_threshold=0.0, min_area=0)
+    previous, found = Segmented(np.ones((4, 4), bool), 1.0), Segmented(np.ones((4, 4), bool), 0.1)
+    assert not stops(found, previous, off)
+    assert stops(Segmented(np.zeros((4, 4), bool), 0.9), previous, off)
 
 
 def test_interior_points_lie_deep_inside():

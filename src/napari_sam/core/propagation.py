@@ -99,9 +99,9 @@ def propagate(predictor: Predictor, volume, start_index: int, axis: int, first_m
     """Extend ``first_mask`` (the object on slice ``start_index``) through ``volume`` along ``axis``.
 
     Order: the start slice, then forward (+1) to the last slice, then backward (-1) from the start slice. Each
-    direction stops at the first slice whose predicted IoU is below ``score_threshold``, whose IoU with the previous
-    slice's mask is below ``iou_threshold``, or whose area is below ``min_area`` (the start slice is kept whatever its
-    size).
+    direction stops at the first slice whose mask is empty, whose predicted IoU is below ``score_threshold``, whose
+    IoU with the previous slice's mask is below ``iou_threshold``, or whose area is below ``min_area`` (the start
+    slice is kept whatever its size).
 
     Args:
         predictor: any SAM-1 checkpoint; its current image becomes the slices one after another.

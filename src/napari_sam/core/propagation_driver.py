@@ -202,8 +202,10 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def stops(current: Segmented, previous: Segmented, settings: PropagationSettings) -> bool:
-    """Whether a direction ends at ``current``: its score, its area, or its IoU with ``previous`` is too low."""
-    return (current.score < settings.score_threshold or int(np.count_nonzero(current.mask)) < settings.min_area
+    """Whether a direction ends at ``current``: its mask is empty (the object has ended, whatever the thresholds),
+    or its score, its area, or its IoU with ``previous`` is too low."""
+    area = int(np.count_nonzero(current.mask))
+    return (area == 0 or current.score < settings.score_threshold or area < settings.min_area
             or _iou(current.mask, previous.mask) < settings.iou_threshold)
 
 

@@ -292,9 +292,9 @@ def propagate_video(model, volume, start_index: int, axis: int, *, points=None, 
     """Segment the object prompted on slice ``start_index`` and track it through ``volume`` along ``axis``.
 
     Order: the start slice, then forward (+1) to the last slice, then backward (-1) from the start slice. Each
-    direction stops at the first slice whose object score is below ``score_threshold``, whose IoU with the previous
-    slice's mask is below ``iou_threshold``, or whose area is below ``min_area``; the start slice is kept whatever
-    its score and size, and an object absent from it is not propagated.
+    direction stops at the first slice whose mask is empty, whose object score is below ``score_threshold``, whose
+    IoU with the previous slice's mask is below ``iou_threshold``, or whose area is below ``min_area``; the start
+    slice is kept whatever its score and size, and an object absent from it is not propagated.
 
     Args:
         model: a SAM2-family video model (``Sam2VideoModel``, ``EdgeTamVideoModel``) in eval mode; it runs on its
