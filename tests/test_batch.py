@@ -108,7 +108,7 @@ def test_outputs_match_the_api_and_a_rerun_does_no_work(cluster, dataset, tmp_pa
         assert list(table.columns[:3]) == ["id", "plane", "area"]
         ids, counts = np.unique(labels[labels > 0], return_counts=True)
         assert table["id"].tolist() == ids.tolist() and table["area"].tolist() == counts.tolist()
-        assert len(table) > 3
+        assert len(table) >= 3  # 4 cells of 8-14 px radius per image; an 8 x 8 grid finds 3 or 4 of them
     with tifffile.TiffFile(out / "cells_0_labels.ome.tif") as tif:
         assert 'PhysicalSizeX="0.65"' in tif.ome_metadata  # the input's pixel size
     values = json.loads((out / "napari-sam-run.json").read_text())
@@ -387,7 +387,9 @@ def test_prompts_files_csv_json_and_geojson(tmp_path):
 
 def test_a_folder_of_slices_is_one_stack(cluster, tmp_path):
     scheduler, _ = cluster
-    stack = synthetic_cells((3, 96, 96), seed=970_400, ndim=3, n_cells=8, radius_range=(10.0, 14.0))[0]
+    # the middle planes of a 5-plane stack: each holds cell sections of 180-570 px (the first plane has only two
+    # 7-px cell tips, below what a model is asked to find)
+    stack = synthetic_cells((5, 96, 96), seed=970_400, ndim=3, n_cells=8, radius_range=(10.0, 14.0))[0][1:4]
     slices = tmp_path / "embryo"
     slices.mkdir()
     for index in (0, 1, 2):  # natural order: z2 before z10
