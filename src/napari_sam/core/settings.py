@@ -245,12 +245,14 @@ class TilingSettings(_Settings):
     """How a large image is seen by the model: whole (resized to the model's input) or in native-resolution tiles.
 
     ``auto`` tiles an image when resizing it whole would shrink it by more than half (its longest side is more than
-    twice the tile size): below that, objects keep most of their pixels in the resized image.
+    twice the tile size): below that, objects keep most of their pixels in the resized image. A checkpoint that
+    sees images magnified (``ModelGeometry.tile_scale``) has smaller tiles, and auto tiles any image larger than one.
     """
 
     mode: str = setting(
-        "auto", help="auto: native-resolution tiles for images more than twice the tile size, else the whole image "
-        "resized; tiles: always tiles; whole: always the whole image resized to the model's input.",
+        "auto", help="auto: tiles for images more than twice the tile size (more than one tile for a checkpoint "
+        "that sees images magnified), else the whole image resized; tiles: always tiles; whole: always the whole "
+        "image resized to the model's input.",
         choices=("auto", "tiles", "whole"), label="tiling", flag="--tiling")
     tile_size: int = setting(
         0, 0, 1 << 16, "Side of a tile in image pixels (0: the model's own: its input size, so tiles are seen at "
@@ -275,7 +277,7 @@ class TilingSettings(_Settings):
         tile = self.tile_size or default_tile
         halo = self.halo or tile // 8
         if tile < 32:
-            raise ValueError(f"tile_size must be at least 32 pixels (or 0 for the model's input), got {tile}.")
+            raise ValueError(f"tile_size must be at least 32 pixels (or 0 for the model's own), got {tile}.")
         if 2 * halo >= tile - 8:
             raise ValueError(f"halo ({halo}) must be less than half the tile ({tile}) minus 4 pixels, so that each "
                              "tile keeps a core: lower the halo or raise the tile size.")
