@@ -49,8 +49,8 @@ import zarr  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from napari_sam import Predictor, segment_everything  # noqa: E402
+from napari_sam.core.devices import fast_bfloat16  # noqa: E402
 from napari_sam.core.embedding_store import EmbeddingStore  # noqa: E402
-from napari_sam.core.model_loading import fast_bfloat16  # noqa: E402
 from napari_sam.core.settings import TilingSettings  # noqa: E402
 from napari_sam.demo import synthetic_cells  # noqa: E402
 

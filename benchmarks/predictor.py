@@ -26,7 +26,8 @@ from transformers import SamProcessor  # noqa: E402
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil  # noqa: E402
 
 from napari_sam import Predictor  # noqa: E402
-from napari_sam.core.model_loading import geometry_from_config, resolve_dtype  # noqa: E402
+from napari_sam.core.devices import resolve_dtype  # noqa: E402
+from napari_sam.core.model_loading import geometry_from_config  # noqa: E402
 from napari_sam.core.random_weights import random_sam, sam_config  # noqa: E402
 
 

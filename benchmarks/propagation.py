@@ -36,8 +36,9 @@ from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPi
 from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession  # noqa: E402
 
 from napari_sam import Predictor  # noqa: E402
+from napari_sam.core.devices import resolve_dtype  # noqa: E402
 from napari_sam.core.image_preparation import default_contrast_limits, display_rgb  # noqa: E402
-from napari_sam.core.model_loading import geometry_from_config, resolve_dtype  # noqa: E402
+from napari_sam.core.model_loading import geometry_from_config  # noqa: E402
 from napari_sam.core.propagation import _box, interior_points, propagate  # noqa: E402
 from napari_sam.core.random_weights import random_sam, random_video_model, randomize_weights, sam_config  # noqa: E402
 from napari_sam.core.video_propagation import frame_pixels, propagate_video, video_geometry  # noqa: E402

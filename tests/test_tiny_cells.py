@@ -131,7 +131,7 @@ def test_bad_arguments(kwargs, message):
 def test_bfloat16_gives_the_same_masks(predictor):
     """bf16 weights (what precision "auto" picks on CPUs with AMX or AVX-512 BF16) keep the masks: clicks on
     every cell give masks that overlap the float32 ones almost exactly."""
-    from napari_sam.core.model_loading import fast_bfloat16, resolve_dtype
+    from napari_sam.core.devices import fast_bfloat16, resolve_dtype
 
     half = Predictor.from_pretrained("tiny-cells", device="cpu", dtype="bfloat16")
     assert half.dtype == torch.bfloat16

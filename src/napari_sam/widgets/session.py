@@ -15,7 +15,7 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from psygnal import Signal
 
-from ..core.model_loading import resolve_device
+from ..core.devices import resolve_device
 from ..core.predictor import Predictor
 from ..core.settings import TilingSettings
 from ..core.video_propagation import load_video_model
