@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from napari_sam import Predictor, segment_everything
-from napari_sam.core.frames import fitted_scale, too_large_magnified, whole_frame
+from napari_sam.core.frames import fitted_scale, whole_frame
 from napari_sam.core.model_loading import BUNDLED_DIR, ModelLoadError
 from napari_sam.core.prediction import upscale_logits
 from napari_sam.core.settings import EverythingSettings, TilingSettings, read_recommendations
@@ -143,9 +143,8 @@ def test_a_magnifying_checkpoint_sees_small_nuclei_in_magnified_tiles(tmp_path_f
             ious[name].append(iou(best_mask(prediction), labels == cell))
     assert len(ious["native"]) >= 40
     assert np.median(ious["magnified"]) >= np.median(ious["native"]) + 0.05, {k: np.median(v) for k, v in ious.items()}
-    assert too_large_magnified((200, 299), (150, 249), tiles) and not too_large_magnified((200, 260), (150, 210),
-                                                                                           tiles)
-    window = tiles.window_around((200, 299), (150, 249), max_scale=1.0)
+    assert tiles.too_large((200, 299), (150, 249)) and not tiles.too_large((200, 260), (150, 210))
+    window = tiles.window_around((200, 299), (150, 249))
     assert window.scale == 1.0 and window.holds((200, 299), (150, 249))
     # the largest cell of a "large" scene, 65 px across: 130 px in a magnified tile, so its box is decoded again at
     # native resolution
@@ -154,6 +153,6 @@ def test_a_magnifying_checkpoint_sees_small_nuclei_in_magnified_tiles(tmp_path_f
     sizes = np.bincount(labels.ravel())
     cell = int(np.argmax(sizes[1:])) + 1
     rows, cols = np.nonzero(labels == cell)
-    assert too_large_magnified((rows.min(), rows.max()), (cols.min(), cols.max()), magnified.tile_grid)
+    assert magnified.tile_grid.too_large((rows.min(), rows.max()), (cols.min(), cols.max()))
     prediction = magnified.predict(boxes=[[rows.min(), cols.min(), rows.max(), cols.max()]])
     assert prediction.frame.scale == 1.0 and iou(best_mask(prediction), labels == cell) >= 0.85

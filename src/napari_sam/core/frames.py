@@ -8,7 +8,7 @@ image is seen in tiles at native resolution (or magnified, for a checkpoint that
 prompt is decoded in the frame that holds it best; when its mask reaches a frame's inner border the object goes on
 outside, and a window centred on it is used instead (:func:`window_around`), at the tiles' scale when it fits in a
 tile, resized otherwise. In magnified tiles an object covering more than a quarter of the input is decoded again
-in a window at native resolution (:func:`too_large_magnified`).
+in a window at native resolution (:meth:`Tiling.too_large`).
 
 All positions are (row, col) image pixels; regions are end-exclusive.
 """
@@ -145,14 +145,20 @@ class Tiling:
         col0 = _best_start(self.starts[1], self.tile, self.image_size[1], *cols)
         return None if row0 is None or col0 is None else self.frame_at(row0, col0)
 
-    def window_around(self, rows: tuple[float, float], cols: tuple[float, float],
-                      max_scale: float | None = None) -> Frame:
-        """A square window centred on the region rows x cols with a halo around it: one tile (at the tiles' scale)
-        when it fits, else as large as needed and resized to the model's input; inside the image. With
-        ``max_scale``, at least ``input_size / max_scale`` pixels wide, so that it is seen at most that
-        magnified."""
+    def too_large(self, rows: tuple[float, float], cols: tuple[float, float]) -> bool:
+        """Whether an object spanning rows x cols (image pixels) covers more than a quarter of the model's input in
+        magnified tiles: the magnification is for small objects, and larger ones are better seen at native
+        resolution. Never for native-resolution tiles."""
         extent = max(rows[1] - rows[0], cols[1] - cols[0]) + 1
-        least = self.tile if max_scale is None else max(self.tile, int(np.ceil(self.input_size / max_scale)))
+        return self.scale > 1 and extent * self.scale > self.input_size / 4
+
+    def window_around(self, rows: tuple[float, float], cols: tuple[float, float]) -> Frame:
+        """A square window centred on the region rows x cols with a halo around it: one tile (at the tiles' scale)
+        when it fits, else as large as needed and resized to the model's input; inside the image. An object
+        :meth:`too_large` for magnified tiles gets a window of at least the input's side, seen at most at native
+        resolution."""
+        extent = max(rows[1] - rows[0], cols[1] - cols[0]) + 1
+        least = max(self.tile, self.input_size) if self.too_large(rows, cols) else self.tile
         side = int(max(least, np.ceil(extent + 2 * self.halo)))
         height, width = self.image_size
         starts = []
@@ -163,11 +169,18 @@ class Tiling:
         return Frame(frame.row0, frame.col0, frame.row1, frame.col1, self.input_size / max(side, *frame.size))
 
 
-def too_large_magnified(rows: tuple[float, float], cols: tuple[float, float], tiles: Tiling) -> bool:
-    """Whether an object spanning rows x cols (image pixels) would cover more than a quarter of the model's input in
-    magnified tiles: the magnification is for small objects, and larger ones are better seen at native resolution."""
-    extent = max(rows[1] - rows[0], cols[1] - cols[0]) + 1
-    return tiles.scale > 1 and extent * tiles.scale > tiles.input_size / 4
+def tiling_for(size: tuple[int, int], settings, geometry) -> Tiling | None:
+    """The tile grid an image of ``size`` (H, W) is seen in with these tiling settings
+    (:class:`~napari_sam.core.settings.TilingSettings`) and this checkpoint's geometry (its own tile and how large
+    an image it sees whole), or None when it is seen whole.
+
+    Raises:
+        ValueError: tiling settings that do not fit the checkpoint (a halo too large for its tile).
+    """
+    if not settings.tiles(size, geometry.default_tile, geometry.whole_limit):
+        return None
+    tile, halo = settings.resolved(geometry.default_tile)
+    return Tiling(size, tile, halo, geometry.image_size)
 
 
 def touches_inner_edge(masks: np.ndarray, frame: Frame, image_size: tuple[int, int]) -> bool:

@@ -8,10 +8,10 @@ Usage::
     mask = prediction.best_masks()[0]                          # (h, w) bool over prediction.window
 
 A small image is seen whole, resized to the model's input. A large one (see
-:class:`~napari_sam.core.settings.TilingSettings`) is seen in native-resolution tiles
-(:mod:`~napari_sam.core.frames`): a prompt is decoded in the tile that holds it best and, when its mask reaches
-that tile's inner border, again in a window centred on the object, so that objects crossing tile borders come
-out whole. Embeddings are kept in memory (:class:`EmbeddingCache`) and, when a store is attached, on disk.
+:class:`~napari_sam.core.settings.TilingSettings`) is seen in native-resolution (or, as a checkpoint asks,
+magnified) tiles (:mod:`~napari_sam.core.frames`): a prompt is decoded in the tile that holds it best and, when
+its mask reaches that tile's inner border, again in a window centred on the object, so that objects crossing tile
+borders come out whole. Embeddings are kept in memory (:class:`EmbeddingCache`) and, when a store is attached, on disk.
 
 All positions are (row, col) in the image's data pixels.
 """
@@ -29,7 +29,7 @@ import torch
 from .coordinates import decoder_inputs, points_to_model
 from .embedding_cache import CachedEmbedding, EmbeddingCache, EmbeddingKey
 from .families import FAMILIES
-from .frames import Frame, Tiling, place_in_frame, prompt_extent, too_large_magnified, touches_inner_edge, whole_frame
+from .frames import Frame, Tiling, place_in_frame, prompt_extent, tiling_for, touches_inner_edge, whole_frame
 from .grid_decoder import GridDecoder, PreparedImage
 from .image_preparation import display_rgb, model_input
 from .image_source import ImagePlan, open_image
@@ -127,11 +127,7 @@ class Predictor:
     def plan(self, image, contrast_limits=None, rgb: bool | None = None) -> ImagePlan:
         """How the model sees ``image`` (see :meth:`set_image` for the arguments), without making it current."""
         source = open_image(image, contrast_limits, rgb)
-        tiles = None
-        if self.sees_in_tiles(source.size):
-            tile, halo = self.tiling.resolved(self.geometry.default_tile)
-            tiles = Tiling(source.size, tile, halo, self.geometry.image_size)
-        return ImagePlan(source, tiles)
+        return ImagePlan(source, tiling_for(source.size, self.tiling, self.geometry))
 
     def sees_in_tiles(self, size: tuple[int, int]) -> bool:
         """Whether an image (plane) of ``size`` (H, W) would be seen in tiles with the present tiling settings.
@@ -139,7 +135,7 @@ class Predictor:
         Raises:
             ValueError: tiling settings that do not fit this model (a halo too large for its tile).
         """
-        return self.tiling.tiles(size, self.geometry.default_tile, self.geometry.whole_limit)
+        return tiling_for(size, self.tiling, self.geometry) is not None
 
     def set_image(self, image, contrast_limits=None, rgb: bool | None = None) -> ImagePlan:
         """Make ``image`` the current image. Nothing is read beyond what the contrast limits need, and nothing is
@@ -340,10 +336,9 @@ class Predictor:
                 if not grow:
                     break
                 rows, cols = prompt_extent(prompts, masks, frame)
-                large = too_large_magnified(rows, cols, source.tiles)
-                if not large and not touches_inner_edge(masks, frame, source.size):
+                if not source.tiles.too_large(rows, cols) and not touches_inner_edge(masks, frame, source.size):
                     break
-                bigger = source.tiles.window_around(rows, cols, max_scale=1.0 if large else None)
+                bigger = source.tiles.window_around(rows, cols)
                 if bigger == frame:
                     break
                 prompts, frame = self._moved(prompts, frame, bigger), bigger
