@@ -84,3 +84,59 @@ def test_bfloat16_weights_agree_with_the_float32_model():
     assert logits.dtype == torch.float32
     assert ((logits > 0) == (ref_logits > 0)).float().mean() > 0.97
     assert (scores - ref_scores).abs().max() < 0.05
+
+
+def _prompts(config, kind, seed=1):
+    """transformers' inputs for ``kind`` prompts in the model's input frame, and the number of objects."""
+    generator = torch.Generator().manual_seed(seed)
+    size = config.prompt_encoder_config.image_size
+    side = config.prompt_encoder_config.image_embedding_size * 4
+    points = (torch.rand((1, 1, 3, 2), generator=generator) * size).double()  # float64, as decoder_inputs gives
+    labels = torch.tensor([[[1, 0, 1]]])
+    corner = torch.rand((3, 2), generator=generator) * size / 2
+    boxes = torch.cat([corner, corner + size / 3], dim=1)[:, None].double()  # (3, 1, 4) x0 y0 x1 y1
+    mask = torch.randn((1, 1, side, side), generator=generator) * 4
+    return {"points": ({"input_points": points, "input_labels": labels}, 1),
+            "box": ({"input_boxes": boxes[:1]}, 1),
+            "points and box": ({"input_points": points, "input_labels": labels, "input_boxes": boxes[:1]}, 1),
+            "three boxes": ({"input_boxes": boxes}, 3),
+            "points and mask": ({"input_points": points, "input_labels": labels, "input_masks": mask}, 1),
+            "box and mask": ({"input_boxes": boxes[:1], "input_masks": mask}, 1)}[kind]
+
+
+@pytest.mark.parametrize("multimask", [True, False], ids=["three", "single"])
+@pytest.mark.parametrize("kind", ["points", "box", "points and box", "three boxes", "points and mask",
+                                  "box and mask"])
+@pytest.mark.parametrize("config", [tiny_sam_config(64),
+                                    sam_config(image_size=128, hidden_size=32, depth=1, heads=2,
+                                               global_attn_indexes=(0,), decoder_heads=4)],
+                         ids=["tiny-64", "vit-b-decoder-128"])
+def test_any_prompt_decodes_as_the_model_does(config, kind, multimask):
+    """Points of both signs, boxes, several objects, mask prompts, one or three candidates: the same logits and
+    predicted IoUs as the model's decoder, and the frame decoder picks it (one object with a mask, or none)."""
+    from napari_sam.core.decoding import FrameDecoder
+    from napari_sam.core.embedding_cache import CachedEmbedding
+    from napari_sam.core.families import FAMILIES
+    from napari_sam.core.model_loading import geometry_from_config
+
+    model = _model(config)
+    embedding, _ = _inputs(config)
+    inputs, n_objects = _prompts(config, kind)
+    with torch.inference_mode():
+        output = model(image_embeddings=embedding.expand(n_objects, -1, -1, -1), multimask_output=multimask,
+                       **{k: v.expand(n_objects, *v.shape[1:]) for k, v in inputs.items()})
+    ref_logits, ref_scores = output.pred_masks[:, 0].float(), output.iou_scores[:, 0].float()
+    decoder = FrameDecoder(model, FAMILIES["sam"], geometry_from_config(config))
+    current = CachedEmbedding(embedding=embedding, original_size=(8, 8), resized_size=(8, 8), extras=())
+    decoder.prompts(current, 1, {"input_points": torch.zeros((1, 1, 1, 2)), "input_labels": torch.ones((1, 1, 1))},
+                    True)  # an earlier prompt: its prepared image is reused, not its mask prompt
+    expanded = {k: v.expand(n_objects, *v.shape[1:]) for k, v in inputs.items()}
+    logits, scores = decoder.prompts(current, n_objects, expanded, multimask)
+    candidates = 3 if multimask else 1
+    assert logits.shape == ref_logits.shape == (n_objects, candidates, *ref_logits.shape[-2:])
+    scale = ref_logits.abs().mean()
+    assert (logits - ref_logits).abs().max() <= 1e-4 * max(1.0, scale)
+    assert torch.allclose(scores, ref_scores, atol=1e-5)
+    if "mask" in kind:  # the mask prompt matters
+        unmasked, _ = decoder.prompts(current, 1, {k: v for k, v in inputs.items() if k != "input_masks"}, multimask)
+        assert (unmasked - logits).abs().mean() > 0.01 * scale

@@ -217,6 +217,45 @@ def test_predict_from_worker_threads(predictor, image):
     assert all(np.array_equal(r, expected) for r in results)
 
 
+def test_from_memory_never_waits_for_the_encoder_or_another_thread(predictor, image, tmp_path):
+    from napari_sam.core.embedding_store import EmbeddingStore
+    from napari_sam.core.errors import EncoderNeeded
+
+    predictor.store = EmbeddingStore(tmp_path / "store")
+    runs = count_encoder_runs(predictor)
+    assert predictor.decode_seconds is None
+    with pytest.raises(EncoderNeeded, match="not embedded"), predictor.from_memory():
+        predictor.set_image(image)
+        predictor.predict(points=[[60, 45]])
+    assert not runs and predictor.decode_seconds is None  # neither encoded nor decoded
+    expected = predictor.predict(points=[[60, 45]])  # embeds (memory and store)
+    assert len(runs) == 1 and predictor.decode_seconds > 0
+    with predictor.from_memory():
+        quick = predictor.predict(points=[[60, 45]])
+    assert np.array_equal(quick.masks, expected.masks) and len(runs) == 1
+    predictor.cache.clear()  # still in the store: reading it may wait on the disk
+    with pytest.raises(EncoderNeeded), predictor.from_memory():
+        predictor.predict(points=[[60, 45]])
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with predictor.locked():
+            held.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    held.wait(10)
+    try:
+        with pytest.raises(EncoderNeeded, match="in use"), predictor.from_memory():
+            pass
+    finally:
+        release.set()
+        worker.join()
+    predictor.predict(points=[[60, 45]])  # the store's entry; the lock is free again; nothing is left set
+    assert len(runs) == 1
+
+
 # --- loading --------------------------------------------------------------------------------------------------
 
 def test_missing_hub_id_names_it_and_suggests_a_folder():

@@ -13,3 +13,8 @@ class SegmentationCancelled(Exception):
 
 class LabelsFullError(ValueError):
     """A labels array's dtype cannot hold the new object ids; the message names the dtype and the largest id."""
+
+
+class EncoderNeeded(RuntimeError):
+    """Within ``Predictor.from_memory()``: the call needed an embedding that is not in memory (or the predictor was in
+    use by another thread), so it would have had to wait; run it on a worker instead."""

@@ -1,6 +1,7 @@
-"""SAM's mask decoder for many one-point prompts on one image, sharing the work that does not depend on the prompt.
+"""SAM's mask decoder for prompts on one image, sharing the work that does not depend on the prompt.
 
-Segment everything decodes a grid of ~1000 one-point prompts on the same image embedding. transformers'
+Segment everything decodes a grid of ~1000 one-point prompts on the same image embedding, and a user's clicks
+and boxes are decoded one after another on the same embedding too. transformers'
 ``SamMaskDecoder`` treats each prompt on its own: it copies the image embedding and its positional encoding per
 prompt, projects every image token to keys, values and queries in every block, and runs the upscaling
 channels-first with permutes in between. :class:`GridDecoder` computes the same function (the same weights, the
@@ -17,6 +18,10 @@ same operations up to floating-point rounding and their order) with far less wor
 - the upscaling works channels-last: each transposed convolution (kernel 2, stride 2) is one matrix product, the
   layer norm needs no permute, and the mask logits are assembled once at the end;
 - prompts whose candidates all score below ``min_score`` (the caller's predicted-IoU filter) skip the upscaling.
+
+Any prompt the model takes goes through :meth:`GridDecoder.decode_prompts`: points of either sign and a box give
+the prompt tokens (the model's own prompt encoder); a mask prompt's dense embedding replaces the no-mask embedding
+in :meth:`GridDecoder.prepare`, which then recomputes only the first block's image side.
 
 The image tokens stay in the model's dtype (bf16 weights: bf16 products, much faster on CPUs with AMX); the few
 prompt tokens, the softmaxes and the per-image precomputation run in float32.
@@ -98,11 +103,16 @@ class GridDecoder:
                             for conv in (decoder.upscale_conv1, decoder.upscale_conv2)]
 
     @torch.inference_mode()
-    def prepare(self, embedding: torch.Tensor) -> PreparedImage:
-        """The prompt-independent tensors of ``embedding`` ((1, C, e, e), the encoder's output)."""
+    def prepare(self, embedding: torch.Tensor, dense: torch.Tensor | None = None,
+                base: PreparedImage | None = None) -> PreparedImage:
+        """The prompt-independent tensors of ``embedding`` ((1, C, e, e), the encoder's output).
+
+        ``dense``: (C, e, e) a mask prompt's dense embedding, in place of the no-mask embedding; ``base``:
+        :meth:`prepare` of the same ``embedding`` without one, whose positional parts are reused."""
         model, dtype, heads = self.model, self.dtype, self.heads
         position = model.get_image_wide_positional_embeddings()[0].flatten(1).T.float()  # (N, C)
-        keys = embedding[0].flatten(1).T.float() + model.prompt_encoder.no_mask_embed.weight.float()
+        prompt = model.prompt_encoder.no_mask_embed.weight.float() if dense is None else dense.flatten(1).T.float()
+        keys = embedding[0].flatten(1).T.float() + prompt
 
         def per_head(x, layer):  # (N, C) -> (H, d, N): projected in float32, stored in the model's dtype
             projected = F.linear(x, layer.weight.float(), layer.bias.float())
@@ -111,14 +121,18 @@ class GridDecoder:
         first = self.transformer.layers[0]
         later = self.transformer.layers[1:]
         image_queries = [per_head(keys + position, first.cross_attn_image_to_token.q_proj)]
-        image_queries += [per_head(position, layer.cross_attn_image_to_token.q_proj) for layer in later]
         attentions = [layer.cross_attn_token_to_image for layer in later] + [self.transformer.final_attn_token_to_image]
+        if base is None:
+            image_queries += [per_head(position, layer.cross_attn_image_to_token.q_proj) for layer in later]
+            position_keys = [per_head(position, attention.k_proj) for attention in attentions]
+        else:
+            image_queries += base.image_queries[1:]
+            position_keys = base.position_keys
         return PreparedImage(
             keys=keys.to(dtype),
             first_keys=per_head(keys + position, first.cross_attn_token_to_image.k_proj),
             first_values=per_head(keys, first.cross_attn_token_to_image.v_proj).transpose(-1, -2).contiguous(),
-            image_queries=image_queries,
-            position_keys=[per_head(position, attention.k_proj) for attention in attentions])
+            image_queries=image_queries, position_keys=position_keys)
 
     def _token_to_image(self, attention, queries, query_position, keys, position_keys) -> torch.Tensor:
         """The tokens attend to the image tokens; returns the attention output after ``out_proj``, (B, T, C)
@@ -169,14 +183,30 @@ class GridDecoder:
         keys = torch.baddbmm(keys.expand(batch, -1, -1), weights, projected.flatten(1, 2).to(dtype))
         return F.layer_norm(keys, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
-    def _tokens(self, points_xy: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) float32 output tokens + prompt tokens for one positive point each ((B, 2) in the model's
-        input frame, x then y)."""
+    def _tokens(self, sparse: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) float32 output tokens + the prompt tokens ``sparse`` (B, T', C) of the prompt encoder."""
         decoder = self.decoder
-        labels = torch.ones((len(points_xy), 1, 1), dtype=torch.long, device=points_xy.device)
-        sparse, _ = self.model.prompt_encoder(points_xy[:, None, None].to(self.dtype), labels, None, None)
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-        return torch.cat([output_tokens.expand(len(points_xy), -1, -1), sparse[:, 0]], dim=1).float()
+        return torch.cat([output_tokens.expand(len(sparse), -1, -1), sparse], dim=1).float()
+
+    @torch.inference_mode()
+    def decode_prompts(self, prepared: PreparedImage, inputs: dict, multimask: bool = True):
+        """Decode B objects' prompts as the model's mask decoder does.
+
+        Args:
+            prepared: :meth:`prepare` of the image's embedding (with the objects' mask prompt as ``dense``, if
+                any: then B is 1).
+            inputs: transformers' ``input_points`` (B, 1, k, 2), ``input_labels`` (B, 1, k), ``input_boxes``
+                (B, 1, 4), each optional, (x, y) in the model's input frame.
+            multimask: three candidates (True) or the single-mask output.
+
+        Returns:
+            ``(logits, scores)``: (B, c, m, m) float32 low-res mask logits and (B, c) float32 predicted IoUs.
+        """
+        sparse, _ = self.model.prompt_encoder(inputs.get("input_points"), inputs.get("input_labels"),
+                                              inputs.get("input_boxes"), None)
+        logits, scores, _ = self._decode_tokens(prepared, self._tokens(sparse[:, 0]), None, multimask)
+        return logits, scores
 
     @torch.inference_mode()
     def decode_all(self, prepared: PreparedImage, points_xy: torch.Tensor, min_score: float | None = None):
@@ -204,8 +234,14 @@ class GridDecoder:
             ``(logits, scores, kept)``: (K, 3, m, m) float32 low-res mask logits of the K kept prompts,
             (B, 3) float32 predicted IoUs of all prompts, and (K,) the kept prompts' indices into ``points_xy``.
         """
+        labels = torch.ones((len(points_xy), 1, 1), dtype=torch.long, device=points_xy.device)
+        sparse, _ = self.model.prompt_encoder(points_xy[:, None, None].to(self.dtype), labels, None, None)
+        return self._decode_tokens(prepared, self._tokens(sparse[:, 0]), min_score, multimask=True)
+
+    def _decode_tokens(self, prepared: PreparedImage, position: torch.Tensor, min_score: float | None,
+                       multimask: bool):
+        """:meth:`decode` of the tokens ``position`` (B, T, C) float32 (the output tokens, then the prompt's)."""
         transformer, decoder, dtype = self.transformer, self.decoder, self.dtype
-        position = self._tokens(points_xy)
         batch = len(position)
         queries, keys = position, prepared.keys[None]
         for index, layer in enumerate(transformer.layers):
@@ -229,12 +265,13 @@ class GridDecoder:
         queries = queries + self._token_to_image(final, queries, position, keys, prepared.position_keys[-1])
         queries = _layer_norm(queries, transformer.layer_norm_final_attn)
 
-        scores = _feed_forward(decoder.iou_prediction_head, queries[:, 0])[:, 1:]  # the multimask candidates
+        chosen = range(1, self.mask_tokens) if multimask else range(1)  # the candidates, or the single mask
+        scores = _feed_forward(decoder.iou_prediction_head, queries[:, 0])[:, chosen.start: chosen.stop]
         kept = torch.arange(batch, device=scores.device)
         if min_score is not None:
             kept = torch.nonzero((scores > min_score).any(dim=1)).flatten()
         hyper = torch.stack([_feed_forward(decoder.output_hypernetworks_mlps[i], queries[kept, i + 1])
-                             for i in range(1, self.mask_tokens)], dim=-1)  # (K, C / 8, 3)
+                             for i in chosen], dim=-1)  # (K, C / 8, c)
         # a few prompts at a time: their upscaled tensors (~2 x the image tokens) stay in the CPU's caches
         group = max(1, UPSCALE_BYTES // (2 * keys[0].numel() * keys.element_size()))
         keys = keys[kept]

@@ -18,6 +18,7 @@ All positions are (row, col) in the image's data pixels.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
@@ -26,11 +27,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .coordinates import decoder_inputs, points_to_model
+from .coordinates import points_to_model
+from .decoding import FrameDecoder
 from .embedding_cache import CachedEmbedding, EmbeddingCache, EmbeddingKey
+from .errors import EncoderNeeded
 from .families import FAMILIES
 from .frames import Frame, Tiling, place_in_frame, prompt_extent, tiling_for, touches_inner_edge, whole_frame
-from .grid_decoder import GridDecoder, PreparedImage
 from .image_preparation import display_rgb, model_input
 from .image_source import ImagePlan, open_image
 from .model_loading import DEFAULT_CHECKPOINT, ModelGeometry, load_sam, resolve_checkpoint
@@ -71,10 +73,10 @@ class Predictor:
         self._stored = None
         self.store = store
         self._plan: ImagePlan | None = None
-        self._grid_decoder = GridDecoder(model) if self.family.grid_decoder else None
+        self._decoder = FrameDecoder(model, self.family, geometry)
         self.concept = None  # a SAM3 concept checkpoint's ConceptModel (see segment_concept)
-        self._grid: tuple[CachedEmbedding, PreparedImage] | None = None  # a frame, prepared for the grid decoder
         self._lock = threading.RLock()
+        self._memory_only = threading.local()  # set in this thread within from_memory()
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = DEFAULT_CHECKPOINT, device="auto", dtype=None,
@@ -121,6 +123,26 @@ class Predictor:
         """A context manager that keeps other threads from changing the current image meanwhile, e.g. around
         ``set_image`` followed by several ``predict`` calls."""
         return self._lock
+
+    @contextlib.contextmanager
+    def from_memory(self):
+        """A context manager within which this thread's calls never wait: they use embeddings already in memory
+        and raise :class:`~napari_sam.core.errors.EncoderNeeded` where the encoder or the store would be needed;
+        entering it while another thread uses the predictor raises it too. For quick decodes on a UI thread."""
+        if not self._lock.acquire(blocking=False):
+            raise EncoderNeeded("The predictor is in use by another thread.")
+        self._memory_only.on = True
+        try:
+            yield self
+        finally:
+            self._memory_only.on = False
+            self._lock.release()
+
+    @property
+    def decode_seconds(self) -> float | None:
+        """The quickest of the latest decodes (decoder and full-resolution masks) in seconds, None before any: what
+        a prompt costs once its image is embedded."""
+        return self._decoder.seconds
 
     # --- images and their frames ------------------------------------------------------------------------------
 
@@ -212,6 +234,8 @@ class Predictor:
             cached = self.cache.get(key)
             if cached is not None:
                 return cached, False
+            if getattr(self._memory_only, "on", False):
+                raise EncoderNeeded(f"The frame {frame} of the image is not embedded yet.")
             kept = self._stored  # the store may be changed meanwhile from another thread
             stored = None if kept is None else kept.get(frame, source, key.image, self.device, self.dtype)
             if stored is not None:
@@ -364,18 +388,7 @@ class Predictor:
     def _decode(self, frame: Frame, prompts: ObjectPrompts, multimask: bool) -> Prediction:
         """Decode ``prompts`` (image pixels) in ``frame``."""
         current, _ = self.frame_embedding(frame)
-        inputs = decoder_inputs(prompts, frame.offset, frame.size, self.geometry.input_size(frame), self.device,
-                                self.dtype)
-        low_res, scores = self.family.decode(self.model, current.embedding, current.extras, prompts.n_objects, inputs,
-                                             multimask)  # (objects, candidates, m, m), (objects, candidates)
-        with torch.inference_mode():
-            n_objects, n_candidates = low_res.shape[:2]
-            masks = torch.empty((n_objects, n_candidates, *frame.size), dtype=torch.bool)
-            for index in range(n_objects):  # one object at a time bounds the full-size float memory
-                logits = upscale_logits(low_res[index], self.geometry, self.geometry.input_size(frame), frame.size)
-                masks[index] = (logits > 0).cpu()
-        return Prediction(masks=masks.numpy(), scores=scores.cpu().numpy(), logits=low_res.cpu().numpy(),
-                          frame=frame, image_size=self._plan.size)
+        return self._decoder.predict(current, frame, prompts, multimask, self._plan.size)
 
     def point_grid_logits(self, points_rc: np.ndarray, min_score: float | None = None, frame: Frame | None = None):
         """Decode each of ``points_rc`` as a one-point positive prompt of its own, without upsampling.
@@ -399,8 +412,4 @@ class Predictor:
             current, _ = self.frame_embedding(frame)
             xy = points_to_model(np.asarray(points_rc, dtype=np.float64), frame.size, self.geometry.input_size(frame))
             points = torch.tensor(xy, dtype=torch.float32, device=self.device)
-            if self._grid_decoder is None:
-                return self.family.grid_logits(self.model, current.embedding, current.extras, points, min_score)
-            if self._grid is None or self._grid[0] is not current:
-                self._grid = (current, self._grid_decoder.prepare(current.embedding))
-            return self._grid_decoder.decode_all(self._grid[1], points, min_score)
+            return self._decoder.point_grid(current, points, min_score)
