@@ -3,7 +3,8 @@ with where the time goes. Needs an X display, xdotool and the shared ``drive_nap
 
 For each click, ``xdotool click`` runs while the event loop keeps running (as in napari); times count from the
 mouse press the application receives (press, t0): its release (release); napari adds the point (point); the preview
-starts its request (request); the worker starts on it (started); the worker has the masks (predicted); the preview
+starts its request (request); the decode starts (started: right away on the UI thread when the model decodes quickly
+and the plane is embedded, else on a worker); it has the masks (predicted); the preview
 layer holds them (drawn); the canvas has repainted (shown, after the event loop ran once more). The X server's
 own delay before the press reaches the application is outside napari and not counted. Medians over the clicks, in
 milliseconds.
@@ -18,6 +19,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,13 +55,16 @@ def main() -> None:
     image = viewer.layers[0]
     stamps: dict[str, float] = {}
     predict_objects, draw = preview_module.predict_objects, widget.preview_control.draw
-    plane_view = preview_module.plane_view
+    predictor = widget.predictor
+    set_image = predictor.set_image
+    threads = []
 
-    def timed_plane_view(*a, **k):
+    def timed_set_image(*a, **k):
         stamps.setdefault("started", time.perf_counter())
-        return plane_view(*a, **k)
+        threads.append(threading.current_thread() is threading.main_thread())
+        return set_image(*a, **k)
 
-    preview_module.plane_view = timed_plane_view
+    predictor.set_image = timed_set_image
     update = widget.preview_control.update
 
     def timed_predict(*a, **k):
@@ -117,7 +122,10 @@ def main() -> None:
         start = stamps.get("press", sent)
         rows.append({name: 1000 * (stamps.get(name, float("nan")) - start) for name in NAMES})
         driver.wait(0.3)
-    print(f"{len(rows)} clicks, model {args.model}; milliseconds after the application received the press (median):")
+    inline = sum(threads[-len(rows):]) if rows else 0
+    print(f"{len(rows)} clicks, model {args.model} ({inline} decoded on the UI thread, the decoder's quickest "
+          f"{1000 * (predictor.decode_seconds or float('nan')):.1f} ms); milliseconds after the application received "
+          "the press (median):")
     for name in NAMES:
         print(f"  {name:10s} {statistics.median(r[name] for r in rows):7.1f}")
     viewer.close()

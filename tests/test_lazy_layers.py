@@ -48,9 +48,11 @@ def test_a_multiscale_layer_is_read_only_around_the_prompt(session, qtbot):
     cell = largest_cells(labels, 1)[0]
     reads.clear()
     widget.points_picker.value.add(np.asarray(layer.data_to_world(cell_point(labels, cell))) / 0.5)
+    assert widget.shown_request != widget.predict_request  # a lazy plane is decoded on a worker, never on the UI
     settle(qtbot, widget)
     level0 = {index for name, index, _ in reads if name == "level0"}
     assert 1 <= len(level0) <= 9, len(level0)  # the click's tile (and some of its neighbours)
+    assert all(thread != "MainThread" for name, _, thread in reads if name == "level0")
     assert widget.preview_layer.data.shape == (tile, tile)
     masks = widget.shown_masks()
     assert masks.shape == (1, tile, tile)

@@ -78,7 +78,10 @@ def test_existing_labels_are_kept_unless_overwrite_is_ticked(session, qtbot, cel
     assert iou(target.data == new, labels == cell) > 0.7
 
 
-def test_stale_results_are_dropped(session, qtbot, cells):
+def test_stale_results_are_dropped(session, qtbot, cells, monkeypatch):
+    import napari_sam.widgets.preview as preview_module
+
+    monkeypatch.setattr(preview_module, "QUICK_DECODE_SECONDS", 0.0)  # every prompt on a worker
     image, labels = cells
     viewer, _, widget = session(image)
     points = widget.points_picker.value
@@ -92,6 +95,34 @@ def test_stale_results_are_dropped(session, qtbot, cells):
     shown = widget.shown_masks()[0]
     assert any(np.array_equal(shown, candidate) for candidate in expected.masks[0]) or \
         iou(shown, expected.best_masks()[0]) > 0.95
+
+
+def test_a_click_on_an_embedded_plane_is_previewed_at_once(session, qtbot, cells, monkeypatch):
+    """Once the shown plane is embedded (the decoder was timed meanwhile), a click's preview is drawn before
+    ``points.add`` returns, with no worker; the next object is drawn into the same array; the worker gives the same
+    masks."""
+    import napari_sam.widgets.preview as preview_module
+
+    image, labels = cells
+    viewer, _, widget = session(image)
+    assert 0 < widget.predictor.decode_seconds <= preview_module.QUICK_DECODE_SECONDS
+    points = widget.points_picker.value
+    first, second = big_cells(labels, 2)
+    points.add(cell_point(labels, first))
+    assert widget.shown_request == widget.predict_request and not widget.busy
+    shown = widget.preview_layer.data
+    assert shown.shape == image.shape and iou(shown > 0, labels == first) > 0.7
+    widget.clear_prompts()
+    points.add(cell_point(labels, second))
+    assert widget.shown_request == widget.predict_request and widget.preview_layer.data is shown  # in place
+    assert iou(shown > 0, labels == second) > 0.7 and not (shown > 0)[labels == first].any()
+    quick = widget.shown_masks().copy(), widget.preview.window
+    widget.clear_prompts()
+    monkeypatch.setattr(preview_module, "QUICK_DECODE_SECONDS", 0.0)
+    points.add(cell_point(labels, second))
+    assert widget.shown_request != widget.predict_request  # on a worker now
+    settle(qtbot, widget)
+    assert widget.preview.window == quick[1] and np.array_equal(widget.shown_masks(), quick[0])
 
 
 def test_three_boxes_make_three_objects(session, qtbot, cells):

@@ -27,6 +27,17 @@ MAX_TILES_AHEAD = 36
 DEFAULT_STORE_GB = 10.0
 
 
+def time_decoder(predictor: Predictor, plane, limits, rgb, frame) -> None:
+    """Decode one point in the middle of ``frame`` (embedded) of ``plane`` twice: the first pays the decoder's
+    first-call costs before the first click; the second is its first timing (see
+    :attr:`Predictor.decode_seconds`), taken while the viewer waits for nothing."""
+    with predictor.locked():
+        predictor.set_image(plane, contrast_limits=limits, rgb=rgb)
+        middle = [[(frame.row0 + frame.row1 - 1) / 2, (frame.col0 + frame.col1 - 1) / 2]]
+        for _ in range(2):
+            predictor.predict(points=middle, frame=frame, grow=False)
+
+
 def session_for(viewer) -> ModelSession:
     """The model session of ``viewer``, made on first use."""
     session = _SESSIONS.get(viewer)
@@ -152,9 +163,11 @@ class ModelSession:
             ran = False
             for done, frame in enumerate(frames, start=1):
                 if self._requests.get(caller) != request:
-                    break  # a newer request took over
+                    return ran  # a newer request took over
                 ran |= predictor.frame_embedding(frame, plan)[1]
                 yield done, len(frames)
+            if frames and predictor.decode_seconds is None and predictor.concept is None:
+                time_decoder(predictor, view(), limits, rgb, frames[0])
             return ran
 
         def step(counts) -> None:
