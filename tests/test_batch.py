@@ -27,8 +27,8 @@ from napari_sam.io import napari_contrast_limits, read_image
 pytestmark = pytest.mark.slow
 
 MODEL = "tiny-cells"
-#: Fast settings: a coarse grid (the tests compare paths, not quality).
-FAST = EverythingSettings(points_per_side=8, pred_iou_thresh=0.7, stability_score_thresh=0.8)
+#: Fast settings: a coarse grid (the tests compare paths, not quality; 10 x 10 finds every cell of the dataset).
+FAST = EverythingSettings(points_per_side=10, pred_iou_thresh=0.7, stability_score_thresh=0.8)
 
 
 def config(**batch) -> RunConfig:
@@ -108,12 +108,12 @@ def test_outputs_match_the_api_and_a_rerun_does_no_work(cluster, dataset, tmp_pa
         assert list(table.columns[:3]) == ["id", "plane", "area"]
         ids, counts = np.unique(labels[labels > 0], return_counts=True)
         assert table["id"].tolist() == ids.tolist() and table["area"].tolist() == counts.tolist()
-        assert len(table) >= 3  # 4 cells of 8-14 px radius per image; an 8 x 8 grid finds 3 or 4 of them
+        assert len(table) > 3  # 4 cells of 8-14 px radius per image
     with tifffile.TiffFile(out / "cells_0_labels.ome.tif") as tif:
         assert 'PhysicalSizeX="0.65"' in tif.ome_metadata  # the input's pixel size
     values = json.loads((out / "napari-sam-run.json").read_text())
     assert values["model"] == MODEL and values["versions"]["torch"] and values["cluster"]["workers"] == 2
-    assert values["settings"]["segment_everything"]["points_per_side"] == 8
+    assert values["settings"]["segment_everything"]["points_per_side"] == 10
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
 
     again = run_batch([str(folder)], str(out), config(), scheduler=scheduler, progress=False)
