@@ -220,3 +220,22 @@ def test_a_video_only_checkpoint_in_prompt_mode_says_to_use_it_in_propagate(tmp_
     dock.model_picker.native.setCurrentText("tiny-cells")  # the dock is still usable
     dock.load_model()
     qtbot.waitUntil(lambda: dock.predictor is not None and not dock.busy, timeout=60_000)
+
+
+@pytest.mark.parametrize("family", list(SIZES))
+def test_frames_encoded_in_one_batch_equal_frames_encoded_one_by_one(family, checkpoints):
+    """A batch of tiles gives each tile the embedding and the extra features it gets alone."""
+    tiles = TilingSettings(mode="tiles", tile_size=SIZES[family])
+    image = make_image("gray_uint16", (150, 170), seed=4)[0]
+    alone, batched = (Predictor.from_pretrained(checkpoints[family], device="cpu", tiling=tiles) for _ in range(2))
+    alone.set_image(image)
+    batched.set_image(image)
+    frames = batched.frames()
+    assert len(frames) >= 4
+    assert batched.embed_frames(frames) == len(frames) and batched.embed_frames(frames) == 0  # then cached
+    for frame in frames:
+        (one, ran), (many, again) = alone.frame_embedding(frame), batched.frame_embedding(frame)
+        assert ran and not again
+        for x, y in zip((one.embedding, *one.extras), (many.embedding, *many.extras), strict=True):
+            assert x.shape == y.shape and len(y) == 1
+            assert (x - y).abs().max() <= 1e-4 * x.abs().max()

@@ -256,6 +256,38 @@ def test_from_memory_never_waits_for_the_encoder_or_another_thread(predictor, im
     assert len(runs) == 1
 
 
+def test_the_encoder_batch_follows_the_free_gpu_memory():
+    from napari_sam.core.frame_embeddings import MAX_ENCODER_BATCH, encoder_batch
+
+    gib = 1 << 30
+    assert encoder_batch(torch.device("cpu"), None, None) == 1
+    assert encoder_batch(torch.device("cuda"), 40 * gib, None) == 1  # a frame's peak memory not known yet
+    assert encoder_batch(torch.device("cuda"), 16 * gib, 2 * gib) == 4  # half the free memory
+    assert encoder_batch(torch.device("cuda"), 70 * gib, gib // 2) == MAX_ENCODER_BATCH
+    assert encoder_batch(torch.device("cuda"), gib, 3 * gib) == 1
+
+
+def test_a_batch_of_frames_is_stored_and_matches_frames_embedded_alone(tiny_checkpoint, tmp_path):
+    from napari_sam.core.embedding_store import EmbeddingStore
+    from napari_sam.core.frames import Frame
+    from napari_sam.core.settings import TilingSettings
+
+    tiles = TilingSettings(mode="tiles", tile_size=64)
+    image = (blob_image((150, 170), seed=5) * 4000 + 200).astype(np.uint16)
+    alone = Predictor.from_pretrained(tiny_checkpoint, device="cpu", tiling=tiles)
+    batched = Predictor.from_pretrained(tiny_checkpoint, device="cpu", tiling=tiles,
+                                        store=EmbeddingStore(tmp_path / "store"))
+    alone.set_image(image)
+    batched.set_image(image)
+    frames = batched.frames() + [Frame(0, 0, 40, 50, 1.0)]  # the tiles, and a frame of another input size
+    runs = count_encoder_runs(batched)
+    assert batched.embed_frames(frames) == len(frames) >= 5 and len(runs) == 2  # one batch per input size
+    batched.cache.clear()
+    assert batched.embed_frames(frames) == 0 and len(runs) == 2  # every frame is in the store
+    point = [[75, 85]]
+    assert (alone.predict(points=point).masks != batched.predict(points=point).masks).mean() < 1e-3
+
+
 # --- loading --------------------------------------------------------------------------------------------------
 
 def test_missing_hub_id_names_it_and_suggests_a_folder():

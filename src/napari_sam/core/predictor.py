@@ -29,11 +29,11 @@ import torch
 
 from .coordinates import points_to_model
 from .decoding import FrameDecoder
-from .embedding_cache import CachedEmbedding, EmbeddingCache, EmbeddingKey
+from .embedding_cache import CachedEmbedding, EmbeddingCache
 from .errors import EncoderNeeded
 from .families import FAMILIES
+from .frame_embeddings import FrameEmbeddings
 from .frames import Frame, Tiling, place_in_frame, prompt_extent, tiling_for, touches_inner_edge, whole_frame
-from .image_preparation import display_rgb, model_input
 from .image_source import ImagePlan, open_image
 from .model_loading import DEFAULT_CHECKPOINT, ModelGeometry, load_sam, resolve_checkpoint
 from .prediction import Prediction, downscale_masks, upscale_logits
@@ -70,7 +70,8 @@ class Predictor:
         self.name = name
         self.cache = cache if cache is not None else EmbeddingCache()
         self.tiling = tiling or TilingSettings()
-        self._stored = None
+        self._embeddings = FrameEmbeddings(model, self.family, geometry, self.device, name, self.cache,
+                                           self.checkpoint)
         self.store = store
         self._plan: ImagePlan | None = None
         self._decoder = FrameDecoder(model, self.family, geometry)
@@ -203,20 +204,34 @@ class Predictor:
 
     def precompute(self, region: tuple[int, int, int, int] | None = None,
                    progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
-                   plan: ImagePlan | None = None) -> int:
-        """Embed the frames of an image (default: the current one) that cover ``region`` (None: all), each once;
-        returns how many ran the encoder (0: all were in the cache or the store). ``progress(done, total)`` after
-        each frame; ``cancel`` is checked before each and returning True stops (the frames done stay embedded)."""
+                   plan: ImagePlan | None = None, frames: list[Frame] | None = None) -> int:
+        """Embed the frames of an image (default: the current one) that cover ``region`` (None: all; or the given
+        ``frames``), each once, in batches of :meth:`encoder_batch`; returns how many ran the encoder (0: all were
+        in the cache or the store). ``progress(done, total)`` after each batch; ``cancel`` is checked before each
+        and returning True stops (the frames done stay embedded)."""
         plan = plan or self._require_image("precompute")
-        frames = self.frames(region, plan)
-        computed = 0
-        for done, frame in enumerate(frames, start=1):
+        frames = self.frames(region, plan) if frames is None else frames
+        computed = done = 0
+        while done < len(frames):
             if cancel is not None and cancel():
                 break
-            computed += self.frame_embedding(frame, plan)[1]
+            batch = frames[done: done + self.encoder_batch(frames[done])]
+            computed += self.embed_frames(batch, plan)
+            done += len(batch)
             if progress is not None:
                 progress(done, len(frames))
         return computed
+
+    def encoder_batch(self, frame: Frame) -> int:
+        """How many frames of ``frame``'s size the encoder takes at once: 1 on a CPU; on a GPU as many as half its
+        free memory holds (at most 8), once one frame's peak memory is known."""
+        return self._embeddings.batch_size(frame)
+
+    def embed_frames(self, frames: list[Frame], plan: ImagePlan | None = None) -> int:
+        """Embed ``frames`` of an image (default: the current one) in one encoder batch (those in the cache or the
+        store are not encoded); returns how many ran the encoder."""
+        with self._lock:
+            return self._embeddings.embed(frames, (plan or self._require_image("embed_frames")).source)
 
     def prefetch(self, image, contrast_limits=None, rgb: bool | None = None,
                  region: tuple[int, int, int, int] | None = None) -> int:
@@ -229,38 +244,16 @@ class Predictor:
         from the memory cache, else from the store on disk, else computed (and kept in both)."""
         with self._lock:
             source = (plan or self._require_image("frame_embedding")).source
-            resized = self.geometry.input_size(frame)
-            key = EmbeddingKey(self.name, source.digest(frame) + f"@{resized}", source.contrast_limits, source.rgb)
-            cached = self.cache.get(key)
-            if cached is not None:
-                return cached, False
-            if getattr(self._memory_only, "on", False):
-                raise EncoderNeeded(f"The frame {frame} of the image is not embedded yet.")
-            kept = self._stored  # the store may be changed meanwhile from another thread
-            stored = None if kept is None else kept.get(frame, source, key.image, self.device, self.dtype)
-            if stored is not None:
-                self.cache.put(key, stored)
-                return stored, False
-            rgb01 = display_rgb(source.read(frame), source.contrast_limits, source.rgb, device=self.device)
-            inputs = model_input(rgb01, self.geometry, dtype=self.dtype, resized=resized)
-            embedding, extras = self.family.embed(self.model, inputs)
-            entry = CachedEmbedding(embedding=embedding, original_size=frame.size, resized_size=resized,
-                                    extras=extras)
-            self.cache.put(key, entry)
-            if kept is not None:
-                kept.put(frame, source, key.image, entry)
-            return entry, True
+            return self._embeddings.get(frame, source, memory_only=getattr(self._memory_only, "on", False))
 
     @property
     def store(self):
         """The :class:`~napari_sam.core.embedding_store.EmbeddingStore` embeddings are kept in on disk, or None."""
-        return None if self._stored is None else self._stored.store
+        return self._embeddings.store
 
     @store.setter
     def store(self, store) -> None:
-        from .stored_embeddings import StoredEmbeddings
-
-        self._stored = None if store is None else StoredEmbeddings(store, self.model, self.geometry, self.checkpoint)
+        self._embeddings.store = store
 
     # --- prompts ------------------------------------------------------------------------------------------------
 

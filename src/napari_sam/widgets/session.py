@@ -160,11 +160,13 @@ class ModelSession:
             frames = predictor.frames(region, plan)
             if len(frames) > MAX_TILES_AHEAD:
                 return None  # too many for now: a prompt embeds its own tile
-            ran = False
-            for done, frame in enumerate(frames, start=1):
+            ran, done = False, 0
+            while done < len(frames):
                 if self._requests.get(caller) != request:
                     return ran  # a newer request took over
-                ran |= predictor.frame_embedding(frame, plan)[1]
+                batch = frames[done: done + predictor.encoder_batch(frames[done])]
+                ran |= predictor.embed_frames(batch, plan) > 0
+                done += len(batch)
                 yield done, len(frames)
             if frames and predictor.decode_seconds is None and predictor.concept is None:
                 time_decoder(predictor, view(), limits, rgb, frames[0])
