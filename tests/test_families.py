@@ -223,16 +223,22 @@ def test_a_video_only_checkpoint_in_prompt_mode_says_to_use_it_in_propagate(tmp_
 
 
 @pytest.mark.parametrize("family", list(SIZES))
-def test_frames_encoded_in_one_batch_equal_frames_encoded_one_by_one(family, checkpoints):
+def test_frames_encoded_in_one_batch_equal_frames_encoded_one_by_one(family, checkpoints, monkeypatch):
     """A batch of tiles gives each tile the embedding and the extra features it gets alone."""
+    from napari_sam.core import frame_embeddings
+
+    monkeypatch.setattr(frame_embeddings, "encoder_batch", lambda device, free, per_frame: 16)  # as on a GPU
     tiles = TilingSettings(mode="tiles", tile_size=SIZES[family])
     image = make_image("gray_uint16", (150, 170), seed=4)[0]
     alone, batched = (Predictor.from_pretrained(checkpoints[family], device="cpu", tiling=tiles) for _ in range(2))
+    runs = []
+    batched.model.vision_encoder.register_forward_hook(lambda *args: runs.append(1))
     alone.set_image(image)
     batched.set_image(image)
     frames = batched.frames()
     assert len(frames) >= 4
-    assert batched.embed_frames(frames) == len(frames) and batched.embed_frames(frames) == 0  # then cached
+    assert batched.embed_frames(frames) == len(frames) and len(runs) == 1  # one batch
+    assert batched.embed_frames(frames) == 0  # then cached
     for frame in frames:
         (one, ran), (many, again) = alone.frame_embedding(frame), batched.frame_embedding(frame)
         assert ran and not again

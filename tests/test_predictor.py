@@ -267,10 +267,13 @@ def test_the_encoder_batch_follows_the_free_gpu_memory():
     assert encoder_batch(torch.device("cuda"), gib, 3 * gib) == 1
 
 
-def test_a_batch_of_frames_is_stored_and_matches_frames_embedded_alone(tiny_checkpoint, tmp_path):
+def test_a_batch_of_frames_is_stored_and_matches_frames_embedded_alone(tiny_checkpoint, tmp_path, monkeypatch):
+    from napari_sam.core import frame_embeddings
     from napari_sam.core.embedding_store import EmbeddingStore
     from napari_sam.core.frames import Frame
     from napari_sam.core.settings import TilingSettings
+
+    monkeypatch.setattr(frame_embeddings, "encoder_batch", lambda device, free, per_frame: 16)  # as on a GPU
 
     tiles = TilingSettings(mode="tiles", tile_size=64)
     image = (blob_image((150, 170), seed=5) * 4000 + 200).astype(np.uint16)
@@ -286,6 +289,23 @@ def test_a_batch_of_frames_is_stored_and_matches_frames_embedded_alone(tiny_chec
     assert batched.embed_frames(frames) == 0 and len(runs) == 2  # every frame is in the store
     point = [[75, 85]]
     assert (alone.predict(points=point).masks != batched.predict(points=point).masks).mean() < 1e-3
+
+
+def test_planes_prefetched_in_one_batch_match_planes_embedded_alone(tiny_checkpoint, monkeypatch):
+    from napari_sam.core import frame_embeddings
+
+    monkeypatch.setattr(frame_embeddings, "encoder_batch", lambda device, free, per_frame: 4)  # as on a GPU
+    planes = [(blob_image((60, 50), seed=seed) * 4000 + 200).astype(np.uint16) for seed in (6, 7, 8)]
+    alone, batched = (Predictor.from_pretrained(tiny_checkpoint, device="cpu") for _ in range(2))
+    runs = count_encoder_runs(batched)
+    assert batched.prefetch(planes, contrast_limits=(0, 4200), rgb=False) == 3 and len(runs) == 1
+    assert batched.prefetch(planes[0], contrast_limits=(0, 4200), rgb=False) == 0  # one image: cached
+    assert batched.prefetch(planes, contrast_limits=(0, 4000), rgb=False, max_frames=0) == 0  # none left in
+    for plane in planes:
+        alone.set_image(plane, contrast_limits=(0, 4200))
+        batched.set_image(plane, contrast_limits=(0, 4200))
+        (one, _), (many, ran) = alone.frame_embedding(alone.frames()[0]), batched.frame_embedding(batched.frames()[0])
+        assert not ran and (one.embedding - many.embedding).abs().max() <= 1e-4 * one.embedding.abs().max()
 
 
 # --- loading --------------------------------------------------------------------------------------------------

@@ -216,7 +216,7 @@ def embed_part(job: Job, prepared: Prepared, plane: tuple[int, ...], frames: tup
     predictor = _plugin().predictor()
     plan = predictor.plan(plane_of(data, plane), prepared.contrast_limits, prepared.rgb)
     all_frames = predictor.frames(plan=plan)
-    return predictor.precompute(plan=plan, frames=[all_frames[i] for i in frames])
+    return predictor.embed_frames([all_frames[i] for i in frames], plan)
 
 
 def _labels_output(job: Job, shape: tuple[int, ...], calibration) -> LabelsOutput:

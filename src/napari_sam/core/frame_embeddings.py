@@ -2,7 +2,8 @@
 takes several frames of the same input size in one batch where that pays (on a GPU, as many as its free memory
 holds).
 
-Not thread-safe on its own: the :class:`~napari_sam.core.predictor.Predictor` calls it under its lock.
+Not thread-safe on its own: the :class:`~napari_sam.core.predictor.Predictor` calls it under its lock (or hands the
+lock to :meth:`FrameEmbeddings.embed_batches`, which takes it batch by batch).
 """
 
 from __future__ import annotations
@@ -88,11 +89,11 @@ class FrameEmbeddings:
         free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else None
         return encoder_batch(self.device, free, self._bytes_per_frame.get(self.geometry.input_size(frame)))
 
-    def embed(self, frames: list[Frame], source: ImageSource) -> int:
-        """Embed those of ``frames`` of ``source`` found neither in memory nor in the store, frames of the same input
-        size in one batch; returns how many ran the encoder."""
+    def embed(self, items: list[tuple[Frame, ImageSource]]) -> int:
+        """Embed those of the ``(frame, its image's source)`` pairs found neither in memory nor in the store, frames
+        of the same input size in one batch; returns how many ran the encoder."""
         missing = []
-        for frame in frames:
+        for frame, source in items:
             key = self._key(frame, source)
             if self._found(frame, source, key, memory_only=False) is None:
                 missing.append((frame, source, key))
@@ -102,6 +103,21 @@ class FrameEmbeddings:
         for items in by_size.values():
             self._encode(items)
         return len(missing)
+
+    def embed_batches(self, items: list[tuple[Frame, ImageSource]], lock, progress=None, cancel=None) -> int:
+        """:meth:`embed` the pairs in batches of :meth:`batch_size`, each under ``lock``; ``progress(done, total)``
+        after each batch, ``cancel()`` checked before each. Returns how many ran the encoder."""
+        computed = done = 0
+        while done < len(items):
+            if cancel is not None and cancel():
+                break
+            batch = items[done: done + self.batch_size(items[done][0])]
+            with lock:
+                computed += self.embed(batch)
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(items))
+        return computed
 
     def _encode(self, items: list[tuple[Frame, ImageSource, EmbeddingKey]]) -> list[CachedEmbedding]:
         """Run the encoder on frames of one input size, keep their embeddings in the cache and the store."""

@@ -204,40 +204,39 @@ class Predictor:
 
     def precompute(self, region: tuple[int, int, int, int] | None = None,
                    progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
-                   plan: ImagePlan | None = None, frames: list[Frame] | None = None) -> int:
-        """Embed the frames of an image (default: the current one) that cover ``region`` (None: all; or the given
-        ``frames``), each once, in batches of :meth:`encoder_batch`; returns how many ran the encoder (0: all were
-        in the cache or the store). ``progress(done, total)`` after each batch; ``cancel`` is checked before each
-        and returning True stops (the frames done stay embedded)."""
+                   plan: ImagePlan | None = None) -> int:
+        """Embed the frames of an image (default: the current one) that cover ``region`` (None: all); see
+        :meth:`embed_frames`."""
         plan = plan or self._require_image("precompute")
-        frames = self.frames(region, plan) if frames is None else frames
-        computed = done = 0
-        while done < len(frames):
-            if cancel is not None and cancel():
-                break
-            batch = frames[done: done + self.encoder_batch(frames[done])]
-            computed += self.embed_frames(batch, plan)
-            done += len(batch)
-            if progress is not None:
-                progress(done, len(frames))
-        return computed
+        return self.embed_frames(self.frames(region, plan), plan, progress, cancel)
+
+    def embed_frames(self, frames: list[Frame], plan: ImagePlan | None = None,
+                     progress: Callable[[int, int], None] | None = None,
+                     cancel: Callable[[], bool] | None = None) -> int:
+        """Embed ``frames`` of an image (default: the current one), each once, in batches of :meth:`encoder_batch`;
+        returns how many ran the encoder (0: all were in the cache or the store). ``progress(done, total)`` after
+        each batch; ``cancel`` is checked before each and returning True stops (the frames done stay embedded)."""
+        source = (plan or self._require_image("embed_frames")).source
+        return self._embeddings.embed_batches([(frame, source) for frame in frames], self._lock, progress, cancel)
 
     def encoder_batch(self, frame: Frame) -> int:
         """How many frames of ``frame``'s size the encoder takes at once: 1 on a CPU; on a GPU as many as half its
         free memory holds (at most 8), once one frame's peak memory is known."""
         return self._embeddings.batch_size(frame)
 
-    def embed_frames(self, frames: list[Frame], plan: ImagePlan | None = None) -> int:
-        """Embed ``frames`` of an image (default: the current one) in one encoder batch (those in the cache or the
-        store are not encoded); returns how many ran the encoder."""
-        with self._lock:
-            return self._embeddings.embed(frames, (plan or self._require_image("embed_frames")).source)
-
-    def prefetch(self, image, contrast_limits=None, rgb: bool | None = None,
-                 region: tuple[int, int, int, int] | None = None) -> int:
-        """Embed another image's frames covering ``region`` into the cache, without making it the current image
-        (for the planes next to the shown one); returns how many ran the encoder."""
-        return self.precompute(region, plan=self.plan(image, contrast_limits, rgb))
+    def prefetch(self, planes, contrast_limits=None, rgb: bool | None = None,
+                 region: tuple[int, int, int, int] | None = None, max_frames: int | None = None) -> int:
+        """Embed other images' frames covering ``region`` into the cache, in encoder batches across them, without
+        making any the current image (for the planes next to the shown one). ``planes``: one image or a list of
+        images; one that needs more than ``max_frames`` frames is left out. Returns how many ran the encoder."""
+        planes = planes if isinstance(planes, list) else [planes]
+        items = []
+        for plane in planes:
+            plan = self.plan(plane, contrast_limits, rgb)
+            frames = self.frames(region, plan)
+            if max_frames is None or len(frames) <= max_frames:
+                items += [(frame, plan.source) for frame in frames]
+        return self._embeddings.embed_batches(items, self._lock)
 
     def frame_embedding(self, frame: Frame, plan: ImagePlan | None = None) -> tuple[CachedEmbedding, bool]:
         """The embedding of ``frame`` of an image (default: the current one) and whether the encoder ran for it:

@@ -193,11 +193,8 @@ class ModelSession:
         if not planes:
             return
 
-        def work():
-            for _, view in planes:
-                plan = predictor.plan(view(), contrast_limits=limits, rgb=rgb)
-                if len(predictor.frames(region, plan)) <= MAX_TILES_AHEAD:
-                    predictor.precompute(region, plan=plan)
+        def work():  # the planes' frames in encoder batches (on a GPU, several planes at once)
+            predictor.prefetch([view() for _, view in planes], limits, rgb, region, max_frames=MAX_TILES_AHEAD)
 
         self.start(create_worker(work, _start_thread=False,
                                  _connect={"errored": lambda error: None}))  # a failed prefetch costs nothing
