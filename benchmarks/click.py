@@ -124,7 +124,7 @@ def main() -> None:
         driver.wait(0.3)
     inline = sum(threads[-len(rows):]) if rows else 0
     print(f"{len(rows)} clicks, model {args.model} ({inline} decoded on the UI thread, the decoder's quickest "
-          f"{1000 * (predictor.decode_seconds or float('nan')):.1f} ms); milliseconds after the application received "
+          f"{1000 * (predictor.decode_seconds() or float('nan')):.1f} ms); milliseconds after the application received "
           "the press (median):")
     for name in NAMES:
         print(f"  {name:10s} {statistics.median(r[name] for r in rows):7.1f}")

@@ -223,13 +223,13 @@ def test_from_memory_never_waits_for_the_encoder_or_another_thread(predictor, im
 
     predictor.store = EmbeddingStore(tmp_path / "store")
     runs = count_encoder_runs(predictor)
-    assert predictor.decode_seconds is None
+    assert predictor.decode_seconds() is None
     with pytest.raises(EncoderNeeded, match="not embedded"), predictor.from_memory():
         predictor.set_image(image)
         predictor.predict(points=[[60, 45]])
-    assert not runs and predictor.decode_seconds is None  # neither encoded nor decoded
+    assert not runs and predictor.decode_seconds() is None  # neither encoded nor decoded
     expected = predictor.predict(points=[[60, 45]])  # embeds (memory and store)
-    assert len(runs) == 1 and predictor.decode_seconds > 0
+    assert len(runs) == 1 and predictor.decode_seconds() > 0
     with predictor.from_memory():
         quick = predictor.predict(points=[[60, 45]])
     assert np.array_equal(quick.masks, expected.masks) and len(runs) == 1
@@ -254,6 +254,20 @@ def test_from_memory_never_waits_for_the_encoder_or_another_thread(predictor, im
         worker.join()
     predictor.predict(points=[[60, 45]])  # the store's entry; the lock is free again; nothing is left set
     assert len(runs) == 1
+
+
+def test_a_quick_decode_is_judged_for_the_plane_it_would_run_on(predictor, image):
+    """The UI thread decodes only in-memory planes whose masks and content signature fit the time budget."""
+    from napari_sam.widgets.preview import QUICK_DECODE_SECONDS, PreviewController
+
+    assert not PreviewController._quick(predictor, image)  # no decode timed yet
+    predictor.set_image(image)
+    predictor.predict(points=[[60, 45]])
+    one = predictor.decode_seconds(image.size)
+    assert 0 < one <= predictor.decode_seconds() < predictor.decode_seconds(10_000 * image.size)
+    assert PreviewController._quick(predictor, image) == (one + image.nbytes / 0.9e9 <= QUICK_DECODE_SECONDS)
+    huge = np.broadcast_to(np.zeros(1, np.float32), (8192, 8192))  # 256 MiB to hash, 67 M pixels of masks
+    assert not PreviewController._quick(predictor, huge)
 
 
 def test_the_encoder_batch_follows_the_free_gpu_memory():

@@ -105,7 +105,7 @@ def test_a_click_on_an_embedded_plane_is_previewed_at_once(session, qtbot, cells
 
     image, labels = cells
     viewer, _, widget = session(image)
-    assert 0 < widget.predictor.decode_seconds <= preview_module.QUICK_DECODE_SECONDS
+    assert 0 < widget.predictor.decode_seconds(image.size) <= preview_module.QUICK_DECODE_SECONDS
     points = widget.points_picker.value
     first, second = big_cells(labels, 2)
     points.add(cell_point(labels, first))

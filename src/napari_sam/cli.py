@@ -100,7 +100,9 @@ def _embed(args: argparse.Namespace) -> int:
         frames = sum(len(predictor.frames(plan=plan)) for plan in plans)
         with tqdm(total=frames, desc=Path(path).name, unit="frame") as bar:
             for plan in plans:
-                computed += predictor.precompute(plan=plan, progress=lambda done, count: bar.update(1))
+                start_n = bar.n  # progress comes once per encoder batch: move the bar by the frames done
+                computed += predictor.precompute(plan=plan, progress=lambda done, count, n=start_n: bar.update(
+                    n + done - bar.n))
         total += frames
     print(f"{total} frames of {len(images)} image(s): {computed} computed, {total - computed} already stored; "
           f"{time.perf_counter() - start:.1f} s. Store: {store.root} ({store.nbytes / 2**20:.0f} MiB).")

@@ -29,12 +29,16 @@ class FrameDecoder:
         self.model, self.family, self.geometry = model, family, geometry
         self.grid = GridDecoder(model) if family.grid_decoder else None
         self._prepared: tuple[CachedEmbedding, PreparedImage] | None = None
-        self._times: deque = deque(maxlen=16)  # seconds of the latest predictions
+        self._times: deque = deque(maxlen=16)  # (decoder seconds, masks seconds, frame pixels) of the latest
 
-    @property
-    def seconds(self) -> float | None:
-        """The quickest of the latest :meth:`predict` calls in seconds (None before any)."""
-        return min(self._times, default=None)
+    def seconds(self, pixels: int | None = None) -> float | None:
+        """Seconds a :meth:`predict` call takes (None before any): the quickest of the latest decoders, plus the
+        quickest full-resolution masks per pixel times ``pixels`` (None: the quickest whole call)."""
+        if not self._times:
+            return None
+        if pixels is None:
+            return min(decoder + masks for decoder, masks, _ in self._times)
+        return min(t[0] for t in self._times) + pixels * min(t[1] / t[2] for t in self._times)
 
     def predict(self, current: CachedEmbedding, frame: Frame, prompts, multimask: bool,
                 image_size: tuple[int, int]) -> Prediction:
@@ -45,12 +49,13 @@ class FrameDecoder:
         inputs = decoder_inputs(prompts, frame.offset, frame.size, resized, current.embedding.device,
                                 self.model.dtype)
         low_res, scores = self.prompts(current, prompts.n_objects, inputs, multimask)  # (n, c, m, m), (n, c)
+        decoded = time.perf_counter()
         with torch.inference_mode():
             n_objects, n_candidates = low_res.shape[:2]
             masks = torch.empty((n_objects, n_candidates, *frame.size), dtype=torch.bool)
             for index in range(n_objects):  # one object at a time bounds the full-size float memory
                 masks[index] = (upscale_logits(low_res[index], self.geometry, resized, frame.size) > 0).cpu()
-        self._times.append(time.perf_counter() - start)
+        self._times.append((decoded - start, time.perf_counter() - decoded, frame.size[0] * frame.size[1]))
         return Prediction(masks=masks.numpy(), scores=scores.cpu().numpy(), logits=low_res.cpu().numpy(),
                           frame=frame, image_size=image_size)
 

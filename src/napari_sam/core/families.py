@@ -7,9 +7,9 @@ in one place.
 - **Image features.** SAM's encoder gives one embedding; SAM-HQ adds the first global ViT block's features (used
   by its HQ decoder); the SAM2 family adds two high-resolution feature maps. An embedding is kept as the main
   tensor plus these ``extras`` (:class:`~napari_sam.core.embedding_cache.CachedEmbedding`).
-- **Decoding.** Each family's own transformers mask decoder, called with the cached features; SAM-1 grids use
-  napari-sam's shared-work :class:`~napari_sam.core.grid_decoder.GridDecoder`, the others the model's decoder in
-  chunks of prompts.
+- **Decoding.** Each family's own transformers mask decoder, called with the cached features; SAM-1's prompts and
+  grids use napari-sam's shared-work :class:`~napari_sam.core.grid_decoder.GridDecoder` (see
+  :mod:`~napari_sam.core.decoding`), the others' grids the model's decoder in chunks of prompts.
 
 Model inputs are in the model's (x, y) input pixels, as the families' processors make them (see
 :mod:`~napari_sam.core.coordinates`).
@@ -56,7 +56,8 @@ class Family:
         return getattr(transformers, self.config_class), getattr(transformers, self.model_class)
 
     def embed(self, model, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """(main embedding (1, C, e, e), extras) of the model input ``pixels`` (1, 3, S, S)."""
+        """(main embedding (B, C, e, e), extras) of the model inputs ``pixels`` (B, 3, S, S): a batch of frames.
+        Extras hold one entry per frame along their first axis, or are shared (first axis of size 1)."""
         with torch.inference_mode():
             output = model.get_vision_features(pixel_values=pixels) if self.concept else model.get_image_embeddings(
                 pixels)

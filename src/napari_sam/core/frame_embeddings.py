@@ -92,11 +92,12 @@ class FrameEmbeddings:
     def embed(self, items: list[tuple[Frame, ImageSource]]) -> int:
         """Embed those of the ``(frame, its image's source)`` pairs found neither in memory nor in the store, frames
         of the same input size in one batch; returns how many ran the encoder."""
-        missing = []
+        missing, keys = [], set()
         for frame, source in items:
             key = self._key(frame, source)
-            if self._found(frame, source, key, memory_only=False) is None:
-                missing.append((frame, source, key))
+            if key not in keys and self._found(frame, source, key, memory_only=False) is None:
+                missing.append((frame, source, key))  # a frame of the same pixels twice is encoded once
+                keys.add(key)
         by_size: dict = {}
         for item in missing:
             by_size.setdefault(self.geometry.input_size(item[0]), []).append(item)

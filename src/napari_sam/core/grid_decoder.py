@@ -81,13 +81,14 @@ def _per_head(layer: torch.nn.Linear, heads: int) -> torch.Tensor:
 
 
 class GridDecoder:
-    """Decodes one-point positive prompts (SAM's point grid) on one image embedding at a time.
+    """Decodes one-point positive prompts (SAM's point grid), or any prompts, on one image embedding at a time.
 
     Usage::
 
         decoder = GridDecoder(model)                 # a transformers SamModel
         prepared = decoder.prepare(embedding)        # (1, C, e, e) image embedding
         logits, scores, kept = decoder.decode(prepared, points_xy, min_score=0.88)
+        logits, scores = decoder.decode_prompts(prepared, {"input_points": ..., "input_labels": ...})
     """
 
     def __init__(self, model):
@@ -281,9 +282,9 @@ class GridDecoder:
                           for i in range(0, len(kept), group)]), scores, kept
 
     def _upscale(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
-        """Mask logits (K, 3, 4e, 4e) float32 from the final image tokens (K, N, C) and the hypernetwork outputs
-        (K, C / 8, 3) float32, channels-last: each transposed convolution (kernel 2, stride 2) is one product per
-        embedding pixel giving its 2 x 2 sub-pixels, so the layer norm needs no permute."""
+        """Mask logits (K, c, 4e, 4e) float32 from the final image tokens (K, N, C) and the hypernetwork outputs
+        (K, C / 8, c) float32 (c candidates), channels-last: each transposed convolution (kernel 2, stride 2) is one
+        product per embedding pixel giving its 2 x 2 sub-pixels, so the layer norm needs no permute."""
         count, tokens, channels = keys.shape
         side = int(round(tokens ** 0.5))
         (weight1, bias1), (weight2, bias2) = self.upscale

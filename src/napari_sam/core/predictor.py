@@ -127,23 +127,24 @@ class Predictor:
 
     @contextlib.contextmanager
     def from_memory(self):
-        """A context manager within which this thread's calls never wait: they use embeddings already in memory
-        and raise :class:`~napari_sam.core.errors.EncoderNeeded` where the encoder or the store would be needed;
-        entering it while another thread uses the predictor raises it too. For quick decodes on a UI thread."""
+        """A context manager within which this thread's predictions never wait: they use embeddings already in
+        memory and raise :class:`~napari_sam.core.errors.EncoderNeeded` where the encoder or the store would be
+        needed; entering it while another thread uses the predictor raises it too. For quick decodes on a UI
+        thread (``precompute``, ``embed_frames`` and ``prefetch``, whose work is encoding, are not for it)."""
         if not self._lock.acquire(blocking=False):
             raise EncoderNeeded("The predictor is in use by another thread.")
-        self._memory_only.on = True
+        before, self._memory_only.on = getattr(self._memory_only, "on", False), True
         try:
             yield self
         finally:
-            self._memory_only.on = False
+            self._memory_only.on = before
             self._lock.release()
 
-    @property
-    def decode_seconds(self) -> float | None:
-        """The quickest of the latest decodes (decoder and full-resolution masks) in seconds, None before any: what
-        a prompt costs once its image is embedded."""
-        return self._decoder.seconds
+    def decode_seconds(self, pixels: int | None = None) -> float | None:
+        """What a prompt costs once its image is embedded, in seconds, from the quickest of the latest decodes: the
+        decoder, and the full-resolution masks of a frame of ``pixels`` pixels (None: the decodes' own frames);
+        None before any decode."""
+        return self._decoder.seconds(pixels)
 
     # --- images and their frames ------------------------------------------------------------------------------
 
@@ -229,7 +230,7 @@ class Predictor:
         """Embed other images' frames covering ``region`` into the cache, in encoder batches across them, without
         making any the current image (for the planes next to the shown one). ``planes``: one image or a list of
         images; one that needs more than ``max_frames`` frames is left out. Returns how many ran the encoder."""
-        planes = planes if isinstance(planes, list) else [planes]
+        planes = list(planes) if isinstance(planes, (list, tuple)) else [planes]
         items = []
         for plane in planes:
             plan = self.plan(plane, contrast_limits, rgb)

@@ -32,6 +32,8 @@ from .prompt_layers import add_preview_layer, selection_kept
 #: Seconds a model's decodes may take (see ``Predictor.decode_seconds``) to be run on the UI thread, sparing the
 #: worker's round trip (60–100 ms on 2 CPU cores while the canvas repaints the new point): three frames at 60 Hz.
 QUICK_DECODE_SECONDS = 0.05
+#: Bytes of pixels hashed per second for an embedding's key (BLAKE2b; ~0.9 GB/s measured on 2 busy CPU cores).
+HASH_BYTES_PER_SECOND = 0.9e9
 #: In-memory planes of up to this many pixels are previewed whole (a new object's mask is drawn into the same array,
 #: in place); larger or lazy ones in a layer that covers only the objects' window.
 WHOLE_PLANE_PIXELS = 2048 * 2048
@@ -189,8 +191,7 @@ class PreviewController:
             if request == self.request:
                 self.draw(None, request)  # a failed prompt shows no mask
 
-        quick = isinstance(plane, np.ndarray) and (predictor.decode_seconds or np.inf) <= QUICK_DECODE_SECONDS
-        if quick:
+        if self._quick(predictor, plane):
             try:
                 with predictor.from_memory():
                     result = predict()
@@ -204,6 +205,15 @@ class PreviewController:
                 return
         self.start_worker(create_worker(predict, _start_thread=False,
                                         _connect={"returned": predicted, "errored": failed}))
+
+    @staticmethod
+    def _quick(predictor, plane) -> bool:
+        """Whether a prompt on ``plane`` may be decoded on the UI thread: an in-memory plane, whose content signature
+        and decode (masks as large as the plane, at most) take at most :data:`QUICK_DECODE_SECONDS`."""
+        if not isinstance(plane, np.ndarray):
+            return False
+        decode = predictor.decode_seconds(plane.shape[0] * plane.shape[1])
+        return decode is not None and decode + plane.nbytes / HASH_BYTES_PER_SECOND <= QUICK_DECODE_SECONDS
 
     def _reusable_logits(self, predictor, index, prompts: PlanePrompts):
         """The last (logits, frame), when the new prompt only adds points to the same points-only object of the

@@ -8,6 +8,7 @@ viewer (the registry holds viewers weakly), so two viewers never share weights o
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 
@@ -20,6 +21,8 @@ from ..core.predictor import Predictor
 from ..core.settings import TilingSettings
 from ..core.video_propagation import load_video_model
 
+_log = logging.getLogger(__name__)
+
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: At most this many tiles are embedded ahead of a prompt (around the view, and on the neighbouring planes).
 MAX_TILES_AHEAD = 36
@@ -30,12 +33,15 @@ DEFAULT_STORE_GB = 10.0
 def time_decoder(predictor: Predictor, plane, limits, rgb, frame) -> None:
     """Decode one point in the middle of ``frame`` (embedded) of ``plane`` twice: the first pays the decoder's
     first-call costs before the first click; the second is its first timing (see
-    :attr:`Predictor.decode_seconds`), taken while the viewer waits for nothing."""
+    :meth:`Predictor.decode_seconds`), taken while the viewer waits for nothing."""
     with predictor.locked():
         predictor.set_image(plane, contrast_limits=limits, rgb=rgb)
         middle = [[(frame.row0 + frame.row1 - 1) / 2, (frame.col0 + frame.col1 - 1) / 2]]
-        for _ in range(2):
-            predictor.predict(points=middle, frame=frame, grow=False)
+        try:
+            for _ in range(2):
+                predictor.predict(points=middle, frame=frame, grow=False)
+        except (ValueError, RuntimeError) as error:  # no timing: prompts go to workers; the embedding stands
+            _log.info("The decoder's first timing failed: %s", error)
 
 
 def session_for(viewer) -> ModelSession:
@@ -168,7 +174,7 @@ class ModelSession:
                 ran |= predictor.embed_frames(batch, plan) > 0
                 done += len(batch)
                 yield done, len(frames)
-            if frames and predictor.decode_seconds is None and predictor.concept is None:
+            if frames and predictor.decode_seconds() is None and predictor.concept is None:
                 time_decoder(predictor, view(), limits, rgb, frames[0])
             return ran
 
