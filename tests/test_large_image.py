@@ -216,7 +216,7 @@ def test_tiling_settings_and_bad_input(predictor):
 def test_segment_everything_in_tiles_finds_the_cells_once(large, predictor, tmp_path):
     import zarr
 
-    image, labels = large[0][:1536, :1536], large[1][:1536, :1536]
+    image, labels = large[0][:1024, :1024], large[1][:1024, :1024]
     out = zarr.create_array(tmp_path / "labels.zarr", shape=image.shape, chunks=(512, 512), dtype="uint32")
     # a grid point every 16 px of the image, whatever the model's tile size
     result = segment_everything(predictor, image, pred_iou_thresh=0.7, stability_score_thresh=0.8,
@@ -231,7 +231,7 @@ def test_segment_everything_in_tiles_finds_the_cells_once(large, predictor, tmp_
         target = labels == cell
         ids = np.unique(found[target])
         recovered += max((iou(found == k, target) for k in ids if k), default=0) >= 0.7
-    assert recovered >= 0.8 * len(cells), (recovered, len(cells))
+    assert len(cells) >= 300 and recovered >= 0.8 * len(cells), (recovered, len(cells))
     # cells crossing tile borders come out whole, each as one object, as often as the others
     straddling = straddling_cells(labels, predictor.tile_grid, 80)
     whole, split = 0, 0
@@ -240,7 +240,8 @@ def test_segment_everything_in_tiles_finds_the_cells_once(large, predictor, tmp_
         ids, counts = np.unique(found[target], return_counts=True)
         whole += max((iou(found == k, target) for k in ids if k), default=0) >= 0.7
         split += sum(1 for k, n in zip(ids, counts) if k and n > 0.2 * target.sum()) > 1
-    assert whole >= 0.8 * len(straddling) and split <= 0.05 * len(straddling), (whole, split, len(straddling))
+    assert len(straddling) >= 60 and whole >= 0.8 * len(straddling) and split <= 0.05 * len(straddling), \
+        (whole, split, len(straddling))
 
 
 def test_embeddings_kept_on_disk_serve_a_new_session(tmp_path):
