@@ -31,14 +31,14 @@ DEFAULT_STORE_GB = 10.0
 
 
 def time_decoder(predictor: Predictor, plane, limits, rgb, frame) -> None:
-    """Decode one point in the middle of ``frame`` (embedded) of ``plane`` twice: the first pays the decoder's
-    first-call costs before the first click; the second is its first timing (see
-    :meth:`Predictor.decode_seconds`), taken while the viewer waits for nothing."""
+    """Decode one point in the middle of ``frame`` (embedded) of ``plane`` a few times: the first pays the decoder's
+    first-call costs before the first click; the quickest is its first timing (see
+    :meth:`Predictor.decode_seconds`), taken while the viewer waits for nothing (a repaint meanwhile slows one)."""
     with predictor.locked():
         predictor.set_image(plane, contrast_limits=limits, rgb=rgb)
         middle = [[(frame.row0 + frame.row1 - 1) / 2, (frame.col0 + frame.col1 - 1) / 2]]
         try:
-            for _ in range(2):
+            for _ in range(4):
                 predictor.predict(points=middle, frame=frame, grow=False)
         except (ValueError, RuntimeError) as error:  # no timing: prompts go to workers; the embedding stands
             _log.info("The decoder's first timing failed: %s", error)
