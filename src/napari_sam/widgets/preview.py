@@ -1,8 +1,9 @@
 """The live preview of prompt mode: every prompt change re-predicts; the newest result is drawn.
 
 A prompt is decoded right away on the UI thread when that cannot keep the viewer waiting: the plane is an in-memory
-array whose embeddings are in memory, nothing else is using the model, and the model's decodes take at most
-:data:`QUICK_DECODE_SECONDS`. Anything else (an encoder run, a lazy plane, a slow decoder) runs on a worker thread.
+array whose embeddings are in memory, nothing else is using the model, and a decode on it (as timed so far, for
+masks and a content signature as large as the plane) takes at most :data:`QUICK_DECODE_SECONDS`. Anything else (an
+encoder run, a lazy plane, a slow decoder) runs on a worker thread.
 Each request carries a number; a result that a newer request superseded is dropped, and so is a result for an
 image layer that was removed or replaced meanwhile, or one from a model that is no longer loaded. The preview is
 drawn in a Labels layer of its own, in one colour that committed labels do not get: over the whole plane for
