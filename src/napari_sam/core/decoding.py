@@ -10,13 +10,14 @@ from __future__ import annotations
 import time
 from collections import deque
 
+import numpy as np
 import torch
 
-from .coordinates import decoder_inputs
+from .coordinates import decoder_inputs, points_to_model
 from .embedding_cache import CachedEmbedding
-from .frames import Frame
+from .frames import Frame, place_in_frame
 from .grid_decoder import GridDecoder, PreparedImage
-from .prediction import Prediction, upscale_logits
+from .prediction import Prediction, downscale_masks, upscale_logits
 
 
 class FrameDecoder:
@@ -59,6 +60,17 @@ class FrameDecoder:
         return Prediction(masks=masks.numpy(), scores=scores.cpu().numpy(), logits=low_res.cpu().numpy(),
                           frame=frame, image_size=image_size)
 
+    def mask_input(self, masks: np.ndarray, offset: tuple[int, int], frame: Frame, eps: float = 1e-3) -> np.ndarray:
+        """(objects, m, m) float32 low-res logits in ``frame``'s model input of (objects, h, w) bool masks whose
+        top-left pixel is ``offset`` (row, col) of the image (see ``Predictor.mask_logits``)."""
+        return downscale_masks(place_in_frame(masks, offset, frame), self.geometry, frame, eps)
+
+    def moved(self, mask_input: np.ndarray, frame: Frame, other: Frame) -> np.ndarray:
+        """Low-res logits of ``frame`` redrawn as logits of the frame ``other``: the masks they make, placed there."""
+        logits = torch.from_numpy(np.asarray(mask_input, dtype=np.float32))
+        masks = (upscale_logits(logits, self.geometry, self.geometry.input_size(frame), frame.size) > 0).numpy()
+        return self.mask_input(masks, (frame.row0, frame.col0), other)
+
     def _prepare(self, current: CachedEmbedding) -> PreparedImage:
         if self._prepared is None or self._prepared[0] is not current:
             self._prepared = (current, self.grid.prepare(current.embedding))
@@ -78,10 +90,12 @@ class FrameDecoder:
             prepared = self.grid.prepare(current.embedding, dense, base=prepared)
         return self.grid.decode_prompts(prepared, inputs, multimask)
 
-    def point_grid(self, current: CachedEmbedding, points: torch.Tensor, min_score: float | None):
-        """One-point positive prompts ``points`` ((b, 2) model (x, y)) each decoded on its own: ``(logits (k, 3, m,
-        m), scores (b, 3), kept (k,))`` as :meth:`~napari_sam.core.predictor.Predictor.point_grid_logits` returns
-        them."""
+    def point_grid(self, current: CachedEmbedding, points_rc, frame: Frame, min_score: float | None):
+        """One-point positive prompts ``points_rc`` ((b, 2) (row, col) pixels of ``frame``, embedded as
+        ``current``) each decoded on its own: ``(logits (k, 3, m, m), scores (b, 3), kept (k,))`` as
+        :meth:`~napari_sam.core.predictor.Predictor.point_grid_logits` returns them."""
+        xy = points_to_model(np.asarray(points_rc, dtype=np.float64), frame.size, self.geometry.input_size(frame))
+        points = torch.tensor(xy, dtype=torch.float32, device=current.embedding.device)
         if self.grid is None:
             return self.family.grid_logits(self.model, current.embedding, current.extras, points, min_score)
         return self.grid.decode_all(self._prepare(current), points, min_score)

@@ -27,16 +27,15 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .coordinates import points_to_model
 from .decoding import FrameDecoder
 from .embedding_cache import CachedEmbedding, EmbeddingCache
 from .errors import EncoderNeeded
 from .families import FAMILIES
 from .frame_embeddings import FrameEmbeddings
-from .frames import Frame, Tiling, place_in_frame, prompt_extent, tiling_for, touches_inner_edge, whole_frame
+from .frames import Frame, Tiling, prompt_extent, tiling_for, touches_inner_edge, whole_frame
 from .image_source import ImagePlan, open_image
 from .model_loading import DEFAULT_CHECKPOINT, ModelGeometry, load_sam, resolve_checkpoint
-from .prediction import Prediction, downscale_masks, upscale_logits
+from .prediction import Prediction, upscale_logits
 from .prompts import ObjectPrompts, check_prompts
 from .settings import Recommendations, TilingSettings, read_recommendations
 
@@ -308,7 +307,7 @@ class Predictor:
                     rows, cols = np.array([0, masks.shape[1] - 1]), np.array([0, masks.shape[2] - 1])
                 box = np.array([[rows.min(), cols.min(), rows.max(), cols.max()]], dtype=float) + np.tile(offset, 2)
                 frame = self._frame_for(ObjectPrompts(None, None, box, None))
-        return downscale_masks(place_in_frame(masks, offset, frame), self.geometry, frame, eps)
+        return self._decoder.mask_input(masks, offset, frame, eps)
 
     def predict(self, points=None, point_labels=None, boxes=None, mask_input=None, multimask: bool = True,
                 frame: Frame | None = None, grow: bool = True) -> Prediction:
@@ -373,9 +372,7 @@ class Predictor:
         """``prompts`` with their mask input (logits of ``frame``) redrawn as logits of ``other``."""
         if prompts.mask_input is None:
             return prompts
-        logits = torch.from_numpy(np.asarray(prompts.mask_input, dtype=np.float32))
-        masks = (upscale_logits(logits, self.geometry, self.geometry.input_size(frame), frame.size) > 0).numpy()
-        moved = self.mask_logits(masks, frame=other, offset=(frame.row0, frame.col0))
+        moved = self._decoder.moved(prompts.mask_input, frame, other)
         return ObjectPrompts(prompts.points, prompts.point_labels, prompts.boxes, moved)
 
     def _decode(self, frame: Frame, prompts: ObjectPrompts, multimask: bool) -> Prediction:
@@ -402,7 +399,4 @@ class Predictor:
         with self._lock:
             source = self._require_image("point_grid_logits")
             frame = frame or self._whole(source.size)
-            current, _ = self.frame_embedding(frame)
-            xy = points_to_model(np.asarray(points_rc, dtype=np.float64), frame.size, self.geometry.input_size(frame))
-            points = torch.tensor(xy, dtype=torch.float32, device=self.device)
-            return self._decoder.point_grid(current, points, min_score)
+            return self._decoder.point_grid(self.frame_embedding(frame)[0], points_rc, frame, min_score)
