@@ -103,13 +103,14 @@ def test_matches_the_transformers_pipeline(reference, monkeypatch, crop_n_layers
     predictor = Predictor.from_pretrained("tiny-cells", device="cpu")
     # framed as the pipeline frames it: the whole image filling the input, whatever the checkpoint recommends
     predictor.geometry = dataclasses.replace(predictor.geometry, max_upscale=0.0, tile_scale=0.0)
-    ours = segment_everything(predictor, image, points_per_side=8, crop_n_layers=crop_n_layers,
+    ours = segment_everything(predictor, image, points_per_side=8, crop_n_layers=crop_n_layers, min_mask_region_area=0,
                               box_nms_thresh=0.7, crop_nms_thresh=0.7, prefer_smaller_crops=False, **settings)
     assert len(ours.masks) >= 3 and len(theirs["masks"]) >= 3
     rate = partner_rate(ours.masks, np.stack(theirs["masks"]))
     assert rate >= 0.95, (rate, len(ours.masks), len(theirs["masks"]))
     if crop_n_layers:  # Meta's rule keeps the crop's version of some duplicates: the same objects still
-        meta = segment_everything(predictor, image, points_per_side=8, crop_n_layers=crop_n_layers, **settings)
+        meta = segment_everything(predictor, image, points_per_side=8, crop_n_layers=crop_n_layers,
+                                  min_mask_region_area=0, **settings)
         assert len(meta.masks) == len(ours.masks)
         assert partner_rate(meta.masks, ours.masks, threshold=0.8) >= 0.95
 
@@ -247,8 +248,10 @@ def test_settings_object_and_features():
 
     predictor = Predictor.from_pretrained("tiny-cells", device="cpu")
     image, _ = synthetic_cells((180, 220), seed=900_010)
-    settings = EverythingSettings(points_per_side=12, pred_iou_thresh=0.8, stability_score_thresh=0.9)
+    settings = EverythingSettings(points_per_side=12, pred_iou_thresh=0.8, stability_score_thresh=0.9,
+                                  min_mask_region_area=predictor.recommended.everything.min_mask_region_area)
     result = segment_everything(predictor, image, settings)
+    # keywords replace single settings of those the checkpoint recommends
     same = segment_everything(predictor, image, points_per_side=12, pred_iou_thresh=0.8, stability_score_thresh=0.9)
     assert np.array_equal(result.labels, same.labels)
     features = result.features()

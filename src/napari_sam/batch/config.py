@@ -177,14 +177,19 @@ class RunConfig:
 
     def command_line(self, inputs: list[str], output: str, settings_file: str | None = None) -> str:
         """The ``napari-sam segment`` command that runs this config on ``inputs``: with ``settings_file``, that
-        file (saved from this config); else every setting that differs from its default as an option."""
+        file (saved from this config); else, as options, every setting that differs from what the command fills
+        in for it: the checkpoint's recommendation for segment everything and propagation, else the default."""
         words = ["napari-sam", "segment", *inputs, "--out", output]
         if settings_file is not None:
             words += ["--settings", settings_file]
         else:
-            for section in self.sections().values():
+            recommended = dataclasses.replace(self, everything=None, propagation=None).resolved().sections()
+            for key, section in self.sections().items():
                 infos = {info.name: info for info in section.fields()}
-                for name, value in section.changed().items():
+                baseline = recommended[key] if key in ("segment_everything", "propagation") else type(section)()
+                changed = {name: value for name, value in section.to_dict().items()
+                           if value != getattr(baseline, name)}
+                for name, value in changed.items():
                     info = infos[name]
                     if info.kind is bool:
                         words.append(info.flag if value else "--no-" + info.flag[2:])

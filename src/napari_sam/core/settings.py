@@ -123,11 +123,6 @@ class _Settings:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def changed(self) -> dict:
-        """The settings that differ from the class defaults."""
-        return {name: value for name, value in self.to_dict().items()
-                if value != getattr(type(self)(), name)}
-
 
 @dataclass(frozen=True)
 class EverythingSettings(_Settings):
