@@ -347,7 +347,8 @@ class Predictor:
                 prompts = self._moved(prompts, frame, start)
             frame = start
             for _ in range(MAX_GROWTH + 1):
-                prediction = self._decode(frame, prompts, multimask)
+                prediction = self._decoder.predict(self.frame_embedding(frame)[0], frame, prompts, multimask,
+                                                   source.size)
                 masks = prediction.best_masks()
                 if not grow:
                     break
@@ -374,11 +375,6 @@ class Predictor:
             return prompts
         moved = self._decoder.moved(prompts.mask_input, frame, other)
         return ObjectPrompts(prompts.points, prompts.point_labels, prompts.boxes, moved)
-
-    def _decode(self, frame: Frame, prompts: ObjectPrompts, multimask: bool) -> Prediction:
-        """Decode ``prompts`` (image pixels) in ``frame``."""
-        current, _ = self.frame_embedding(frame)
-        return self._decoder.predict(current, frame, prompts, multimask, self._plan.size)
 
     def point_grid_logits(self, points_rc: np.ndarray, min_score: float | None = None, frame: Frame | None = None):
         """Decode each of ``points_rc`` as a one-point positive prompt of its own, without upsampling.
