@@ -27,8 +27,8 @@ from napari_sam import Predictor, segment_everything  # noqa: E402
 from napari_sam.batch import RunConfig, run_batch  # noqa: E402
 from napari_sam.batch.config import BatchSettings  # noqa: E402
 from napari_sam.batch.outputs import LabelsOutput, object_rows, object_table, write_table  # noqa: E402
+from napari_sam.core.image import napari_contrast_limits, read_image  # noqa: E402
 from napari_sam.demo import synthetic_cells  # noqa: E402
-from napari_sam.io import napari_contrast_limits, read_image  # noqa: E402
 
 
 def vit_b_checkpoint(folder: Path) -> str:
@@ -36,7 +36,7 @@ def vit_b_checkpoint(folder: Path) -> str:
     from transformers import SamProcessor
     from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
-    from napari_sam.core.random_weights import random_sam, sam_config
+    from napari_sam.testing.random_weights import random_sam, sam_config
 
     random_sam(sam_config(), seed=0).save_pretrained(folder)
     SamProcessor(image_processor=SamImageProcessorPil()).save_pretrained(folder)

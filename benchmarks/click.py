@@ -38,8 +38,7 @@ def main() -> None:
     from drive_napari import Driver
 
     import napari_sam.widgets.preview as preview_module
-    from napari_sam.cli import open_demo
-    from napari_sam.demo import synthetic_cells
+    from napari_sam.demo import open_demo, synthetic_cells
 
     if args.torch_threads:
         import torch

@@ -15,8 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from napari_sam.core import fast_encoder  # noqa: E402
-from napari_sam.core.random_weights import random_sam, sam_config  # noqa: E402
+from napari_sam.core.model import fast_encoder  # noqa: E402
+from napari_sam.testing.random_weights import random_sam, sam_config  # noqa: E402
 
 from measuring import measured  # noqa: E402  (benchmarks/measuring.py)
 

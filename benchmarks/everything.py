@@ -24,11 +24,11 @@ from transformers import pipeline  # noqa: E402
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil, _rle_to_mask  # noqa: E402
 
 from napari_sam import Predictor  # noqa: E402
-from napari_sam.core.automatic_mask_generator import segment_everything  # noqa: E402
-from napari_sam.core.model_loading import geometry_from_config  # noqa: E402
-from napari_sam.core.random_weights import random_sam, sam_config  # noqa: E402
-from napari_sam.core.utils.amg import nms  # noqa: E402
+from napari_sam.core.boxes import nms  # noqa: E402
+from napari_sam.core.model import model_geometry  # noqa: E402
+from napari_sam.core.workflows import segment_everything  # noqa: E402
 from napari_sam.demo import synthetic_cells  # noqa: E402
+from napari_sam.testing.random_weights import random_sam, sam_config  # noqa: E402
 
 from measuring import measured  # noqa: E402  (benchmarks/measuring.py)
 
@@ -72,7 +72,7 @@ def main() -> None:
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     ours_model = random_sam(config, seed=0).to(dtype)
-    predictor = Predictor(ours_model, geometry_from_config(config), torch.device("cpu"), name="benchmark")
+    predictor = Predictor(ours_model, model_geometry(config), torch.device("cpu"), checkpoint="benchmark")
     ours_time, ours_memory, _, ours = measured("cpu", segment_everything, predictor, image,
                                             points_per_side=args.points_per_side, **thresholds)
     print(f"ours ({args.dtype}): {ours_time:7.1f} s, peak +{ours_memory / 2**20:6.0f} MiB, "

@@ -25,10 +25,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from napari_sam import Predictor  # noqa: E402
-from napari_sam.core.families import FAMILIES  # noqa: E402
-from napari_sam.core.random_weights import randomize_weights, sam_config  # noqa: E402
+from napari_sam.core.model import FAMILIES  # noqa: E402
 from napari_sam.core.settings import TilingSettings  # noqa: E402
 from napari_sam.demo import synthetic_cells  # noqa: E402
+from napari_sam.testing.random_weights import randomize_weights, sam_config  # noqa: E402
 
 
 def config_of(name: str):

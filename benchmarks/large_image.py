@@ -4,7 +4,7 @@ with the bundled tiny-cells model (256-pixel input, so the image is seen in 256Â
 The image is generated once (in a child process, so that its temporary arrays never count in this process's
 memory) and written as a zarr array of 512Â² chunks into a temporary folder; its ground-truth labels are kept in
 memory as one uint16 array. For fp32 weights and, where the CPU computes bf16 fast
-(``napari_sam.core.model_loading.fast_bfloat16``), bf16 weights, it measures:
+(``napari_sam.core.model.loading.fast_bfloat16``), bf16 weights, it measures:
 
 1. the first mask on a fresh region: ``set_image`` of the zarr array and one click on a cell in a region never
    embedded, with the contrast limits left to ``set_image`` (it samples regions of the image) and given (as the
@@ -49,8 +49,8 @@ import zarr  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from napari_sam import Predictor, segment_everything  # noqa: E402
-from napari_sam.core.devices import fast_bfloat16  # noqa: E402
-from napari_sam.core.embedding_store import EmbeddingStore  # noqa: E402
+from napari_sam.core.embeddings import EmbeddingStore  # noqa: E402
+from napari_sam.core.model import fast_bfloat16  # noqa: E402
 from napari_sam.core.settings import TilingSettings  # noqa: E402
 from napari_sam.demo import synthetic_cells  # noqa: E402
 

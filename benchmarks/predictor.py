@@ -27,9 +27,11 @@ from transformers import SamProcessor  # noqa: E402
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil  # noqa: E402
 
 from napari_sam import Predictor  # noqa: E402
-from napari_sam.core.devices import resolve_dtype  # noqa: E402
-from napari_sam.core.model_loading import geometry_from_config  # noqa: E402
-from napari_sam.core.random_weights import random_sam, sam_config  # noqa: E402
+from napari_sam.core.model import (
+    model_geometry,  # noqa: E402
+    resolve_dtype,  # noqa: E402
+)
+from napari_sam.testing.random_weights import random_sam, sam_config  # noqa: E402
 
 
 def timed(function, *args, **kwargs):
@@ -52,7 +54,7 @@ def main() -> None:
     config = sam_config(image_size=args.image_size)
     reference_model = random_sam(config, seed=0)
     model = random_sam(config, seed=0).to(resolve_dtype(args.dtype))
-    predictor = Predictor(model, geometry_from_config(config), torch.device("cpu"), name="benchmark")
+    predictor = Predictor(model, model_geometry(config), torch.device("cpu"), checkpoint="benchmark")
     processor = SamProcessor(image_processor=SamImageProcessorPil(
         size={"longest_edge": args.image_size}, pad_size={"height": args.image_size, "width": args.image_size}))
 

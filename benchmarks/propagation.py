@@ -11,7 +11,7 @@ force propagation through every slice: only speed and memory are compared.
   points, on ``--reference-slices`` slices (both run an encoder per slice).
 - SAM2 video (SAM2.1 hiera-tiny architecture; ``--sam2 test``: the tests' tiny config): ours ``propagate_video``
   (frames prepared when the model asks for them); reference transformers' ``Sam2VideoInferenceSession`` holding
-  all frames, prepared up front on the device as ``init_video_session`` does (by our ``frame_pixels``: the video
+  all frames, prepared up front on the device as ``init_video_session`` does (by our ``slice_input``: the video
   processor needs torchvision), then ``propagate_in_video_iterator`` forward and in reverse. Time to the first mask,
   time per further slice.
 
@@ -36,13 +36,16 @@ from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPi
 from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession  # noqa: E402
 
 from napari_sam import Predictor  # noqa: E402
-from napari_sam.core.devices import resolve_dtype  # noqa: E402
-from napari_sam.core.image_preparation import default_contrast_limits, display_rgb  # noqa: E402
-from napari_sam.core.model_loading import geometry_from_config  # noqa: E402
-from napari_sam.core.propagation import _box, interior_points, propagate  # noqa: E402
-from napari_sam.core.random_weights import random_sam, random_video_model, randomize_weights, sam_config  # noqa: E402
-from napari_sam.core.video_propagation import frame_pixels, propagate_video, video_geometry  # noqa: E402
+from napari_sam.core.image import default_contrast_limits, display_rgb  # noqa: E402
+from napari_sam.core.model import (
+    model_geometry,  # noqa: E402
+    resolve_dtype,  # noqa: E402
+    video_geometry,  # noqa: E402
+)
+from napari_sam.core.workflows.propagation.sam import _box, interior_points, propagate  # noqa: E402
+from napari_sam.core.workflows.propagation.video import propagate_video, slice_input
 from napari_sam.demo import synthetic_cells  # noqa: E402
+from napari_sam.testing.random_weights import random_sam, random_video_model, randomize_weights, sam_config  # noqa: E402
 
 from measuring import measured  # noqa: E402  (benchmarks/measuring.py)
 
@@ -77,7 +80,7 @@ def hiera_tiny_model(seed: int = 1) -> Sam2VideoModel:
 
 def sam1(args, volume, start, click, cell, device) -> None:
     config = sam_config(image_size=args.image_size)
-    geometry = geometry_from_config(config)
+    geometry = model_geometry(config)
     model = random_sam(config, seed=0).to(device=device, dtype=resolve_dtype(args.dtype))
     reference_model = random_sam(config, seed=0).to(device)
     processor = SamProcessor(image_processor=SamImageProcessorPil(
@@ -114,7 +117,7 @@ def sam1(args, volume, start, click, cell, device) -> None:
                 break
         return done
 
-    predictor = Predictor(model, geometry, device, name="benchmark")
+    predictor = Predictor(model, geometry, device, checkpoint="benchmark")
     first_mask(predictor, volume[0])  # warm-up: first runs pay for allocations and kernel selection
     reference_call(volume[0], [list(click[::-1])])
     ours_first = measured(device, first_mask, predictor, volume[start])[0]
@@ -123,7 +126,7 @@ def sam1(args, volume, start, click, cell, device) -> None:
           f"transformers (fp32) {span(reference_first)}, ratio {reference_first / ours_first:5.2f} x")
 
     calls = []
-    fresh = Predictor(model, geometry, device, name="benchmark-propagation")  # empty embedding cache
+    fresh = Predictor(model, geometry, device, checkpoint="benchmark-propagation")  # empty embedding cache
     seconds, rss, gpu, result = measured(
         device, propagate, fresh, volume, start, 0, cell, contrast_limits=limits, score_threshold=0.0,
         iou_threshold=0.0, min_area=0, use_mask_input=args.mask_input,
@@ -160,7 +163,7 @@ def sam2(args, volume, start, click, device) -> None:
     def reference():
         stamps, masks = [time.perf_counter()], {}
         session = Sam2VideoInferenceSession(
-            video=torch.stack([frame_pixels(image, geometry, limits, False, device) for image in volume]),
+            video=torch.stack([slice_input(image, geometry, limits, False, device) for image in volume]),
             video_height=shape[0], video_width=shape[1], inference_device=device, inference_state_device=device,
             video_storage_device=device, dtype=model.dtype)
         session.add_point_inputs(session.obj_id_to_idx(1), start, {

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_sam.core.image_preparation import display_rgb, model_input, resized_shape
-from napari_sam.core.model_loading import geometry_from_config
-from napari_sam.core.random_weights import random_sam, sam_config
+from napari_sam.core.image.preparation import display_rgb, model_input, resized_shape
+from napari_sam.core.model import model_geometry
 from napari_sam.demo import synthetic_cells
+from napari_sam.testing.random_weights import random_sam, sam_config
 
 IMAGE_SIZE = 256
 
@@ -175,7 +175,7 @@ def train(args) -> dict:
     with torch.no_grad():  # Fourier features fine enough to place a point within a few pixels
         model.shared_image_embedding.positional_embedding.normal_(0.0, args.fourier_scale)
     model.train()
-    geometry = geometry_from_config(config)
+    geometry = model_geometry(config)
     parameters = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     schedule = warmup_cosine(optimizer, args.steps)

@@ -14,7 +14,7 @@ ROOT = Path(__file__).parents[1]
 
 
 def test_manifest_is_valid_and_installed():
-    manifest = npe2.PluginManifest.from_file(ROOT / "napari.yaml")
+    manifest = npe2.PluginManifest.from_file(ROOT / "src" / "napari_sam" / "napari.yaml")
     assert manifest.name == "napari-sam"
     installed = npe2.PluginManifest.from_distribution("napari-sam")
     assert installed.name == "napari-sam"

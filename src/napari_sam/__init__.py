@@ -1,20 +1,23 @@
 """napari-sam: Segment Anything (SAM) in napari, through Hugging Face transformers.
 
-The Qt-free core is importable on its own::
+The core is importable on its own, without Qt or napari::
 
-    from napari_sam import Predictor
-    predictor = Predictor.from_pretrained("facebook/sam-vit-base")
+    from napari_sam import Predictor, segment_everything
+    predictor = Predictor.from_pretrained("tiny-cells")
+    predictor.set_image(image)
+    mask = predictor.predict(points=[[120, 64]]).best_masks()[0]
+    labels = segment_everything(predictor, image).labels
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .core.automatic_mask_generator import segment_everything
-from .core.embedding_cache import EmbeddingCache
-from .core.model_loading import DEFAULT_CHECKPOINT, KNOWN_CHECKPOINTS, ModelLoadError
-from .core.predictor import Prediction, Predictor
-from .core.propagation import propagate
-from .core.refine import refine_objects
-from .core.settings import EverythingSettings, PropagationSettings, RefineSettings
+from .core.decoding import Prediction
+from .core.embeddings import EmbeddingCache, EmbeddingStore
+from .core.errors import ModelLoadError, SegmentationCancelled
+from .core.model import DEFAULT_CHECKPOINT, KNOWN_CHECKPOINTS
+from .core.predictor import Predictor
+from .core.settings import EverythingSettings, PropagationSettings, RefineSettings, TilingSettings
+from .core.workflows import propagate, propagate_video, refine_objects, segment_concept, segment_everything
 
 try:
     __version__ = version("napari-sam")
@@ -25,14 +28,19 @@ __all__ = [
     "DEFAULT_CHECKPOINT",
     "KNOWN_CHECKPOINTS",
     "EmbeddingCache",
+    "EmbeddingStore",
     "EverythingSettings",
     "ModelLoadError",
     "Prediction",
     "Predictor",
     "PropagationSettings",
     "RefineSettings",
+    "SegmentationCancelled",
+    "TilingSettings",
     "__version__",
     "propagate",
+    "propagate_video",
     "refine_objects",
+    "segment_concept",
     "segment_everything",
 ]

@@ -12,19 +12,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .core.synthetic_microscopy import smooth_noise
+
+#: The model the demo loads: bundled, so the demo needs no network.
+DEMO_MODEL = "tiny-cells"
+
 #: Typical cell radius range, in pixels, at the default scale.
 CELL_RADIUS = (12.0, 28.0)
-
-
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], cell: float) -> np.ndarray:
-    """Zero-mean noise of unit std, smooth over about ``cell`` pixels (bicubic upsampling of a coarse grid)."""
-    coarse = [max(2, math.ceil(n / cell) + 3) for n in shape[-2:]]
-    grid = torch.from_numpy(rng.standard_normal((1, 1, *coarse)).astype(np.float32))
-    big = [int(c * cell) for c in coarse]
-    field = F.interpolate(grid, size=big, mode="bicubic", align_corners=False)[0, 0].numpy()
-    offset = [int(rng.integers(0, b - n + 1)) for b, n in zip(big, shape[-2:])]
-    field = field[offset[0]: offset[0] + shape[-2], offset[1]: offset[1] + shape[-1]]
-    return (field - field.mean()) / (field.std() + 1e-6)
 
 
 def _cell_radius_field(rng, radius: float, angle_count: int = 3):
@@ -99,8 +93,8 @@ def _render(rng, labels: np.ndarray, cells, dtype) -> np.ndarray:
     """Fluorescence image of ``labels`` (…, H, W): background, textured cells, blur, shot and read noise."""
     shape = labels.shape
     plane = shape[-2:]
-    background = 0.12 + 0.06 * _smooth_noise(rng, plane, max(plane) / 2) + 0.05 * np.linspace(0, 1, plane[1])[None]
-    texture = _smooth_noise(rng, plane, 4.0)
+    background = 0.12 + 0.06 * smooth_noise(rng, plane, max(plane) / 2) + 0.05 * np.linspace(0, 1, plane[1])[None]
+    texture = smooth_noise(rng, plane, 4.0)
     brightness = np.array([0.0] + [c["brightness"] for c in cells], dtype=np.float32)
     roughness = np.array([0.0] + [c["texture"] for c in cells], dtype=np.float32)
     signal = background + brightness[labels] * (1.0 + roughness[labels] * texture)
@@ -174,3 +168,22 @@ def synthetic_stack_sample():
     """napari sample data: a 3D synthetic-cells z-stack (16-bit)."""
     image, _ = synthetic_cells((32, 256, 256), seed=2025, ndim=3)
     return [(image, {"name": "synthetic cells 3D"}, "image")]
+
+
+def open_demo(viewer, model: str = DEMO_MODEL):
+    """Put the demo into ``viewer``: the synthetic-cells sample and the docked widget, loading ``model``.
+
+    Returns the widget."""
+    viewer.open_sample("napari-sam", "synthetic-cells")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sam", "Segment Anything")
+    widget.model_picker.native.setCurrentText(model)
+    widget.load_model()
+    return widget
+
+
+def run_demo(model: str = DEMO_MODEL) -> None:
+    """Open napari on the synthetic-cells sample with the Segment Anything dock, loading ``model``, and run it."""
+    import napari
+
+    open_demo(napari.Viewer(title="napari-sam demo"), model)
+    napari.run()

@@ -23,8 +23,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.model_loading import DEFAULT_CHECKPOINT
-from ..core.settings import EverythingSettings, PropagationSettings, TilingSettings, _Settings, setting
+from ..core.model import DEFAULT_CHECKPOINT, PRECISIONS, read_recommendations, resolve_checkpoint
+from ..core.settings import EverythingSettings, PropagationSettings, Settings, TilingSettings, setting
 from .files import write_atomically
 
 #: The version of the settings-file format.
@@ -34,7 +34,7 @@ MODES = ("everything", "prompts", "propagate", "embed")
 
 
 @dataclass(frozen=True)
-class BatchSettings(_Settings):
+class BatchSettings(Settings):
     """The run's own settings: what to do, with which model, and what to write."""
 
     mode: str = setting(
@@ -45,7 +45,7 @@ class BatchSettings(_Settings):
     device: str = setting("auto", help="auto (a GPU per worker where there are GPUs, else the CPU), cpu, cuda, "
                           "cuda:N or mps.")
     precision: str = setting("auto", help="auto: bfloat16 where the device computes it fast, else float32.",
-                             choices=("auto", "float32", "bfloat16"))
+                             choices=PRECISIONS)
     contrast: str = setting(
         "napari", help="How pixel values map to the model's input. napari: the limits napari gives a new layer of "
         "the file (so stored embeddings serve the docks too); percentiles: the 0.5 and 99.5 percentiles; or two "
@@ -105,7 +105,7 @@ class RunConfig:
     tiling: TilingSettings = field(default_factory=TilingSettings)
     propagation: PropagationSettings | None = None
 
-    def sections(self) -> dict[str, _Settings]:
+    def sections(self) -> dict[str, Settings]:
         """The sections that are set (a recommended section left to the checkpoint is not)."""
         found = {"batch": self.batch, "segment_everything": self.everything, "tiling": self.tiling,
                  "propagation": self.propagation}
@@ -116,9 +116,6 @@ class RunConfig:
         ``napari_sam.json``, or the defaults)."""
         if self.everything is not None and self.propagation is not None:
             return self
-        from ..core.model_loading import resolve_checkpoint
-        from ..core.settings import read_recommendations
-
         recommended = read_recommendations(resolve_checkpoint(self.batch.model), label=self.batch.model)
         return dataclasses.replace(self, everything=self.everything or recommended.everything,
                                    propagation=self.propagation or recommended.propagation)

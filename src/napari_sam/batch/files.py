@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import IMAGE_SUFFIXES, read_image
+from ..core.image import IMAGE_SUFFIXES, read_image
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.prompted_objects import PromptObject
+from ..core.workflows import PromptObject
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ..core.embeddings import DEFAULT_STORE_GB, EmbeddingStore, store_bytes
 from ..core.errors import ModelLoadError
+from ..core.model import KNOWN_CHECKPOINTS, read_checkpoint_json, resolve_checkpoint
+from . import tasks
 from .config import RunConfig
 from .files import check_output, check_readable, find_inputs, remove_partial, write_atomically
 from .outputs import check_table_format
 from .prompts_file import PromptsFile
+from .tasks import RECORDS, Job, ModelPlugin
 
 #: Seconds to wait for an existing scheduler before giving up.
 CONNECT_TIMEOUT = 5
@@ -58,14 +62,12 @@ class RunSummary:
 def check_model(name: str, what: str = "model") -> None:
     """Refuse, within a second, a checkpoint that is neither bundled, nor a folder with a config, nor on the hub
     (or its cache, offline)."""
-    from ..core.model_loading import KNOWN_CHECKPOINTS, _read_json, resolve_checkpoint
-
     resolved = resolve_checkpoint(name)
     if Path(resolved).is_dir():
         if not (Path(resolved) / "config.json").is_file():
             raise ModelLoadError(f"The {what} folder {name} has no config.json: it is not a saved checkpoint.")
         return
-    if _read_json(resolved, "config.json") is None:
+    if read_checkpoint_json(resolved, "config.json") is None:
         raise ModelLoadError(f"No {what} checkpoint {name!r}: not a bundled name, not a folder holding a checkpoint, "
                              f"and not found on the hub (or in its cache when offline). Known names: "
                              f"{', '.join(KNOWN_CHECKPOINTS)}.")
@@ -129,8 +131,8 @@ def _probe(address: str) -> None:
 
 def run_batch(inputs: list[str], output: str, config: RunConfig | None = None, *, prompts: str | None = None,
               stack: bool = False, scheduler: str | None = None, workers: int | None = None,
-              overwrite: bool = False, store: str | None = None, store_gb: float = 20.0, progress: bool = True,
-              log=print) -> RunSummary:
+              overwrite: bool = False, store: str | None = None, store_gb: float = DEFAULT_STORE_GB,
+              progress: bool = True, log=print) -> RunSummary:
     """Run ``config`` over every image of ``inputs`` and write the outputs into the folder ``output``.
 
     Args:
@@ -155,6 +157,7 @@ def run_batch(inputs: list[str], output: str, config: RunConfig | None = None, *
     """
     config = config or RunConfig()
     batch = config.batch
+    cap = store_bytes(store_gb)  # a bad cap is refused before any worker starts
     started, wall = time.perf_counter(), datetime.now(UTC)
     items = find_inputs(inputs, stack)
     out = check_output(output, inputs)
@@ -168,10 +171,7 @@ def run_batch(inputs: list[str], output: str, config: RunConfig | None = None, *
         raise ValueError(f"Mode {batch.mode} needs a prompts file (--prompts FILE).")
     prompt_file = PromptsFile(prompts) if prompted else None
     if batch.mode == "embed" and store is None:
-        from ..core.embedding_store import EmbeddingStore
-
         store = str(EmbeddingStore().root)
-    from .tasks import RECORDS, Job
 
     (out / RECORDS).mkdir(parents=True, exist_ok=True)
     remove_partial(out), remove_partial(out / RECORDS)
@@ -202,13 +202,11 @@ def run_batch(inputs: list[str], output: str, config: RunConfig | None = None, *
     if jobs:
         log(f"{len(jobs)} image(s) to do; {len(items) - len(jobs)} finished before, without prompts or unreadable.")
         with open_client(scheduler, workers) as (client, threads):
-            from .tasks import ModelPlugin
-
             cluster = {"scheduler": client.scheduler.address, "workers": len(client.scheduler_info()["workers"]),
                        "threads_per_worker": threads, "dashboard": _dashboard(client)}
             if cluster["dashboard"]:
                 log(f"Dashboard: {cluster['dashboard']}")
-            client.register_plugin(ModelPlugin(config, threads, store, int(store_gb * (1 << 30))))
+            client.register_plugin(ModelPlugin(config, threads, store, cap))
             images.update(_run_jobs(client, jobs, batch.mode, batch.tiles_per_task, progress))
     else:
         log(f"Nothing to do: all {len(items)} image(s) finished or skipped (pass --overwrite to redo them).")
@@ -271,8 +269,6 @@ def _run_jobs(client, jobs, mode: str, per_task: int, progress: bool) -> dict:
     """Submit every job's tasks and collect a record (or a failure) per image."""
     from distributed import as_completed
     from tqdm import tqdm
-
-    from . import tasks
 
     queue, roles, results, by_job = as_completed(), {}, {}, {}
 

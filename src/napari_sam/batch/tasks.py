@@ -21,12 +21,14 @@ import numpy as np
 import torch
 from distributed import WorkerPlugin
 
-from ..core.automatic_mask_generator import frame_count, merge_frames, segment_frames
-from ..core.image_source import PlaneWriter, plane_of
-from ..core.prompted_objects import predict_objects
-from ..core.utils.amg import stability_score
-from ..core.utils.memory import reuse_freed_memory
-from ..io import is_rgb, napari_contrast_limits, planes
+from ..core.embeddings import EmbeddingStore
+from ..core.image import PlaneWriter, is_rgb, napari_contrast_limits, plane_of, planes
+from ..core.memory import reuse_freed_memory
+from ..core.model import load_video_model
+from ..core.predictor import Predictor
+from ..core.workflows import predict_objects
+from ..core.workflows.everything import frame_count, merge_frames, segment_frames, stability_score
+from ..core.workflows.propagation import propagate, propagate_video
 from .config import RunConfig
 from .files import ImageInput, open_input, write_atomically
 from .outputs import (
@@ -59,8 +61,7 @@ class ModelPlugin(WorkerPlugin):
 
     name = PLUGIN
 
-    def __init__(self, config: RunConfig, threads: int | None = None, store: str | None = None,
-                 store_bytes: int = 20 << 30):
+    def __init__(self, config: RunConfig, threads: int | None, store: str | None, store_bytes: int):
         self.config, self.threads, self.store, self.store_bytes = config, threads, store, store_bytes
 
     def setup(self, worker=None):
@@ -86,9 +87,6 @@ class ModelPlugin(WorkerPlugin):
         return device
 
     def predictor(self):
-        from ..core.embedding_store import EmbeddingStore
-        from ..core.predictor import Predictor
-
         with self._lock:
             if self._predictor is None:
                 batch = self.config.batch
@@ -100,8 +98,6 @@ class ModelPlugin(WorkerPlugin):
 
     def video_model(self):
         """(model, geometry) of the run's video checkpoint, loaded once."""
-        from ..core.video_propagation import load_video_model
-
         with self._lock:
             if self._video is None:
                 model, geometry, _ = load_video_model(self.config.batch.video_model, device=self.device())
@@ -351,9 +347,6 @@ def _propagation_axis(job: Job, n_leading: int) -> int:
 
 def _propagated(job, predictor, data, plane, axis, first, limits, rgb, labels, object_id) -> list[dict]:
     """Propagate one object from ``plane`` along ``axis``; paints it and returns its rows (one per plane)."""
-    from ..core.propagation import propagate
-    from ..core.video_propagation import propagate_video
-
     volume = AxisView(data, plane, axis)
     settings = job.config.propagation
     if job.config.batch.video_model:

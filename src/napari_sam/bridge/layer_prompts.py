@@ -3,6 +3,10 @@
 Points carry a boolean ``positive`` feature (missing means positive). Rectangles are boxes; polygons and
 ellipses are a mask prompt plus their bounding box. Lines and paths are ignored. Prompts that lie on another
 slice of an nD image than the shown plane are ignored.
+
+The prompts of a plane are then grouped into objects (:func:`group_objects`): each box (rectangle, or a
+polygon/ellipse with its mask) is one object. With one box, every point refines it; with several, a point refines
+the first box that contains it. Points outside every box form one more object.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.mask_objects import MaskObject
+from ..core.objects import MaskObject
+from ..core.workflows import PromptObject
 from .transforms import to_target_data
 
 #: How far (in data pixels of a non-displayed axis) a prompt may lie from the shown plane.
@@ -130,7 +135,7 @@ def _plane_shapes(shapes_layer, image_layer, plane_index, world_point=None):
 def read_shapes(shapes_layer, image_layer, plane_index, plane_shape: tuple[int, int],
                 world_point=None) -> tuple[np.ndarray, list]:
     """(boxes (m, 4), masks) of the rectangles, polygons and ellipses on the shown plane, in image data pixels: a
-    mask (cropped to its box, a :class:`~napari_sam.core.mask_objects.MaskObject`) for each polygon and ellipse,
+    mask (cropped to its box, a :class:`~napari_sam.core.objects.MaskObject`) for each polygon and ellipse,
     None for each rectangle."""
     boxes, masks = [], []
     if shapes_layer is None:
@@ -168,3 +173,21 @@ def read_prompts(image_layer, plane_index, plane_shape, points_layer=None, shape
     points, labels = read_points(points_layer, image_layer, plane_index, world_point)
     boxes, masks = read_shapes(shapes_layer, image_layer, plane_index, plane_shape, world_point)
     return PlanePrompts(points=points, labels=labels, boxes=boxes, masks=masks)
+
+
+def group_objects(prompts: PlanePrompts) -> list[PromptObject]:
+    """The objects described by a plane's prompts, boxes first, in drawing order."""
+    owner = np.full(len(prompts.points), -1)
+    if len(prompts.boxes) == 1:
+        owner[:] = 0
+    else:
+        for index, (r0, c0, r1, c1) in enumerate(prompts.boxes):
+            inside = (owner < 0) & (prompts.points[:, 0] >= r0) & (prompts.points[:, 0] <= r1) & (
+                prompts.points[:, 1] >= c0) & (prompts.points[:, 1] <= c1)
+            owner[inside] = index
+    objects = [PromptObject(prompts.points[owner == index], prompts.labels[owner == index], box, mask)
+               for index, (box, mask) in enumerate(zip(prompts.boxes, prompts.masks))]
+    loose = owner < 0
+    if loose.any():
+        objects.append(PromptObject(prompts.points[loose], prompts.labels[loose]))
+    return objects

@@ -6,11 +6,9 @@ Multiscale layers are read at level 0, the full resolution. Lazy data (dask, zar
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
-from ..core.image_source import plane_of
+from ..core.image import plane_of
 
 
 def full_resolution(layer):
@@ -71,30 +69,10 @@ def read_plane(layer, index: tuple[int, ...]) -> np.ndarray:
     return np.asarray(data[tuple(index)] if index else data)
 
 
-def plane_reader(layer, index: tuple[int, ...]) -> Callable[[], np.ndarray]:
-    """A function that reads the plane at ``index`` when called (on a worker thread, say)."""
-    return lambda: read_plane(layer, index)
-
-
 def plane_view(layer, index: tuple[int, ...]):
     """The plane at ``index`` of the layer (level 0), read only where it is indexed (see
-    :func:`~napari_sam.core.image_source.plane_of`)."""
+    :func:`~napari_sam.core.image.source.plane_of`)."""
     return plane_of(full_resolution(layer), index)
-
-
-def current_plane(layer, dims_point) -> tuple[np.ndarray, tuple[int, ...]]:
-    """The displayed 2D plane of an Image layer at the viewer's current position.
-
-    Args:
-        layer: a napari ``Image`` layer of any dimensionality (RGB layers keep their colour axis).
-        dims_point: the viewer's current world position (``viewer.dims.point``), one value per world axis.
-
-    Returns:
-        ``(plane, index)``: the plane as a numpy array of shape (H, W) or (H, W, C), and the integer data index
-        of every non-displayed axis (empty for 2D layers). The last two spatial axes are the displayed ones.
-    """
-    index = current_index(layer, dims_point)
-    return read_plane(layer, index), index
 
 
 class StackAxis:

@@ -9,7 +9,7 @@ Usage::
 
 A small image is seen whole, resized to the model's input. A large one (see
 :class:`~napari_sam.core.settings.TilingSettings`) is seen in native-resolution (or, as a checkpoint asks,
-magnified) tiles (:mod:`~napari_sam.core.frames`): a prompt is decoded in the tile that holds it best and, when
+magnified) tiles (:mod:`~napari_sam.core.image.frames`): a prompt is decoded in the tile that holds it best and, when
 its mask reaches that tile's inner border, again in a window centred on the object, so that objects crossing tile
 borders come out whole. Embeddings are kept in memory (:class:`EmbeddingCache`) and, when a store is attached, on disk.
 
@@ -27,17 +27,23 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .decoding import FrameDecoder
-from .embedding_cache import CachedEmbedding, EmbeddingCache
+from .decoding import FrameDecoder, ObjectPrompts, Prediction, check_prompts, upscale_logits
+from .embeddings import CachedEmbedding, EmbeddingCache, FrameEmbeddings
 from .errors import EncoderNeeded
-from .families import FAMILIES
-from .frame_embeddings import FrameEmbeddings
-from .frames import Frame, Tiling, prompt_extent, tiling_for, touches_inner_edge, whole_frame
-from .image_source import ImagePlan, open_image
-from .model_loading import DEFAULT_CHECKPOINT, ModelGeometry, load_sam, resolve_checkpoint
-from .prediction import Prediction, upscale_logits
-from .prompts import ObjectPrompts, check_prompts
-from .settings import Recommendations, TilingSettings, read_recommendations
+from .image import ImagePlan, open_image
+from .image.frames import Frame, Tiling, prompt_extent, tiling_for, touches_inner_edge, whole_frame
+from .model import (
+    DEFAULT_CHECKPOINT,
+    FAMILIES,
+    ConceptModel,
+    ModelGeometry,
+    Recommendations,
+    load_sam,
+    load_tokenizer,
+    read_recommendations,
+    resolve_checkpoint,
+)
+from .settings import TilingSettings
 
 __all__ = ["ImagePlan", "Prediction", "Predictor", "upscale_logits"]
 
@@ -54,27 +60,26 @@ class Predictor:
         recommended: the settings the checkpoint recommends for segment everything, propagation and refinement
             (``napari_sam.json`` in its folder; the defaults otherwise).
         tiling: how large images are seen (:class:`TilingSettings`); applies to the next ``set_image``.
-        store: an :class:`~napari_sam.core.embedding_store.EmbeddingStore` on disk, or None.
+        store: an :class:`~napari_sam.core.embeddings.store.EmbeddingStore` on disk, or None.
     """
 
-    def __init__(self, model, geometry: ModelGeometry, device: torch.device, name: str = "sam",
+    def __init__(self, model, geometry: ModelGeometry, device: torch.device | str, checkpoint: str = "sam",
                  cache: EmbeddingCache | None = None, recommended: Recommendations | None = None,
-                 tiling: TilingSettings | None = None, store=None, checkpoint: str | None = None):
+                 tiling: TilingSettings | None = None, store=None):
         self.model = model
         self.family = FAMILIES[geometry.family]
-        self.checkpoint = checkpoint or name.split(":")[0]
+        self.checkpoint = checkpoint
         self.recommended = recommended or Recommendations()
         self.geometry = geometry
         self.device = torch.device(device)
-        self.name = name
         self.cache = cache if cache is not None else EmbeddingCache()
         self.tiling = tiling or TilingSettings()
-        self._embeddings = FrameEmbeddings(model, self.family, geometry, self.device, name, self.cache,
-                                           self.checkpoint)
+        self._embeddings = FrameEmbeddings(model, self.family, geometry, self.device, self.cache_key, self.cache,
+                                           checkpoint)
         self.store = store
         self._plan: ImagePlan | None = None
         self._decoder = FrameDecoder(model, self.family, geometry)
-        self.concept = None  # a SAM3 concept checkpoint's ConceptModel (see segment_concept)
+        self.concept: ConceptModel | None = None  # a SAM3 concept checkpoint's (see workflows.concept)
         self._lock = threading.RLock()
         self._memory_only = threading.local()  # set in this thread within from_memory()
 
@@ -82,27 +87,28 @@ class Predictor:
     def from_pretrained(cls, name_or_path: str | os.PathLike = DEFAULT_CHECKPOINT, device="auto", dtype=None,
                         cache: EmbeddingCache | None = None, tiling: TilingSettings | None = None,
                         store=None) -> Predictor:
-        """Load a SAM checkpoint (hub id or ``save_pretrained`` folder); see :func:`load_sam`."""
-        model, geometry, resolved = load_sam(name_or_path, device=device, dtype=dtype)
+        """Load a checkpoint (a bundled name, hub id or ``save_pretrained`` folder; see
+        :func:`~napari_sam.core.model.loading.load_sam`) with the settings it recommends."""
         recommended = read_recommendations(resolve_checkpoint(name_or_path), label=os.fspath(name_or_path))
+        model, geometry, resolved = load_sam(name_or_path, device=device, dtype=dtype, framing=recommended.image)
         family = FAMILIES[geometry.family]
-        if not geometry.square:  # the SAM2 family stretches every frame to its square input
-            geometry = dataclasses.replace(geometry, max_upscale=recommended.image.max_upscale,
-                                           tile_scale=recommended.image.tile_scale)
         if recommended.source == "defaults" and family.amg_defaults:  # the family's own generator's defaults
             recommended = dataclasses.replace(recommended, everything=recommended.everything.replace(
                 **dict(family.amg_defaults)), source=f"{family.label}'s generator")
-        predictor = cls(model, geometry, resolved, name=f"{os.fspath(name_or_path)}:{model.dtype}", cache=cache,
-                        recommended=recommended, tiling=tiling, store=store, checkpoint=os.fspath(name_or_path))
+        predictor = cls(model, geometry, resolved, checkpoint=os.fspath(name_or_path), cache=cache,
+                        recommended=recommended, tiling=tiling, store=store)
         if family.concept:
-            from .concept import ConceptModel, load_tokenizer
-
             predictor.concept = ConceptModel(model, load_tokenizer(resolve_checkpoint(name_or_path)))
         return predictor
 
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    @property
+    def cache_key(self) -> str:
+        """What names this model's embeddings in the memory cache: its checkpoint and dtype."""
+        return f"{self.checkpoint}:{self.dtype}"
 
     @property
     def image_size(self) -> tuple[int, int] | None:
@@ -247,7 +253,7 @@ class Predictor:
 
     @property
     def store(self):
-        """The :class:`~napari_sam.core.embedding_store.EmbeddingStore` embeddings are kept in on disk, or None."""
+        """The :class:`~napari_sam.core.embeddings.store.EmbeddingStore` embeddings are kept in on disk, or None."""
         return self._embeddings.store
 
     @store.setter
@@ -260,10 +266,9 @@ class Predictor:
         """The frame of a whole image of ``size`` (H, W) for this checkpoint."""
         return whole_frame(size, self.geometry.longest_edge, self.geometry.max_upscale)
 
-    def _frame_for(self, prompts: ObjectPrompts) -> Frame:
-        """The frame a prompt is decoded in: the whole image; else the tile that holds all its points and boxes
-        farthest from its inner borders; else a window around them."""
-        plan = self._plan
+    def _frame_for(self, plan: ImagePlan, prompts: ObjectPrompts) -> Frame:
+        """The frame a prompt on ``plan``'s image is decoded in: the whole image; else the tile that holds all its
+        points and boxes farthest from its inner borders; else a window around them."""
         if plan.tiles is None:
             return self._whole(plan.size)
         rows, cols = prompt_extent(prompts)
@@ -273,8 +278,8 @@ class Predictor:
         """The frame :meth:`predict` would first decode these prompts in (before growing it around an object that
         reaches its border): the whole image, a tile, or a window around them."""
         with self._lock:
-            source = self._require_image("frame_for")
-            return self._frame_for(check_prompts(points, None, boxes, None, source.size))
+            plan = self._require_image("frame_for")
+            return self._frame_for(plan, check_prompts(points, None, boxes, None, plan.size))
 
     def mask_logits(self, masks: np.ndarray, eps: float = 1e-3, frame: Frame | None = None,
                     offset: tuple[int, int] = (0, 0)) -> np.ndarray:
@@ -291,22 +296,22 @@ class Predictor:
             (objects, m, m) float32 logits in the frame's model input (resized, padded, at the mask size).
         """
         with self._lock:
-            source = self._require_image("mask_logits")
-            tiles = source.tiles
+            plan = self._require_image("mask_logits")
+            tiles = plan.tiles
             masks = np.asarray(masks, dtype=bool)
             masks = masks[None] if masks.ndim == 2 else masks
             end = (int(offset[0]) + masks.shape[1], int(offset[1]) + masks.shape[2])
-            if masks.ndim != 3 or min(offset) < 0 or end[0] > source.size[0] or end[1] > source.size[1]:
-                raise ValueError(f"Masks of shape {masks.shape[1:]} at {tuple(offset)} do not fit the {source.size} "
+            if masks.ndim != 3 or min(offset) < 0 or end[0] > plan.size[0] or end[1] > plan.size[1]:
+                raise ValueError(f"Masks of shape {masks.shape[1:]} at {tuple(offset)} do not fit the {plan.size} "
                                  "image.")
             if frame is None and tiles is None:
-                frame = self._whole(source.size)
+                frame = self._whole(plan.size)
             elif frame is None:
                 rows, cols = np.nonzero(masks.any(axis=0))
                 if not len(rows):
                     rows, cols = np.array([0, masks.shape[1] - 1]), np.array([0, masks.shape[2] - 1])
                 box = np.array([[rows.min(), cols.min(), rows.max(), cols.max()]], dtype=float) + np.tile(offset, 2)
-                frame = self._frame_for(ObjectPrompts(None, None, box, None))
+                frame = self._frame_for(plan, ObjectPrompts(None, None, box, None))
         return self._decoder.mask_input(masks, offset, frame, eps)
 
     def predict(self, points=None, point_labels=None, boxes=None, mask_input=None, multimask: bool = True,
@@ -339,35 +344,28 @@ class Predictor:
             ValueError: empty, malformed or outside prompts; see :func:`check_prompts`.
         """
         with self._lock:
-            source = self._require_image("predict")
-            prompts = check_prompts(points, point_labels, boxes, mask_input, source.size, self.geometry.mask_size)
-            grow = grow and source.tiles is not None
-            start = self._frame_for(prompts) if frame is None or not frame.holds(*prompt_extent(prompts)) else frame
+            plan = self._require_image("predict")
+            prompts = check_prompts(points, point_labels, boxes, mask_input, plan.size, self.geometry.mask_size)
+            tiles = plan.tiles if grow else None
+            held = frame is not None and frame.holds(*prompt_extent(prompts))
+            start = frame if frame is not None and held else self._frame_for(plan, prompts)
             if frame is not None and start != frame:  # the prompts outgrew the frame of their mask input
                 prompts = self._moved(prompts, frame, start)
             frame = start
             for _ in range(MAX_GROWTH + 1):
                 prediction = self._decoder.predict(self.frame_embedding(frame)[0], frame, prompts, multimask,
-                                                   source.size)
+                                                   plan.size)
                 masks = prediction.best_masks()
-                if not grow:
+                if tiles is None:
                     break
                 rows, cols = prompt_extent(prompts, masks, frame)
-                if not source.tiles.too_large(rows, cols) and not touches_inner_edge(masks, frame, source.size):
+                if not tiles.too_large(rows, cols) and not touches_inner_edge(masks, frame, plan.size):
                     break
-                bigger = source.tiles.window_around(rows, cols)
+                bigger = tiles.window_around(rows, cols)
                 if bigger == frame:
                     break
                 prompts, frame = self._moved(prompts, frame, bigger), bigger
             return prediction
-
-    def segment_concept(self, text: str | None = None, exemplar_boxes=None, exemplar_labels=None,
-                        threshold: float = 0.5, mask_threshold: float = 0.5):
-        """Every instance of ``text`` and/or ``exemplar_boxes`` in the current image (SAM3 concept checkpoints); see
-        :func:`~napari_sam.core.concept.segment_concept`."""
-        from .concept import segment_concept
-
-        return segment_concept(self, text, exemplar_boxes, exemplar_labels, threshold, mask_threshold)
 
     def _moved(self, prompts: ObjectPrompts, frame: Frame, other: Frame) -> ObjectPrompts:
         """``prompts`` with their mask input (logits of ``frame``) redrawn as logits of ``other``."""
@@ -379,7 +377,7 @@ class Predictor:
     def point_grid_logits(self, points_rc: np.ndarray, min_score: float | None = None, frame: Frame | None = None):
         """Decode each of ``points_rc`` as a one-point positive prompt of its own, without upsampling.
 
-        Uses :class:`~napari_sam.core.grid_decoder.GridDecoder`: the same function as the model's mask decoder,
+        Uses :class:`~napari_sam.core.decoding.grid_decoder.GridDecoder`: the same function as the model's mask decoder,
         sharing the prompt-independent work across the points.
 
         Args:
@@ -393,6 +391,6 @@ class Predictor:
             points, (b, 3) float32 scores of all points, and (k,) the kept points' indices into ``points_rc``.
         """
         with self._lock:
-            source = self._require_image("point_grid_logits")
-            frame = frame or self._whole(source.size)
+            plan = self._require_image("point_grid_logits")
+            frame = frame or self._whole(plan.size)
             return self._decoder.point_grid(self.frame_embedding(frame)[0], points_rc, frame, min_score)

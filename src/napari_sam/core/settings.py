@@ -8,8 +8,8 @@ Each class checks its values when it is made, so a bad value raises a ``ValueErr
     settings.replace(pred_iou_thresh=0.7)          # a new, checked object
     EverythingSettings.from_dict({"points_per_side": 0})   # ValueError: points_per_side must be ...
 
-A checkpoint may recommend its own settings (:class:`Recommendations`, read from ``napari_sam.json`` in its
-folder); they replace the defaults where that checkpoint is loaded.
+A checkpoint may recommend its own settings (:class:`~napari_sam.core.model.recommendations.Recommendations`,
+read from ``napari_sam.json`` in its folder); they replace the defaults where that checkpoint is loaded.
 """
 
 from __future__ import annotations
@@ -18,14 +18,9 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-
-from .errors import ModelLoadError
-
-#: The file in a checkpoint folder that holds the settings it recommends.
-RECOMMENDATIONS_FILE = "napari_sam.json"
 
 
 def setting(default, low=None, high=None, help: str = "", *, advanced: bool = False, label: str | None = None,
@@ -84,8 +79,10 @@ def _coerce(name: str, kind: type, value, low, high, choices=None):
     return value
 
 
-class _Settings:
+class Settings:
     """Checking, listing and copying for the settings dataclasses below."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # every settings class is a dataclass
 
     def __post_init__(self):
         for info in self.fields():
@@ -125,7 +122,7 @@ class _Settings:
 
 
 @dataclass(frozen=True)
-class EverythingSettings(_Settings):
+class EverythingSettings(Settings):
     """Segment everything (SAM's automatic mask generator); defaults are Meta's."""
 
     points_per_side: int = setting(
@@ -181,7 +178,7 @@ class EverythingSettings(_Settings):
 
 
 @dataclass(frozen=True)
-class PropagationSettings(_Settings):
+class PropagationSettings(Settings):
     """Propagating one object through a stack, with a SAM checkpoint or a SAM2-family video checkpoint.
 
     A direction stops at the first slice whose score, overlap with the previous slice or area falls below these;
@@ -206,7 +203,7 @@ class PropagationSettings(_Settings):
 
 
 @dataclass(frozen=True)
-class FramingSettings(_Settings):
+class FramingSettings(Settings):
     """How an image is fitted into the model's input. SAM enlarges a whole image (or crop) until its longest side
     fills the input; a checkpoint trained at its images' own pixel scale may cap that
     (``ModelGeometry.max_upscale``). Large images are seen in native-resolution tiles; a checkpoint trained on
@@ -227,7 +224,7 @@ class FramingSettings(_Settings):
 
 
 @dataclass(frozen=True)
-class RefineSettings(_Settings):
+class RefineSettings(Settings):
     """Refining existing objects with SAM: each object's box, and optionally its mask, is the prompt."""
 
     use_mask_input: bool = setting(
@@ -236,7 +233,7 @@ class RefineSettings(_Settings):
 
 
 @dataclass(frozen=True)
-class TilingSettings(_Settings):
+class TilingSettings(Settings):
     """How a large image is seen by the model: whole (resized to the model's input) or in native-resolution tiles.
 
     ``auto`` tiles an image when resizing it whole would shrink it by more than half (its longest side is more than
@@ -285,63 +282,3 @@ class TilingSettings(_Settings):
         if self.mode == "whole":
             return False
         return self.mode == "tiles" or max(image_size) > whole_limit * self.resolved(default_tile)[0]
-
-
-#: The settings classes by their key in a checkpoint's ``napari_sam.json``.
-SECTIONS = {"segment_everything": EverythingSettings, "propagation": PropagationSettings,
-            "refine": RefineSettings, "image": FramingSettings}
-
-
-@dataclass(frozen=True)
-class Recommendations:
-    """The settings a checkpoint recommends (the class defaults where it recommends nothing).
-
-    Attributes:
-        everything, propagation, refine: the settings in effect for that checkpoint.
-        image: how a whole image is fitted into the model's input (the file's ``"image"`` section).
-        source: where they come from: the recommendations file's checkpoint, or ``"defaults"``.
-    """
-
-    everything: EverythingSettings = field(default_factory=EverythingSettings)
-    propagation: PropagationSettings = field(default_factory=PropagationSettings)
-    refine: RefineSettings = field(default_factory=RefineSettings)
-    image: FramingSettings = field(default_factory=FramingSettings)
-    source: str = "defaults"
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str) -> Recommendations:
-        """Recommendations from a ``napari_sam.json`` dict: sections named as in :data:`SECTIONS`."""
-        if not isinstance(values, dict):
-            raise ValueError(f"must hold a JSON object with the sections {sorted(SECTIONS)}.")
-        unknown = set(values) - set(SECTIONS)
-        if unknown:
-            raise ValueError(f"unknown section(s) {sorted(unknown)}; the sections are {sorted(SECTIONS)}.")
-        parts = {}
-        for key, kind in SECTIONS.items():
-            section = values.get(key, {})
-            try:
-                if not isinstance(section, dict):
-                    raise ValueError(f"must be a JSON object of settings, not {section!r}.")
-                parts[key] = kind.from_dict(section)
-            except ValueError as error:
-                raise ValueError(f'the "{key}" section: {error}') from error
-        return cls(everything=parts["segment_everything"], propagation=parts["propagation"],
-                   refine=parts["refine"], image=parts["image"], source=source)
-
-
-def read_recommendations(folder_or_id: str, label: str | None = None) -> Recommendations:
-    """The settings a checkpoint recommends, from ``napari_sam.json`` in its folder (or hub repository);
-    ``label`` names the checkpoint as its ``source`` (default: ``folder_or_id``).
-
-    Raises:
-        ModelLoadError: the file exists but is not a valid JSON object, or holds unknown or invalid settings.
-    """
-    from .model_loading import _read_json
-
-    values = _read_json(folder_or_id, RECOMMENDATIONS_FILE)  # a malformed file raises ModelLoadError
-    if values is None:
-        return Recommendations()
-    try:
-        return Recommendations.from_dict(values, source=label or str(folder_or_id))
-    except ValueError as error:
-        raise ModelLoadError(f"{RECOMMENDATIONS_FILE} of {folder_or_id!r}: {error}") from error

@@ -20,11 +20,12 @@ from ..bridge.labels_writer import commit_masks
 from ..bridge.layer_prompts import read_exemplars
 from ..bridge.slicing import current_index, plane_view
 from ..bridge.transforms import data_to_world
+from ..core.workflows import segment_concept
+from .cancellable_task import CancellableTask
 from .dock import Dock
 from .labels_target import LabelsTarget
 from .layout import Fold, column, narrow, row
 from .prompt_layers import add_shapes_layer, selection_kept, unwrapped
-from .tasks import CancellableTask
 
 POSITIVE, NEGATIVE = "lime", "red"
 
@@ -153,7 +154,7 @@ class ConceptWidget(Dock):
         def work(report, cancelled):
             with predictor.locked():
                 predictor.set_image(view, contrast_limits=limits, rgb=rgb)
-                return predictor.segment_concept(text, boxes if len(boxes) else None, labels, threshold=threshold)
+                return segment_concept(predictor, text, boxes if len(boxes) else None, labels, threshold=threshold)
 
         self.task.run(work, lambda result: self._show(image, index, result))
 

@@ -18,15 +18,15 @@ from magicgui.widgets import CheckBox, PushButton
 from napari.utils.notifications import show_info
 
 from ..bridge.slicing import plane_view, planes_to_run
-from ..core.automatic_mask_generator import explain_empty, segment_everything
-from ..core.image_source import PlaneWriter
+from ..core.image import PlaneWriter
 from ..core.settings import EverythingSettings
+from ..core.workflows import explain_empty, segment_everything
 from .batch_export import BatchExport
+from .cancellable_task import CancellableTask, plane_progress
 from .dock import Dock
 from .layout import row, status_line
 from .prompt_layers import image_transforms, labels_array, selection_kept, spatial_shape, unwrapped
 from .settings_form import SettingsForm
-from .tasks import CancellableTask, plane_progress
 
 
 class EverythingWidget(Dock):

@@ -15,15 +15,13 @@ from psygnal import Signal
 from qtpy.QtCore import Qt, QTimer
 
 from ..bridge.slicing import current_index, leading_shape, plane_shape, plane_view, visible_region
-from ..core.model_loading import DEFAULT_CHECKPOINT, KNOWN_CHECKPOINTS
+from ..core.model import DEFAULT_CHECKPOINT, DEVICES, KNOWN_CHECKPOINTS, PRECISIONS
 from .layout import Fold, column, narrow, narrow_spin, row, status_line
 from .session import session_for
 from .tiles_and_store import TilesAndStore
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 #: How long the view must rest after a pan or zoom before the tiles that came into view are embedded.
 CAMERA_REST_MS = 300
-PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 def _plane(index: tuple[int, ...]) -> str:

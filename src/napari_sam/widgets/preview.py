@@ -21,13 +21,12 @@ from napari.layers import Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
-from ..bridge.layer_prompts import PlanePrompts, read_prompts
-from ..bridge.prompt_objects import group_objects
+from ..bridge.layer_prompts import PlanePrompts, group_objects, read_prompts
 from ..bridge.slicing import current_index, full_resolution, plane_shape, plane_view
 from ..bridge.transforms import data_to_world
 from ..core.errors import EncoderNeeded
-from ..core.mask_objects import MaskObject
-from ..core.prompted_objects import PromptObject, predict_objects
+from ..core.objects import MaskObject
+from ..core.workflows import PromptObject, predict_objects
 from .prompt_layers import add_preview_layer, selection_kept
 
 #: Seconds a model's decodes may take (see ``Predictor.decode_seconds``) to be run on the UI thread, sparing the

@@ -19,12 +19,12 @@ from napari.utils.notifications import show_info
 
 from ..bridge.labels_writer import commit_object, object_under, replace_object
 from ..bridge.slicing import StackAxis, leading_shape
-from ..core.propagation import propagate
+from ..core.model import VIDEO_CHECKPOINTS
 from ..core.settings import PropagationSettings
-from ..core.video_propagation import VIDEO_CHECKPOINTS, propagate_video
+from ..core.workflows.propagation import propagate, propagate_video
+from .cancellable_task import CancellableTask
 from .layout import Fold, column, narrow, row
 from .settings_form import SettingsForm
-from .tasks import CancellableTask
 
 #: The "propagate with" choice that uses the prompt model itself.
 PROMPT_MODEL = "the prompt model"

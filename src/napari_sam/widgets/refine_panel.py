@@ -17,14 +17,14 @@ from napari.utils.notifications import show_info
 from ..bridge.labels_grid import labels_on_plane
 from ..bridge.labels_writer import replace_plane_objects
 from ..bridge.slicing import current_index, plane_shape, plane_view, planes_to_run
-from ..core.mask_objects import cropped
-from ..core.refine import refine_objects
+from ..core.objects import cropped
 from ..core.settings import RefineSettings
+from ..core.workflows import refine_objects
+from .cancellable_task import CancellableTask, plane_progress
 from .layout import Fold, column, row
 from .preview import RefineTarget
 from .prompt_layers import image_transforms, selection_kept, spatial_shape, unwrapped
 from .settings_form import SettingsForm
-from .tasks import CancellableTask, plane_progress
 
 HINT = "Ctrl+click an object, or press R over it, to refine it with SAM; C replaces it."
 

@@ -16,18 +16,16 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from psygnal import Signal
 
-from ..core.devices import resolve_device
+from ..core.embeddings import DEFAULT_STORE_GB, EmbeddingStore, store_bytes
+from ..core.model import load_video_model, resolve_device
 from ..core.predictor import Predictor
 from ..core.settings import TilingSettings
-from ..core.video_propagation import load_video_model
 
 _log = logging.getLogger(__name__)
 
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: At most this many tiles are embedded ahead of a prompt (around the view, and on the neighbouring planes).
 MAX_TILES_AHEAD = 36
-#: The embedding store's size cap unless the user sets another, in GB.
-DEFAULT_STORE_GB = 10.0
 
 
 def time_decoder(predictor: Predictor, plane, limits, rgb, frame) -> None:
@@ -115,10 +113,8 @@ class ModelSession:
         """
         self.store_folder, self.store_gb, self.store = folder, gigabytes, None
         if folder is not None:
-            from ..core.embedding_store import EmbeddingStore
-
             try:
-                self.store = EmbeddingStore(folder or None, max_bytes=int(gigabytes * (1 << 30)))
+                self.store = EmbeddingStore(folder or None, max_bytes=store_bytes(gigabytes))
             except (ValueError, PermissionError):
                 self.store_folder = None
                 raise

@@ -1,0 +1,37 @@
+"""Command-line options generated from the settings classes (:mod:`napari_sam.core.settings`), the same ones the
+docks' controls are generated from: one ``--option`` per field, with its type, default, limits and help."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_settings(parser, settings_class, prefix: str = "", given_only: bool = False, default_note: str = "") -> None:
+    """One ``--option`` per field of ``settings_class`` (into ``dest`` ``prefix`` + its name), with its type,
+    default, limits and help. ``given_only``: options left out of the command line are left out of the namespace
+    (see :func:`given_settings`); ``default_note`` replaces "default X" in the help."""
+    for info in settings_class.fields():
+        flag, dest = info.flag, prefix + info.name
+        limits = f" [{info.low}..{info.high}]" if info.low is not None else ""
+        default = argparse.SUPPRESS if given_only else info.default
+        shown = default_note or (f"default {info.default!r}" if info.kind is str else f"default {info.default}")
+        if info.kind is bool:
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default,
+                                help=f"{info.help} ({shown})")
+        elif info.choices:
+            parser.add_argument(flag, dest=dest, choices=info.choices, default=default, help=f"{info.help} ({shown})")
+        else:
+            metavar = "TEXT" if info.kind is str else info.kind.__name__.upper()
+            parser.add_argument(flag, dest=dest, type=info.kind, default=default, metavar=metavar,
+                                help=f"{info.help}{limits} ({shown})")
+
+
+def settings_from(args: argparse.Namespace, settings_class):
+    """The settings object of ``args`` (checked; a bad value exits with a message naming the option)."""
+    return settings_class(**{info.name: getattr(args, info.name) for info in settings_class.fields()})
+
+
+def given_settings(args: argparse.Namespace, settings_class, prefix: str = "") -> dict:
+    """The settings of ``settings_class`` given on the command line (added with ``given_only``), by name."""
+    return {info.name: getattr(args, prefix + info.name) for info in settings_class.fields()
+            if hasattr(args, prefix + info.name)}

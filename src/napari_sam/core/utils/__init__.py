@@ -1,1 +1,0 @@
-"""Helpers of the core, in the style of segment-anything's ``utils``."""

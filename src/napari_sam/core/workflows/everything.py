@@ -1,0 +1,464 @@
+"""Segment everything: SAM's automatic mask generator, filtering at low resolution, on images of any size.
+
+The semantics are those of Meta's ``SamAutomaticMaskGenerator`` and transformers' ``mask-generation`` pipeline:
+a point grid per crop, three candidates per point, the predicted-IoU and stability-score filters (a threshold of
+0 turns a filter off), box NMS within and across crops, the crop-edge rule, and optional small-region/hole
+removal. What differs is the cost:
+
+- candidates are filtered on their low-resolution logits first; only survivors are upsampled (in chunks), to
+  compute their exact stability score, box and mask;
+- NMS runs in torch on the model's device (``utils.amg.nms``), no torchvision;
+- each crop is a frame of the predictor's image, embedded exactly once;
+- objects are kept as a box and a mask cropped to it (:class:`~napari_sam.core.objects.MaskObject`), never as
+  image-sized masks, and painted into a labels array at the end (which may be a zarr array on disk).
+
+A large image (see :class:`~napari_sam.core.settings.TilingSettings`) is segmented in its native-resolution tiles
+instead of crops: the tiles overlap by twice the halo, an object cut by a tile's inner border is dropped there
+(the crop-edge rule, a few pixels wide) and kept from the tile that holds it whole, and duplicates across tiles are
+merged by box NMS, so each object appears once, with one id. Memory is bounded by a few tiles plus the labels.
+
+All positions are (row, col) in the image's data pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+
+from ..boxes import box_area, box_near_crop_edge, masks_to_boxes, nms
+from ..decoding import upscale_logits
+from ..errors import SegmentationCancelled
+from ..image import Frame, ImagePlan, fitted_scale, whole_frame
+from ..memory import release_freed_memory
+from ..objects import MaskObject, cleaned, cropped, paint_labels
+from ..predictor import Predictor
+from ..settings import EverythingSettings
+
+#: Tiles decoded between two returns of freed memory to the system (each takes ~6 ms; a tile ~150 ms).
+TRIM_EVERY = 8
+
+__all__ = ["EverythingResult", "FrameObjects", "SegmentationCancelled", "explain_empty", "frame_count", "merge_frames",
+           "segment_everything", "segment_frames"]
+
+#: Survivors are upsampled this many full-resolution pixels at a time (bounds the float memory: 64 MiB).
+UPSAMPLE_PIXELS = 16 * 1024 * 1024
+#: The low-resolution stability pre-filter keeps candidates within this margin of the threshold.
+STABILITY_MARGIN = 0.1
+#: Meta's crop-edge rule: a box within this many pixels of a crop's inner edge is cut by it.
+CROP_EDGE_PIXELS = 20.0
+
+
+def build_point_grid(n_per_side: int) -> np.ndarray:
+    """(n², 2) (row, col) points evenly spaced in [0, 1]², column running fastest (Meta's order)."""
+    offset = 1 / (2 * n_per_side)
+    side = np.linspace(offset, 1 - offset, n_per_side)
+    rows = np.repeat(side, n_per_side)
+    cols = np.tile(side, n_per_side)
+    return np.stack([rows, cols], axis=1)
+
+
+def generate_crop_boxes(size: tuple[int, int], n_layers: int, overlap_ratio: float):
+    """Crop boxes (row0, col0, row1, col1), end-exclusive, and their layer index: the whole image, then
+    (2^(i+1))² overlapping crops for layer i+1 (Meta's and transformers' rule)."""
+    height, width = size
+    boxes, layers = [[0, 0, height, width]], [0]
+    short_side = min(height, width)
+    for layer in range(n_layers):
+        per_side = 2 ** (layer + 1)
+        overlap = int(overlap_ratio * short_side * (2 / per_side))
+        crop_w = int(math.ceil((overlap * (per_side - 1) + width) / per_side))
+        crop_h = int(math.ceil((overlap * (per_side - 1) + height) / per_side))
+        lefts = [int((crop_w - overlap) * i) for i in range(per_side)]
+        tops = [int((crop_h - overlap) * i) for i in range(per_side)]
+        for left in lefts:  # x outer, y inner, as Meta's itertools.product(x0, y0)
+            for top in tops:
+                boxes.append([top, left, min(top + crop_h, height), min(left + crop_w, width)])
+                layers.append(layer + 1)
+    return boxes, layers
+
+
+def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
+    """IoU between the masks at ``threshold + offset`` and ``threshold - offset``; logits (n, H, W) -> (n,)."""
+    intersections = (logits > threshold + offset).sum(dim=(-2, -1), dtype=torch.int32)
+    unions = (logits > threshold - offset).sum(dim=(-2, -1), dtype=torch.int32)
+    return intersections / unions.clamp(min=1)
+
+
+@dataclass
+class Candidates:
+    """Candidate masks, one row each, all on one device.
+
+    Attributes:
+        logits: (n, m, m) float16 low-resolution mask logits in their crop's model frame.
+        scores: (n,) float32 predicted IoU.
+        stability: (n,) float32 stability score (computed at the crop's full resolution).
+        boxes: (n, 4) float32 (row_min, col_min, row_max, col_max), inclusive, in image data pixels.
+        points: (n, 2) float32 (row, col) of the grid point that prompted the candidate, in image data pixels.
+        crops: (n,) int64 index of the crop the candidate comes from.
+    """
+
+    logits: torch.Tensor
+    scores: torch.Tensor
+    stability: torch.Tensor
+    boxes: torch.Tensor
+    points: torch.Tensor
+    crops: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def __getitem__(self, keep) -> Candidates:
+        """The candidates selected by ``keep`` (a bool mask or indices)."""
+        return Candidates(**{f.name: getattr(self, f.name)[keep] for f in fields(self)})
+
+    @classmethod
+    def empty(cls, mask_size: int, device) -> Candidates:
+        def zeros(*shape, dtype=torch.float32):
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        return cls(logits=zeros(0, mask_size, mask_size, dtype=torch.float16), scores=zeros(0), stability=zeros(0),
+                   boxes=zeros(0, 4), points=zeros(0, 2), crops=zeros(0, dtype=torch.long))
+
+    @classmethod
+    def cat(cls, parts: list[Candidates], mask_size: int, device) -> Candidates:
+        """All ``parts`` in one (an empty record when there are none)."""
+        parts = [part for part in parts if len(part)]
+        if not parts:
+            return cls.empty(mask_size, device)
+        return cls(**{f.name: torch.cat([getattr(part, f.name) for part in parts]) for f in fields(cls)})
+
+
+def _chunk(height: int, width: int) -> int:
+    """How many masks of (height, width) to upsample at once."""
+    return max(1, UPSAMPLE_PIXELS // max(1, height * width))
+
+
+@dataclass
+class EverythingResult:
+    """Every object found, ordered by predicted IoU (best first).
+
+    Attributes:
+        objects: one :class:`MaskObject` (a box and the mask cropped to it) per object.
+        scores: (n,) predicted IoU; stability_scores: (n,).
+        boxes: (n, 4) (row_min, col_min, row_max, col_max), inclusive.
+        point_coords: (n, 2) (row, col) of the grid point that prompted each mask.
+        labels: (H, W) instance image (uint32 by default, or the ``out`` array it was painted into), 0 =
+            background; label k is ``objects[k - 1]``, painted from the largest object to the smallest so that
+            small objects stay visible.
+        image_size: (H, W).
+        stats: what the filters saw, to explain an empty result: ``candidates`` (decoded), ``best_score`` (the
+            highest predicted IoU), ``passed_score`` (candidates above the IoU threshold) and ``passed_both``
+            (those also above the stability threshold, before NMS and the crop-edge rule).
+    """
+
+    objects: list[MaskObject]
+    scores: np.ndarray
+    stability_scores: np.ndarray
+    boxes: np.ndarray
+    point_coords: np.ndarray
+    labels: object
+    image_size: tuple[int, int]
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def masks(self) -> np.ndarray:
+        """(n, H, W) bool: every object at the image's size. This materialises image-sized masks; prefer
+        ``objects`` (or ``labels``) for large images."""
+        masks = np.zeros((len(self.objects), *self.image_size), dtype=bool)
+        for index, obj in enumerate(self.objects):
+            masks[index, obj.rows, obj.cols] = obj.mask
+        return masks
+
+    def features(self) -> dict[str, np.ndarray]:
+        """One row per object, as columns: label, area, score, stability and its box (row/col min/max)."""
+        columns = {"label": np.arange(1, len(self.objects) + 1),
+                   "area": np.array([obj.area for obj in self.objects], dtype=np.int64),
+                   "score": self.scores, "stability": self.stability_scores}
+        for index, name in enumerate(("box_row_min", "box_col_min", "box_row_max", "box_col_max")):
+            columns[name] = self.boxes[:, index]
+        return columns
+
+
+class _Steps:
+    """Counts decoded batches over the whole run, reports them, checks for cancellation, and keeps what the
+    filters saw (:attr:`EverythingResult.stats`)."""
+
+    def __init__(self, total: int, progress, cancel):
+        self.done, self.total, self.progress, self.cancel = 0, total, progress, cancel
+        self.stats = {"candidates": 0, "best_score": float("-inf"), "passed_score": 0, "passed_both": 0}
+
+    def saw(self, scores: torch.Tensor, passed_score: int) -> None:
+        """All decoded scores of a batch, and how many candidates passed the IoU filter."""
+        self.stats["candidates"] += scores.numel()
+        if scores.numel():
+            self.stats["best_score"] = max(self.stats["best_score"], float(scores.max()))
+        self.stats["passed_score"] += passed_score
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise SegmentationCancelled()
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """The frames a run decodes: Meta's crops (the whole image, then crop layers) or a large image's tiles, each
+    with its grid of points (in the frame's pixels) and the width of its crop-edge rule, and the image's size."""
+
+    frames: list[Frame]
+    grids: list[np.ndarray]
+    edge: float
+    tiled: bool
+    image_size: tuple[int, int]
+
+
+def _plan(predictor: Predictor, image: ImagePlan, settings: EverythingSettings) -> _Pass:
+    """The frames that segment everything decodes in ``image`` (the predictor's current image)."""
+    size, input_size = image.size, predictor.geometry.longest_edge
+    sides = settings.grid_sides()
+    if image.tiles is not None:
+        frames = predictor.frames(plan=image)
+        grid = build_point_grid(sides[0])
+        return _Pass(frames, [grid * np.array(frame.size) for frame in frames], max(2.0, image.tiles.halo / 8), True,
+                     size)
+    boxes, layers = generate_crop_boxes(size, settings.crop_n_layers, settings.crop_overlap_ratio)
+    upscale = predictor.geometry.max_upscale
+    frames = [whole_frame(size, input_size, upscale)] + [
+        Frame(r0, c0, r1, c1, fitted_scale((r1 - r0, c1 - c0), input_size, upscale)) for r0, c0, r1, c1 in boxes[1:]]
+    grids = [build_point_grid(sides[layer]) * np.array(frame.size) for frame, layer in zip(frames, layers)]
+    return _Pass(frames, grids, CROP_EDGE_PIXELS, False, size)
+
+
+def _decode_frame(predictor: Predictor, plan: _Pass, index: int, settings: EverythingSettings,
+                  steps: _Steps) -> Candidates:
+    """Decode the point grid of frame ``index``; the candidates that pass, before NMS."""
+    frame, points_rc = plan.frames[index], plan.grids[index]
+    geometry = predictor.geometry
+    iou_filter = settings.pred_iou_thresh if settings.pred_iou_thresh > 0 else None  # 0: off, as Meta's
+    stability_filter = settings.stability_score_thresh if settings.stability_score_thresh > 0 else None
+    offset_value = settings.stability_score_offset
+    valid_rows = math.ceil(geometry.input_size(frame)[0] * geometry.mask_size / geometry.pad_size[0])
+    valid_cols = math.ceil(geometry.input_size(frame)[1] * geometry.mask_size / geometry.pad_size[1])
+    offset = torch.tensor([frame.row0, frame.col0] * 2, dtype=torch.float32, device=predictor.device)
+    box = [frame.row0, frame.col0, frame.row1, frame.col1]
+    image_box = [0, 0, *plan.image_size]
+    parts = []
+    for start in range(0, len(points_rc), settings.points_per_batch):
+        steps.check()
+        points = points_rc[start: start + settings.points_per_batch]
+        logits, scores, kept = predictor.point_grid_logits(points, min_score=iou_filter, frame=frame)
+        point_index = kept.repeat_interleave(scores.shape[1])  # the point of each candidate
+        all_scores, logits, scores = scores, logits.flatten(0, 1), scores[kept].flatten()
+        keep = torch.ones_like(scores, dtype=torch.bool) if iou_filter is None else scores > iou_filter
+        steps.saw(all_scores, int(keep.sum()))
+        if stability_filter is not None:  # a cheap pre-filter on the valid low-res region
+            rough = stability_score(logits[:, :valid_rows, :valid_cols], 0.0, offset_value)
+            keep &= rough > stability_filter - STABILITY_MARGIN
+        logits, scores, point_index = logits[keep], scores[keep], point_index[keep]
+        grid = torch.as_tensor(points, dtype=torch.float32, device=logits.device)
+        step = _chunk(*frame.size)
+        for chunk in range(0, len(logits), step):
+            part = logits[chunk: chunk + step]
+            full = upscale_logits(part, geometry, geometry.input_size(frame), frame.size)
+            stability = stability_score(full, 0.0, offset_value)
+            passed = (full > 0).flatten(1).any(dim=1)
+            if stability_filter is not None:
+                passed &= stability > stability_filter
+            steps.stats["passed_both"] += int(passed.sum())
+            boxes = masks_to_boxes(full > 0) + offset
+            passed &= ~box_near_crop_edge(boxes, box, image_box, atol=plan.edge)
+            chosen = torch.nonzero(passed).flatten()
+            parts.append(Candidates(
+                logits=part[chosen].to(torch.float16), scores=scores[chunk: chunk + step][chosen],
+                stability=stability[chosen], boxes=boxes[chosen],
+                points=grid[point_index[chunk: chunk + step][chosen]] + offset[:2],
+                crops=torch.full((len(chosen),), index, dtype=torch.long, device=logits.device)))
+        steps.advance()
+    return Candidates.cat(parts, geometry.mask_size, predictor.device)
+
+
+def segment_everything(predictor: Predictor, image, settings: EverythingSettings | None = None, *,
+                       contrast_limits=None, rgb: bool | None = None, out=None, first_id: int = 1,
+                       progress: Callable[[int, int], None] | None = None,
+                       cancel: Callable[[], bool] | None = None, **overrides) -> EverythingResult:
+    """Find every object in a 2D image (gray, RGB or RGBA; any dtype and size), as SAM's automatic mask generator.
+
+    Args:
+        predictor: the model to use; ``image`` becomes its current image, seen whole or in tiles as its
+            ``tiling`` settings say.
+        image: (H, W), (H, W, 3) or (H, W, 4) array-like (numpy, dask, zarr): only the frames decoded are read.
+        settings: the generator's settings (:class:`~napari_sam.core.settings.EverythingSettings`; None: those the
+            checkpoint recommends, ``predictor.recommended.everything``, as the dock shows them). ``overrides``
+            replace single settings by name, e.g. ``points_per_side=16``. On a tiled image the grid is
+            ``points_per_side`` per tile, and crop layers are not used (tiles are native resolution already).
+        contrast_limits, rgb: as for :meth:`Predictor.set_image`; the same limits serve every frame.
+        out: an (H, W) integer array-like (e.g. a zarr array on disk) to paint the labels into; None: a new uint32
+            numpy array. ``first_id``: the label of the first object (the others follow).
+        progress: called as ``progress(done, total)`` after every batch of points.
+        cancel: checked between batches; returning True raises :class:`SegmentationCancelled`.
+
+    Raises:
+        ValueError: an unknown or invalid setting, or an unsupported image.
+
+    The same result comes from :func:`segment_frames` over groups of the frames (in other processes, say) and
+    :func:`merge_frames` of their parts.
+    """
+    settings = (settings or predictor.recommended.everything).replace(**overrides)
+    part = segment_frames(predictor, image, settings, contrast_limits=contrast_limits, rgb=rgb, progress=progress,
+                          cancel=cancel)
+    return merge_frames([part], settings, out=out, first_id=first_id)
+
+
+@dataclass
+class FrameObjects:
+    """The objects segment everything keeps from some frames of one image, before the merge across frames.
+
+    Attributes:
+        objects: :class:`MaskObject` per object; scores, stability: (n,) float32; boxes: (n, 4) (row_min, col_min,
+            row_max, col_max); points: (n, 2) (row, col) of each object's grid point; frames: (n,) int64, the index
+            of the frame each object came from.
+        frame_areas: (n_frames,) float32, the area of every frame of the image's pass (not only these).
+        image_size: (H, W); tiled: whether the frames are tiles (else Meta's crops).
+        stats: what the filters saw (see :attr:`EverythingResult.stats`).
+    """
+
+    objects: list[MaskObject]
+    scores: np.ndarray
+    stability: np.ndarray
+    boxes: np.ndarray
+    points: np.ndarray
+    frames: np.ndarray
+    frame_areas: np.ndarray
+    image_size: tuple[int, int]
+    tiled: bool
+    stats: dict
+
+
+def frame_count(predictor: Predictor, image, settings: EverythingSettings | None = None, *, contrast_limits=None,
+                rgb: bool | None = None) -> int:
+    """How many frames segment everything decodes in ``image`` (its tiles, or the whole image and its crops):
+    :func:`segment_frames` takes frame indices below this. Reads nothing when contrast limits are given."""
+    with predictor.locked():
+        plan = predictor.set_image(image, contrast_limits=contrast_limits, rgb=rgb)
+        return len(_plan(predictor, plan, settings or predictor.recommended.everything).frames)
+
+
+def segment_frames(predictor: Predictor, image, settings: EverythingSettings, frames=None, *, contrast_limits=None,
+                   rgb: bool | None = None, progress: Callable[[int, int], None] | None = None,
+                   cancel: Callable[[], bool] | None = None) -> FrameObjects:
+    """Segment everything in the frames ``frames`` (indices; None: all) of ``image``, each frame's duplicates
+    removed; the arguments are those of :func:`segment_everything`."""
+    with predictor.locked():  # the image stays the current one for the whole run
+        plan = _plan(predictor, predictor.set_image(image, contrast_limits=contrast_limits, rgb=rgb), settings)
+        indices = range(len(plan.frames)) if frames is None else [int(i) for i in frames]
+        steps = _Steps(sum(math.ceil(len(plan.grids[i]) / settings.points_per_batch) for i in indices), progress,
+                       cancel)
+        kept = []
+        for count, index in enumerate(indices):
+            found = _decode_frame(predictor, plan, index, settings, steps)
+            found = found[nms(found.boxes, found.scores, settings.box_nms_thresh)]
+            kept.append(_as_objects(predictor, plan, found))
+            if plan.tiled and count % TRIM_EVERY == TRIM_EVERY - 1:
+                release_freed_memory()  # thousands of tiles would otherwise fragment the heap
+    values = [np.concatenate([part[1][i] for part in kept]) if kept else np.zeros((0,)) for i in range(4)]
+    areas = box_area(torch.tensor([[f.row0, f.col0, f.row1, f.col1] for f in plan.frames], dtype=torch.float32))
+    return FrameObjects(
+        objects=[obj for part in kept for obj in part[0]], scores=np.asarray(values[0], np.float32),
+        stability=np.asarray(values[1], np.float32), boxes=np.asarray(values[2], np.float32).reshape(-1, 4),
+        points=np.asarray(values[3], np.float32).reshape(-1, 2),
+        frames=np.concatenate([part[2] for part in kept]) if kept else np.zeros(0, dtype=np.int64),
+        frame_areas=areas.numpy(), image_size=plan.image_size, tiled=plan.tiled, stats=steps.stats)
+
+
+def merge_frames(parts: list[FrameObjects], settings: EverythingSettings, *, out=None,
+                 first_id: int = 1) -> EverythingResult:
+    """One image's result from the parts of its frames (every frame in exactly one part): duplicates across
+    frames merged by box NMS, small regions removed, labels painted into ``out`` from ``first_id``."""
+    if not parts:
+        raise ValueError("merge_frames needs the parts of at least one frame.")
+    objects = [obj for part in parts for obj in part.objects]
+    scores, stability, boxes, points, crops = (np.concatenate([getattr(part, name) for part in parts])
+                                               for name in ("scores", "stability", "boxes", "points", "frames"))
+    first = parts[0]
+    if len(first.frame_areas) > 1 and objects:
+        if first.tiled or not settings.prefer_smaller_crops:
+            preference = scores
+        else:
+            preference = 1.0 / first.frame_areas[crops]
+        keep = nms(torch.from_numpy(boxes), torch.from_numpy(np.asarray(preference, np.float32)),
+                   settings.crop_nms_thresh).numpy()
+        objects = [objects[i] for i in keep]
+        scores, stability, boxes, points = scores[keep], stability[keep], boxes[keep], points[keep]
+    if settings.min_mask_region_area > 0:
+        objects, scores, stability, boxes, points = _remove_small_regions(
+            objects, scores, stability, points, settings.min_mask_region_area, settings.box_nms_thresh)
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    objects = [objects[i] for i in order]
+    stats = {"candidates": sum(p.stats["candidates"] for p in parts),
+             "best_score": max(p.stats["best_score"] for p in parts),
+             **{key: sum(p.stats[key] for p in parts) for key in ("passed_score", "passed_both")}}
+    return EverythingResult(objects=objects, scores=np.asarray(scores, np.float32)[order],
+                            stability_scores=np.asarray(stability, np.float32)[order],
+                            boxes=np.asarray(boxes, np.float32).reshape(-1, 4)[order],
+                            point_coords=np.asarray(points, np.float32).reshape(-1, 2)[order],
+                            labels=paint_labels(objects, first.image_size, out, first_id=first_id),
+                            image_size=first.image_size, stats=stats)
+
+
+def _as_objects(predictor: Predictor, plan: _Pass, found: Candidates):
+    """The frame's kept candidates as cropped objects with their scores, stability, boxes, points and frame."""
+    objects, rows = [], []
+    if len(found):
+        frame = plan.frames[int(found.crops[0])]
+        step = _chunk(*frame.size)
+        for chunk in range(0, len(found), step):
+            part = found.logits[chunk: chunk + step].float()
+            geometry = predictor.geometry
+            full = (upscale_logits(part, geometry, geometry.input_size(frame), frame.size) > 0).cpu().numpy()
+            for offset, mask in enumerate(full):
+                obj = cropped(mask, frame.row0, frame.col0)
+                if obj is not None:
+                    objects.append(obj)
+                    rows.append(chunk + offset)
+    index = torch.as_tensor(rows, dtype=torch.long)
+    values = tuple(t.cpu()[index].numpy() for t in (found.scores, found.stability, found.boxes, found.points))
+    return objects, values, found.crops.cpu()[index].numpy()
+
+
+def _remove_small_regions(objects, scores, stability, points, min_area, nms_thresh):
+    """Meta's post-processing: drop small islands, fill small holes, then NMS preferring unchanged masks."""
+    cleaned_objects, preference, keep = [], [], []
+    for index, obj in enumerate(objects):
+        obj, changed = cleaned(obj, min_area)
+        if obj is not None:
+            cleaned_objects.append(obj)
+            preference.append(0.0 if changed else 1.0)
+            keep.append(index)
+    kept = np.asarray(keep, dtype=np.int64)
+    boxes = np.array([obj.box for obj in cleaned_objects], dtype=np.float32).reshape(-1, 4)
+    survivors = nms(torch.from_numpy(boxes), torch.tensor(preference, dtype=torch.float32), nms_thresh).numpy()
+    return ([cleaned_objects[i] for i in survivors], scores[kept][survivors], stability[kept][survivors],
+            boxes[survivors], points[kept][survivors])
+
+
+def explain_empty(stats: dict, settings: EverythingSettings) -> str:
+    """Why a run found no object, and which setting to lower (from :attr:`EverythingResult.stats`)."""
+    if not stats.get("candidates"):
+        return "No candidate mask was decoded."
+    if not stats["passed_score"]:
+        return (f"No candidate's predicted IoU was above 'min predicted IoU' ({settings.pred_iou_thresh:g}); the "
+                f"best was {stats['best_score']:.2f}. Lower 'min predicted IoU' below that.")
+    if not stats["passed_both"]:
+        return (f"{stats['passed_score']} of {stats['candidates']} candidates passed 'min predicted IoU' "
+                f"({settings.pred_iou_thresh:g}) but none 'min stability' ({settings.stability_score_thresh:g}). "
+                "Lower 'min stability' (0.8, say).")
+    return ("The candidates that passed both filters were all dropped as duplicates or for touching a crop's edge. "
+            "Raise 'points per side' or lower 'min region (px)'.")

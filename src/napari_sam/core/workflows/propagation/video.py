@@ -1,0 +1,212 @@
+"""Propagating one object through a z-stack or time-lapse with a SAM2-family video model (SAM2, EdgeTAM, SAM3's
+tracker).
+
+The prompted slice is segmented from its prompt, every other one from its image and the model's memory of the
+slices already segmented: forward to the last slice, then backward from the prompted one to the first. The order,
+the stop rules (object score, overlap with the previous slice, area), progress and cancelling are
+:func:`~napari_sam.core.workflows.propagation.driver.drive`'s, shared with SAM-1 propagation; :class:`VideoStepper`
+is how a video model segments one slice.
+
+transformers' video processor needs torchvision, so each slice's model input is prepared here in torch as it does:
+the slice as napari shows it, in 8-bit levels, resized to the model's square input regardless of aspect ratio
+(antialiased bilinear), normalised with the checkpoint's mean/std. A slice is prepared on the model's device only when
+the model asks for it, so no copy of the stack is kept, and memories the model can no longer look back to are dropped.
+
+Positions are (row, col) in the slices' data pixels; ``axis`` is the stack axis of ``volume``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...decoding import ObjectPrompts, check_prompts
+from ...decoding.coordinates import boxes_to_model, points_to_model
+from ...image import display_rgb
+from ...model import VideoGeometry, video_geometry
+from ...settings import PropagationSettings
+from .driver import PropagationResult, Run, Segmented, drive, prepare_run
+
+
+def slice_input(image: np.ndarray, geometry: VideoGeometry, contrast_limits: Sequence[float] | None = None,
+                 rgb: bool | None = None, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A 2D slice as the video model's input, as transformers' ``Sam2VideoVideoProcessor`` makes a video frame.
+
+    ``image`` is (H, W), (H, W, 3) or (H, W, 4) of any dtype; ``contrast_limits`` and ``rgb`` as for
+    :func:`display_rgb`. Returns a tensor of shape (3, *geometry.image_size) and dtype ``dtype``, on ``device``.
+    """
+    levels = (display_rgb(image, contrast_limits, rgb, device=device)[None] * 255.0).add_(0.5).floor_()
+    resized = F.interpolate(levels, size=geometry.image_size, mode="bilinear", align_corners=False, antialias=True)
+    resized = resized.add_(0.5).floor_().clamp_(0.0, 255.0) / 255.0
+    mean = torch.tensor(geometry.mean, device=resized.device).view(1, 3, 1, 1)
+    std = torch.tensor(geometry.std, device=resized.device).view(1, 3, 1, 1)
+    return ((resized - mean) / std)[0].to(dtype)
+
+
+def _prompt_inputs(prompts: ObjectPrompts, original_size: tuple[int, int], image_size: tuple[int, int]) -> dict:
+    """The session's point inputs from checked prompts: (1, 1, N, 2) float32 (x, y) in the model input and
+    (1, 1, N) int32 labels, the box's corners (labels 2, 3) first.
+
+    (row, col) become (x, y) only through :func:`points_to_model` / :func:`boxes_to_model`, scaled to the square
+    input as transformers' ``Sam2VideoProcessor`` does.
+    """
+    coords, labels = [], []
+    if prompts.boxes is not None:
+        coords.append(boxes_to_model(prompts.boxes, original_size, image_size).reshape(2, 2))
+        labels += [2, 3]  # SAM's top-left and bottom-right corner labels
+    if prompts.points is not None and prompts.point_labels is not None:
+        coords.append(points_to_model(prompts.points, original_size, image_size))
+        labels += prompts.point_labels.tolist()
+    return {"point_coords": torch.from_numpy(np.concatenate(coords).astype(np.float32))[None, None],
+            "point_labels": torch.tensor(labels, dtype=torch.int32)[None, None]}
+
+
+def _check_prompt(points, point_labels, box, mask, size: tuple[int, int]) -> ObjectPrompts | np.ndarray:
+    """The start slice's prompt for slices of ``size`` (H, W): checked :class:`ObjectPrompts` (points and the box
+    checked, and the box clipped, as :meth:`Predictor.predict` does, by :func:`check_prompts`), or the (H, W) bool
+    mask."""
+    has_points = points is not None and np.size(points) > 0
+    has_box = box is not None and np.size(box) > 0
+    if mask is not None:
+        if has_points or has_box:
+            raise ValueError("Give either a mask or points/box as the prompt, not both.")
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != size:
+            raise ValueError(f"mask has shape {mask.shape}, the slices {size}.")
+        if not mask.any():
+            raise ValueError("The mask prompt is empty: segment the object first.")
+        return mask
+    if not has_points and not has_box:
+        raise ValueError("No prompt: give points, a box or a mask of the object on the start slice.")
+    prompts = check_prompts(points if has_points else None, point_labels, box if has_box else None, None, size)
+    if prompts.boxes is not None and len(prompts.boxes) != 1:
+        raise ValueError(f"box must be one (row_min, col_min, row_max, col_max), got {len(prompts.boxes)} boxes.")
+    return prompts
+
+
+def _session_class(model) -> type:
+    """The inference-session class of ``model``'s family (``Sam2VideoModel`` -> ``Sam2VideoInferenceSession``)."""
+    for cls in type(model).__mro__:
+        module = sys.modules.get(cls.__module__) or importlib.import_module(cls.__module__)
+        session = getattr(module, cls.__name__.replace("Model", "InferenceSession"), None)
+        if isinstance(session, type):
+            return session
+    raise TypeError(f"{type(model).__name__} is not a SAM2-family video model (e.g. Sam2VideoModel).")
+
+
+class VideoStepper:
+    """Segments each slice with a SAM2-family video model and its memory of the slices already segmented.
+
+    The start slice is segmented from the prompt (a mask prompt is kept as that slice's result); every other slice
+    from its image and the memory, with ``reverse`` for the backward direction. Frames are prepared when the model
+    asks for them, from the plane the driver hands over, and memories the model can no longer look back to are
+    dropped (those near the start slice serve the backward direction).
+    """
+
+    def __init__(self, model, geometry: VideoGeometry, prompt: ObjectPrompts | np.ndarray, run: Run):
+        self.model, self.geometry, self.run = model, geometry, run
+        self.mask = prompt if isinstance(prompt, np.ndarray) else None
+        self._plane: tuple[int, np.ndarray] | None = None
+        stepper, size, n_slices = self, run.stack.size, run.stack.n_slices
+        device, dtype = model.device, model.dtype
+
+        class VolumeSession(_session_class(model)):  # type: ignore[misc]  # the model's own session class
+            """An inference session whose slices (its video frames) are prepared when the model asks for them, never
+            stored."""
+
+            num_frames = property(lambda self: n_slices)
+
+            def get_frame(self, frame_idx: int) -> torch.Tensor:
+                return stepper._input(frame_idx)
+
+        self.session = VolumeSession(video_height=size[0], video_width=size[1], inference_device=device,
+                                     inference_state_device=device, video_storage_device="cpu", dtype=dtype)
+        obj_idx = self.session.obj_id_to_idx(1)
+        if isinstance(prompt, np.ndarray):
+            resized = F.interpolate(torch.from_numpy(self.mask)[None, None].float(), size=geometry.image_size,
+                                    mode="bilinear", align_corners=False, antialias=True)
+            self.session.add_mask_inputs(obj_idx, run.start_index, (resized >= 0.5).float())
+        else:
+            self.session.add_point_inputs(obj_idx, run.start_index, _prompt_inputs(prompt, size, geometry.image_size))
+        self.session.obj_with_new_inputs = [1]
+        config = model.config
+        self.lookback = max(getattr(config, "num_maskmem", n_slices),
+                            getattr(config, "max_object_pointers_in_encoder", 0))
+        self.outputs = self.session.output_dict_per_obj[obj_idx]["non_cond_frame_outputs"]
+
+    def _input(self, index: int) -> torch.Tensor:
+        """Slice ``index`` as the model's input (3, *image_size) on the model's device, in its dtype."""
+        plane = self._plane[1] if self._plane is not None and self._plane[0] == index else self.run.stack.plane(index)
+        return slice_input(plane, self.geometry, self.run.contrast_limits, self.run.has_channels, self.model.device,
+                            self.model.dtype)
+
+    def segment(self, index: int, plane: np.ndarray, step: int, previous: Segmented | None) -> Segmented:
+        self._plane = (index, plane)
+        try:
+            with torch.inference_mode():
+                output = self.model(self.session, frame_idx=index, reverse=step < 0)
+                logits = F.interpolate(output.pred_masks[:1, :1].float(), size=self.run.stack.size, mode="bilinear",
+                                       align_corners=False)
+                score = float(torch.sigmoid(output.object_score_logits.float()).flatten()[0])
+                found = (logits[0, 0] > 0).cpu().numpy()
+        finally:
+            self._plane = None
+        stale = index - step * self.lookback  # forget a slice once the model no longer looks back to it
+        if abs(stale - self.run.start_index) > self.lookback:
+            self.outputs.pop(stale, None)
+        return Segmented(self.mask if previous is None and self.mask is not None else found, score)
+
+
+def propagate_video(model, volume, start_index: int, axis: int, *, points=None, point_labels=None, box=None,
+                    mask: np.ndarray | None = None, geometry: VideoGeometry | None = None,
+                    settings: PropagationSettings | None = None, contrast_limits=None, rgb: bool | None = None,
+                    directions: tuple[int, ...] = (1, -1), progress: Callable[[int, int], None] | None = None,
+                    cancel: Callable[[], bool] | None = None,
+                    on_slice: Callable[[int, np.ndarray, float], None] | None = None,
+                    **overrides) -> PropagationResult:
+    """Segment the object prompted on slice ``start_index`` and track it through ``volume`` along ``axis``.
+
+    Order: the start slice, then forward (+1) to the last slice, then backward (-1) from the start slice. Each
+    direction stops at the first slice whose mask is empty, whose object score is below ``score_threshold``, whose
+    IoU with the previous slice's mask is below ``iou_threshold``, or whose area is below ``min_area``; the start
+    slice is kept whatever its score and size, and an object absent from it is not propagated.
+
+    Args:
+        model: a SAM2-family video model (``Sam2VideoModel``, ``EdgeTamVideoModel``) in eval mode; it runs on its
+            own device, in its own dtype.
+        volume: (..., H, W[, C]) array-like (numpy, dask, zarr: anything with ``shape`` and ``__getitem__``) whose
+            ``axis`` runs through the slices (z or t); each slice must be one 2D gray, RGB or RGBA image. Only the
+            slice being segmented is read and prepared at a time.
+        start_index: the prompted slice (an integer).
+        axis: the stack axis of ``volume`` (negative counts from the end).
+        points: (N, 2) (row, col) clicks on the start slice; point_labels: (N,) 1 = object, 0 = background
+            (default all 1).
+        box: (row_min, col_min, row_max, col_max) on the start slice, alone or with points (clipped to the image).
+        mask: (H, W) bool, the object on the start slice (instead of points and box); it is kept as that
+            slice's result.
+        geometry: the checkpoint's :class:`VideoGeometry` (from :func:`load_video_model`); None: the model
+            config's input size with ImageNet mean/std.
+        settings: :class:`PropagationSettings` (None: the defaults); ``overrides`` are its field names applied on
+            top (``n_points`` and ``use_mask_input`` concern SAM-1 only).
+        contrast_limits, rgb: as for :func:`display_rgb`; the same limits serve every slice (None: the start
+            slice's defaults).
+        directions: 1 towards higher slice indices, -1 towards lower ones; both (forward first) by default.
+        progress: ``progress(done, total)`` after each slice; cancel: checked before each slice, returning True
+            raises :class:`~napari_sam.core.errors.SegmentationCancelled`; on_slice: ``on_slice(index, mask,
+            score)`` for each slice kept, in processing order.
+
+    Returns :class:`PropagationResult` (slices first whatever ``axis``); its scores are object scores in [0, 1].
+    Raises ValueError for bad arguments (no prompt, a mask with points or box, points or boxes as
+    :meth:`Predictor.predict` rejects them, bad shapes, indices, limits or settings), naming the problem.
+    """
+    run = prepare_run(volume, start_index, axis, contrast_limits=contrast_limits, rgb=rgb, directions=directions,
+                      settings=settings, overrides=overrides)
+    prompt = _check_prompt(points, point_labels, box, mask, run.stack.size)
+    stepper = VideoStepper(model, geometry or video_geometry(model.config), prompt, run)
+    return drive(stepper, run, progress=progress, cancel=cancel, on_slice=on_slice)

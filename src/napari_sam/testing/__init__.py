@@ -1,0 +1,3 @@
+"""Helpers for tests, benchmarks and the training scripts, not used by napari-sam itself: models with seeded random
+weights (:mod:`~napari_sam.testing.random_weights`) and held-out synthetic figures of a checkpoint
+(:mod:`~napari_sam.testing.held_out`)."""
