@@ -1,7 +1,7 @@
 """Held-out synthetic figures of a tiny-cells checkpoint, per look, through the public API.
 
-For every look of ``napari_sam.core.synthetic_microscopy.LOOKS``, on scenes whose seeds training never draws (training
-seeds are below 2**31, these are above):
+For every look of ``napari_sam.testing.synthetic_microscopy.LOOKS``, on scenes whose seeds training never draws
+(training seeds are below 2**31, these are above):
 - click: median IoU of the best-scoring mask for one click at a random pixel inside each object;
 - box: median IoU for each object's bounding box;
 - everything: recall of ``segment_everything`` with Meta's 0.88 / 0.95 thresholds (and with the checkpoint's
@@ -23,8 +23,8 @@ import time
 import numpy as np
 
 from napari_sam import Predictor
-from napari_sam.core.synthetic_microscopy import LOOKS, with_overrides
 from napari_sam.testing.held_out import scene_figures, stack_figures
+from napari_sam.testing.synthetic_microscopy import LOOKS, with_overrides
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Train a "tiny-cells" v2 candidate: a small SAM (transformers SamModel) on synthetic microscopy of many looks.
 
-Data: :func:`napari_sam.core.synthetic_microscopy.synthetic_scene` (nuclei of 6–120 px, sparse to crowded, touching and
-overlapping, textures, blur, noise, uneven light, 8/16-bit, mitotic objects, debris, cytoplasm and phase looks), and
+Data: :func:`napari_sam.testing.synthetic_microscopy.synthetic_scene` (nuclei of 6–120 px, sparse to crowded, touching
+and overlapping, textures, blur, noise, uneven light, 8/16-bit, mitotic objects, debris, cytoplasm and phase looks), and
 a tenth of ``napari_sam.demo.synthetic_cells`` (the demo's cells, 48–112 px across in the model's frame), prepared
 exactly as ``Predictor.set_image`` prepares an image (napari's default contrast limits, or others). A pool of scenes
 is refreshed a few scenes per step; each step draws images from it with random flips.
@@ -46,10 +46,10 @@ from train_tiny_sam import (  # scripts/train_tiny_sam.py: v1's losses, schedule
 
 from napari_sam.core.image.preparation import default_contrast_limits, display_rgb, model_input, resized_shape
 from napari_sam.core.model import model_geometry
-from napari_sam.core.synthetic_microscopy import synthetic_scene, synthetic_stack
 from napari_sam.core.workflows.propagation import interior_points
 from napari_sam.demo import CELL_RADIUS, synthetic_cells
 from napari_sam.testing.random_weights import random_sam, sam_config
+from napari_sam.testing.synthetic_microscopy import synthetic_scene, synthetic_stack
 
 IMAGE_SIZE = 512
 

@@ -1,9 +1,10 @@
-"""The bundled tiny-cells on held-out synthetic microscopy of several looks (``napari_sam.core.synthetic_microscopy``,
-seeds training never draws), through the public API: clicks and boxes per look, segment everything with Meta's
-own thresholds on the demo sample, and propagation with the previous slice's mask as a prompt.
+"""The bundled tiny-cells on held-out synthetic microscopy of several looks
+(``napari_sam.testing.synthetic_microscopy``, seeds training never draws), through the public API: clicks and boxes
+per look, segment everything with Meta's own thresholds on the demo sample, and propagation with the previous slice's
+mask as a prompt.
 
-The scenes are seeded: the bounds sit about 0.05 under what the bundled model gives on them (the model card's
-table has the figures over more scenes), so that a model or a pipeline that got worse fails them.
+The scenes are seeded: the bounds sit about 0.05 under what the bundled model gives on them (the model card's table has
+the figures over more scenes), so that a model or a pipeline that got worse fails them.
 """
 
 import numpy as np
@@ -11,9 +12,9 @@ import pytest
 
 from napari_sam import segment_everything
 from napari_sam.core.settings import EverythingSettings
-from napari_sam.core.synthetic_microscopy import with_overrides
 from napari_sam.demo import synthetic_cells_sample
 from napari_sam.testing.held_out import matched, scene_figures, stack_figures
+from napari_sam.testing.synthetic_microscopy import with_overrides
 
 #: look: (click median IoU, box median IoU) bounds on two held-out 512² scenes
 BOUNDS = {

@@ -18,8 +18,8 @@ from napari_sam.core.errors import ModelLoadError
 from napari_sam.core.image import fitted_scale, whole_frame
 from napari_sam.core.model import read_recommendations
 from napari_sam.core.settings import EverythingSettings, TilingSettings
-from napari_sam.core.synthetic_microscopy import synthetic_scene
 from napari_sam.testing.held_out import HELD_OUT, best_mask, iou, matched
+from napari_sam.testing.synthetic_microscopy import synthetic_scene
 
 from helpers import tiny_cells_with
 

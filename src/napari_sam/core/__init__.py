@@ -10,7 +10,6 @@
 - :mod:`~napari_sam.core.model`: checkpoints of the SAM families, their geometry, devices and precision.
 
 Below them all: the settings classes (:mod:`~napari_sam.core.settings`), errors, objects kept as a box and a mask
-cropped to it (:mod:`~napari_sam.core.objects`), box operations (:mod:`~napari_sam.core.boxes`), the allocator's
-memory (:mod:`~napari_sam.core.memory`) and synthetic microscopy with exact labels
-(:mod:`~napari_sam.core.synthetic_microscopy`).
+cropped to it (:mod:`~napari_sam.core.objects`), box operations (:mod:`~napari_sam.core.boxes`) and the
+allocator's memory (:mod:`~napari_sam.core.memory`).
 """

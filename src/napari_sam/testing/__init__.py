@@ -1,3 +1,4 @@
 """Helpers for tests, benchmarks and the training scripts, not used by napari-sam itself: models with seeded random
-weights (:mod:`~napari_sam.testing.random_weights`) and held-out synthetic figures of a checkpoint
+weights (:mod:`~napari_sam.testing.random_weights`), synthetic microscopy scenes of many looks with exact labels
+(:mod:`~napari_sam.testing.synthetic_microscopy`) and held-out synthetic figures of a checkpoint
 (:mod:`~napari_sam.testing.held_out`)."""

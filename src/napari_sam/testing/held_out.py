@@ -1,5 +1,5 @@
-"""Held-out synthetic figures of a SAM checkpoint, through the public API with its defaults: clicks, boxes,
-segment everything and 3D propagation on :mod:`napari_sam.core.synthetic_microscopy` scenes whose seeds training never
+"""Held-out synthetic figures of a SAM checkpoint, through the public API with its defaults: clicks, boxes, segment
+everything and 3D propagation on :mod:`napari_sam.testing.synthetic_microscopy` scenes whose seeds training never
 draws (training draws seeds below 2**31, these are above). ``scripts/evaluate_tiny_cells.py`` prints them per look;
 the tests check the bundled model with them.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.settings import EverythingSettings
-from ..core.synthetic_microscopy import LOOKS, synthetic_scene, synthetic_stack
 from ..core.workflows import segment_everything
 from ..core.workflows.propagation import propagate
+from .synthetic_microscopy import LOOKS, synthetic_scene, synthetic_stack
 
 #: The first held-out seed.
 HELD_OUT = 2**31

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_sam.core.synthetic_microscopy import LOOKS, MIX, synthetic_scene, synthetic_stack
+from napari_sam.testing.synthetic_microscopy import LOOKS, MIX, synthetic_scene, synthetic_stack
 
 
 def diameters(labels: np.ndarray) -> np.ndarray:

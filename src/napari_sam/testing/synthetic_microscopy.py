@@ -1,5 +1,6 @@
 """Synthetic microscopy scenes of many looks, with exact instance labels: the training data of tiny-cells'
-successor (``scripts/train_tiny_cells_v2.py``) and the held-out data of ``napari_sam.testing.held_out``.
+successor (``scripts/train_tiny_cells_v2.py``) and the held-out data of ``napari_sam.testing.held_out``. Development
+only: the demo's sample data is :func:`napari_sam.demo.synthetic_cells`.
 
 :func:`synthetic_scene` draws one 2D image of a named *look* (:data:`LOOKS`) or of a randomly mixed one: nuclei from
 ~6 to ~120 px across, sparse to crowded, touching and overlapping, round to elongated and irregular, with speckle,
@@ -21,16 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], cell: float) -> np.ndarray:
-    """Zero-mean noise of unit std, smooth over about ``cell`` pixels (bicubic upsampling of a coarse grid)."""
-    coarse = [max(2, math.ceil(n / cell) + 3) for n in shape[-2:]]
-    grid = torch.from_numpy(rng.standard_normal((1, 1, *coarse)).astype(np.float32))
-    big = [int(c * cell) for c in coarse]
-    field = F.interpolate(grid, size=big, mode="bicubic", align_corners=False)[0, 0].numpy()
-    offset = [int(rng.integers(0, b - n + 1)) for b, n in zip(big, shape[-2:])]
-    field = field[offset[0]: offset[0] + shape[-2], offset[1]: offset[1] + shape[-1]]
-    return (field - field.mean()) / (field.std() + 1e-6)
+from ..demo import smooth_noise
 
 
 @dataclass(frozen=True)
