@@ -18,9 +18,10 @@ from napari_sam.batch import RunConfig, run_batch
 from napari_sam.batch.config import BatchSettings
 from napari_sam.batch.prompts_file import PromptsFile
 from napari_sam.cli import main
+from napari_sam.core.decoding import ObjectPrompt
 from napari_sam.core.image import napari_contrast_limits, read_image
 from napari_sam.core.settings import EverythingSettings, TilingSettings
-from napari_sam.core.workflows import PromptObject, predict_objects
+from napari_sam.core.workflows import predict_objects
 from napari_sam.core.workflows.propagation import propagate
 from napari_sam.demo import synthetic_cells
 
@@ -149,7 +150,7 @@ def test_a_stack_is_propagated_from_a_prompts_file(dask_cluster, tmp_path):
     taken = np.zeros(stack.shape, bool)
     for number, prompt in enumerate(PromptsFile(prompts).by_image["stack.tif"], start=1):
         predictor.set_image(stack[6], contrast_limits=limits)
-        found = predict_objects(predictor, [PromptObject(prompt.points, prompt.labels)])[0]
+        found = predict_objects(predictor, [ObjectPrompt(prompt.prompt.points, prompt.prompt.labels)])[0]
         expected = propagate(predictor, stack, 6, 0, found.masks[0], recommended, contrast_limits=limits)
         assert expected.stop > expected.start  # it went through more than one plane
         np.testing.assert_array_equal(labels == number, expected.masks & ~taken)  # earlier objects keep pixels
@@ -186,7 +187,7 @@ def test_prompts_mode_matches_predictions_in_process(dask_cluster, batch_dataset
         image, objects = images[name], file.for_image(f"{name}.tif", name)
         predictor.set_image(image, contrast_limits=napari_contrast_limits(image, False))
         expected = np.zeros(image.shape, np.uint32)
-        for prompt, found in zip(objects, predict_objects(predictor, [p.prompt_object() for p in objects])):
+        for prompt, found in zip(objects, predict_objects(predictor, [p.prompt for p in objects])):
             expected[found.masks[0] & (expected == 0)] = prompt.object_id
         np.testing.assert_array_equal(labels_of(out, name), expected)
         assert set(pd.read_csv(out / f"{name}_objects.csv")["id"]) == {p.object_id for p in objects}
@@ -253,6 +254,16 @@ def test_bad_input_gets_a_clear_message_fast(batch_dataset, tmp_path, capsys):
     assert "No model checkpoint 'no-such/model'" in error(str(folder), "--out", str(tmp_path / "o2"), "--model",
                                                           "no-such/model")
     assert "needs a prompts file" in error(str(folder), "--out", str(tmp_path / "o3"), "--mode", "prompts")
+    (tmp_path / "a-file").write_text("results")  # once NotADirectoryError and exit status 1
+    assert "a-file is a file" in error(str(folder), "--out", str(tmp_path / "a-file"))
+    assert "a-file is a file" in error(str(folder), "--out", str(tmp_path / "a-file" / "sub"))
+    for cap in ("inf", "nan", "0", "-3"):  # once OverflowError after the cluster had started
+        assert "size cap must be a finite number of GB above 0" in error(str(folder), "--out", str(tmp_path / "o6"),
+                                                                         "--store-gb", cap)
+    huge = tmp_path / "huge.csv"
+    huge.write_text(f"image,object,kind,row,col\ncells_0.tif,{2**32},positive,10,10\n")
+    assert "line 2: object must be a whole number from 1 to 4294967295" in error(
+        str(folder), "--out", str(tmp_path / "o7"), "--mode", "prompts", "--prompts", str(huge))
     start = time.perf_counter()
     assert "Could not reach the dask scheduler" in error(str(folder), "--out", str(tmp_path / "o4"), "--scheduler",
                                                          "tcp://127.0.0.1:9")
@@ -264,6 +275,25 @@ def test_bad_input_gets_a_clear_message_fast(batch_dataset, tmp_path, capsys):
     assert main(["segment", str(mixed), "--stack", "--out", str(tmp_path / "o5"), "--model", MODEL,
                  "--no-progress"]) == 1
     assert "share one size: z0.tif is (32, 32)" in capsys.readouterr().err
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(batch_dataset, tmp_path, capsys):
+    """Two runs into one output folder once both reported success, the one finishing last silently replacing the
+    other's outputs and summary; a run now holds its output folder, and a second one is refused at once."""
+    from filelock import FileLock
+
+    from napari_sam.batch.runner import LOCK
+    from napari_sam.batch.tasks import RECORDS
+
+    folder, _ = batch_dataset
+    out = tmp_path / "out"
+    (out / RECORDS).mkdir(parents=True)
+    with FileLock(out / RECORDS / LOCK):  # a run in progress (another process holds the same kind of lock)
+        start = time.perf_counter()
+        assert main(["segment", str(folder), "--out", str(out), "--model", MODEL, "--no-progress"]) == 2
+        assert time.perf_counter() - start < 8
+    assert f"Another napari-sam run is writing into {out.resolve()}" in capsys.readouterr().err
+    assert not (out / "napari-sam-run.json").exists()
 
 
 def test_help_explains_the_command(capsys):
@@ -278,13 +308,15 @@ def test_help_explains_the_command(capsys):
 def test_settings_file_and_command_line_round_trip(tmp_path):
     import argparse
 
-    from napari_sam.cli.segment import add_segment_command, config_from
+    from napari_sam.cli.batch_runs import add_segment_command, config_from
 
     run = RunConfig(batch=BatchSettings(model=MODEL, contrast="100,2000"),
-                    everything=FAST.replace(prefer_smaller_crops=False), tiling=TilingSettings(tile_size=512))
+                    everything=FAST.replace(prefer_smaller_crops=False),
+                    tiling=TilingSettings(mode="tiles", tile_size=512))
     parser = argparse.ArgumentParser()
     add_segment_command(parser.add_subparsers())
     words = run.command_line(["in"], "out").split()[1:]
+    assert "--tiling tiles" in " ".join(words) and "--mode" not in words
     # Meta's default that the checkpoint recommends otherwise is written out, so that the command gives this run
     assert "--min-mask-region-area 0" in " ".join(words)
     assert config_from(parser.parse_args(words)).resolved() == run.resolved()
@@ -293,6 +325,8 @@ def test_settings_file_and_command_line_round_trip(tmp_path):
     overridden = config_from(parser.parse_args(["segment", "in", "--out", "o", "--settings", str(tmp_path / "s.json"),
                                                 "--points-per-side", "4"]))
     assert overridden.everything.points_per_side == 4 and overridden.everything.pred_iou_thresh == 0.7
+    with pytest.raises(SystemExit):  # embedding runs are napari-sam embed's
+        parser.parse_args(["segment", "in", "--out", "o", "--mode", "embed"])
     (tmp_path / "bad.json").write_text('{"segment_everything": {"points_per_side": 0}}')
     with pytest.raises(ValueError, match="segment_everything.*points_per_side"):
         RunConfig.load(tmp_path / "bad.json")
@@ -323,9 +357,9 @@ def test_prompts_files_csv_json_and_geojson(tmp_path):
                         "a.tif,,1,box,5,6,15,26\n")
     prompts = PromptsFile(csv_file).for_image("a.tif", "a")
     by_id = {p.object_id: p for p in prompts}
-    assert by_id[2].plane == (3, 12) and by_id[2].labels.tolist() == [1, 0]
-    assert by_id[2].points.tolist() == [[10, 20], [11, 21]] and by_id[2].box is None
-    assert by_id[1].plane == () and by_id[1].box.tolist() == [5, 6, 15, 26]
+    assert by_id[2].plane == (3, 12) and by_id[2].prompt.labels.tolist() == [1, 0]
+    assert by_id[2].prompt.points.tolist() == [[10, 20], [11, 21]] and by_id[2].prompt.box is None
+    assert by_id[1].plane == () and by_id[1].prompt.box.tolist() == [5, 6, 15, 26]
 
     geo = tmp_path / "p.geojson"
     geo.write_text(json.dumps({"type": "FeatureCollection", "features": [
@@ -334,8 +368,8 @@ def test_prompts_files_csv_json_and_geojson(tmp_path):
         {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[5, 1], [30, 1], [30, 9], [5, 1]]]},
          "properties": {"image": "b.png", "object": 1}}]}))
     [prompt] = PromptsFile(geo).for_image("b.png", "b")
-    assert prompt.points.tolist() == [[10, 20]] and prompt.labels.tolist() == [0]  # (x, y) -> (row, col)
-    assert prompt.box.tolist() == [1, 5, 9, 30]
+    assert prompt.prompt.points.tolist() == [[10, 20]] and prompt.prompt.labels.tolist() == [0]  # (x, y) -> (row, col)
+    assert prompt.prompt.box.tolist() == [1, 5, 9, 30]
 
     for text, message in (("image,object,kind,row,col\na.tif,1,circle,1,2\n", "line 2: kind must be"),
                           ("image,object,kind,row,col\na.tif,0,positive,1,2\n", "line 2: object must be"),
@@ -365,12 +399,74 @@ def test_a_folder_of_slices_is_one_stack(dask_cluster, tmp_path):
     assert labels.shape == stack.shape and sorted(set(table["plane"])) == [0, 1, 2]
     predictor = reference_predictor()
     limits = napari_contrast_limits(stack, False)
-    first = segment_everything(predictor, stack[0], batch_config().resolved().everything.replace(points_per_side=8),
+    first = segment_everything(predictor, stack[0], predictor.recommended.everything.replace(points_per_side=8),
                                contrast_limits=limits)
     np.testing.assert_array_equal(labels[0], first.labels)
     assert labels[1][labels[1] > 0].min() == len(first.objects) + 1  # ids go on from plane to plane
     with tifffile.TiffFile(out / "embryo_labels.ome.tif") as tif:
         assert tif.series[0].axes == "ZYX"
+
+
+def test_a_multichannel_ome_tiff_is_refused_until_its_channel_is_chosen(dask_cluster, tmp_path, capsys):
+    scheduler, _ = dask_cluster
+    cells = synthetic_cells((5, 96, 96), seed=970_400, ndim=3, n_cells=8, radius_range=(10.0, 14.0))[0][1:3]
+    rng = np.random.default_rng(0)
+    data = np.zeros((2, 2, 2, 96, 96), dtype=cells.dtype)  # (t, c, z, y, x): channel 0 noise, channel 1 the cells
+    data[:, 0] = rng.integers(0, int(cells.max()), size=(2, 2, 96, 96))
+    data[:, 1] = cells[None]
+    movie = tmp_path / "movie.ome.tif"
+    tifffile.imwrite(movie, data, ome=True, metadata={"axes": "TCZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+    out = tmp_path / "out"
+    options = ["--model", MODEL, "--precision", "float32", "--points-per-side", "8", "--scheduler", scheduler,
+               "--no-progress"]
+    assert main(["segment", str(movie), "--out", str(out), *options]) == 1
+    assert "movie.ome.tif has 2 channels (axes TCZYX" in capsys.readouterr().err
+    assert not list(out.glob("movie_labels*"))
+
+    assert main(["segment", str(movie), "--out", str(out), "--channel", "1", *options]) == 0
+    labels = labels_of(out, "movie")
+    assert labels.shape == (2, 2, 96, 96)
+    with tifffile.TiffFile(out / "movie_labels.ome.tif") as tif:
+        assert tif.series[0].axes == "TZYX" and 'PhysicalSizeX="0.5"' in tif.ome_metadata
+    predictor = reference_predictor()
+    everything = predictor.recommended.everything.replace(points_per_side=8)  # the run's: the checkpoint's
+    expected = segment_everything(predictor, cells[1], everything,
+                                  contrast_limits=napari_contrast_limits(data[:, 1], False))
+    assert len(expected.objects) >= 5  # the cells' channel, not the noise
+    np.testing.assert_array_equal(labels[1, 1] > 0, expected.labels > 0)
+
+
+def test_a_channel_choice_that_does_not_fit_the_file_is_named(tmp_path):
+    from napari_sam.batch.files import ImageInput, check_readable, open_input
+
+    data = np.arange(3 * 4 * 16 * 20, dtype=np.uint16).reshape(3, 4, 16, 20)  # (c, z, y, x)
+    tifffile.imwrite(tmp_path / "three.ome.tif", data, ome=True, metadata={"axes": "CZYX"})
+    item = ImageInput("three", (str(tmp_path / "three.ome.tif"),))
+    assert check_readable(item, 2) == (4, 16, 20)
+    opened = open_input(item, 2)
+    np.testing.assert_array_equal(opened[1], data[2, 1])
+    np.testing.assert_array_equal(opened[..., 3:5], data[2, ..., 3:5])
+    np.testing.assert_array_equal(np.asarray(opened), data[2])
+    with pytest.raises(ValueError, match=r"has 3 channels \(axes CZYX.*--channel.*0 to 2"):
+        check_readable(item)
+    with pytest.raises(ValueError, match="channel 3 is not one of them"):
+        open_input(item, 3)
+    tifffile.imwrite(tmp_path / "plain.tif", data[0])  # no channel axis: a stack of 4 planes
+    plain = ImageInput("plain", (str(tmp_path / "plain.tif"),))
+    assert check_readable(plain) == (4, 16, 20)
+    with pytest.raises(ValueError, match="has no channel axis.*channel 1 was chosen"):
+        check_readable(plain, 1)
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "two.ome.zarr"), mode="w")  # OME-zarr axes: (t, c, y, x)
+    group.create_array("0", shape=(2, 2, 16, 20), dtype="uint16")[:] = data[:2, :2].transpose(1, 0, 2, 3)
+    group.attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0"}], "axes": [
+        {"name": "t", "type": "time"}, {"name": "c", "type": "channel"}, {"name": "y", "type": "space"},
+        {"name": "x", "type": "space"}]}]
+    ome_zarr = ImageInput("two", (str(tmp_path / "two.ome.zarr"),))
+    with pytest.raises(ValueError, match=r"has 2 channels \(axes TCYX"):
+        check_readable(ome_zarr)
+    np.testing.assert_array_equal(np.asarray(open_input(ome_zarr, 1)), data[1, :2])
 
 
 def test_parquet_without_pyarrow_is_refused_before_any_work(batch_dataset, tmp_path, capsys):
@@ -408,7 +504,7 @@ def test_propagation_with_a_video_checkpoint_matches_the_api(dask_cluster, tmp_p
     predictor = reference_predictor()
     limits = napari_contrast_limits(stack, False)
     predictor.set_image(stack[4], contrast_limits=limits)
-    first = predict_objects(predictor, [PromptObject(np.array([[round(row, 1), round(col, 1)]]), np.array([1]))])[0]
+    first = predict_objects(predictor, [ObjectPrompt(np.array([[round(row, 1), round(col, 1)]]), np.array([1]))])[0]
     model, geometry, _ = load_video_model(str(folder), device="cpu")
     expected = propagate_video(model, stack, 4, 0, mask=first.masks[0], geometry=geometry,
                                settings=predictor.recommended.propagation, contrast_limits=limits)

@@ -1,4 +1,5 @@
-"""The command line: ``napari-sam embed`` fills the embedding store that prompt mode then reads."""
+"""The command line: ``napari-sam embed`` fills the embedding store that prompt mode then reads (a batch run on a
+local cluster of one worker here)."""
 
 import pytest
 import tifffile
@@ -13,14 +14,15 @@ from napari_sam.demo import synthetic_cells
 def test_embed_fills_the_store_once_and_the_predictor_reads_it(stack_file, tmp_path, capsys):
     path, stack = stack_file
     store = tmp_path / "store"
-    assert main(["embed", str(path), "--model", "tiny-cells", "--store", str(store)]) == 0
+    embed = ["embed", str(path), "--model", "tiny-cells", "--store", str(store), "--workers", "1", "--no-progress"]
+    assert main(embed) == 0
     out = capsys.readouterr().out
     tiles = Predictor.from_pretrained("tiny-cells", device="cpu")
     tiles.set_image(stack[0])
     frames = 2 * len(tiles.frames())  # 18 for a 256-pixel model
     assert tiles.tiled and frames >= 8
     assert f"{frames} frames of 1 image(s): {frames} computed" in out
-    assert main(["embed", str(path), "--model", "tiny-cells", "--store", str(store)]) == 0
+    assert main(embed) == 0
     assert f"0 computed, {frames} already stored" in capsys.readouterr().out
     predictor = Predictor.from_pretrained("tiny-cells", device="cpu", dtype="auto", store=EmbeddingStore(store))
     predictor.set_image(stack[1], contrast_limits=napari_contrast_limits(stack, False))
@@ -40,9 +42,23 @@ def test_embed_names_bad_input(stack_file, tmp_path, capsys):
     assert "halo" in capsys.readouterr().err
     assert main(["embed", str(path), "--model", "no/such-model", "--store", str(tmp_path / "s")]) == 2
     assert "no/such-model" in capsys.readouterr().err
-    (tmp_path / "broken.tif").write_bytes(b"not a tiff at all")
-    assert main(["embed", str(tmp_path / "broken.tif"), "--model", "tiny-cells"]) == 2
-    assert "broken.tif" in capsys.readouterr().err
+    (tmp_path / "broken.tif").write_bytes(b"not a tiff at all")  # found unreadable before any worker starts
+    assert main(["embed", str(tmp_path / "broken.tif"), "--model", "tiny-cells", "--store", str(tmp_path / "s")]) == 1
+    assert "failed: broken: " in capsys.readouterr().err
+
+
+def test_embed_into_a_store_that_cannot_keep_the_embeddings_fails_naming_why(stack_file, tmp_path, capsys):
+    """A store whose folder takes the probe but no entry (here every shard's name is taken by a file) once made
+    embed exit 0 reporting the frames as computed; the image now fails, saying what the store could not do."""
+    path, _ = stack_file
+    store = tmp_path / "store"
+    EmbeddingStore(store)
+    for shard in range(256):
+        (store / f"{shard:02x}").write_text("in the way")
+    assert main(["embed", str(path), "--model", "tiny-cells", "--store", str(store), "--workers", "1",
+                 "--no-progress"]) == 1
+    error = capsys.readouterr().err
+    assert "failed: stack: " in error and "kept 0 of the image's" in error and "could not write" in error
 
 
 def test_help_lists_the_options(capsys):

@@ -179,6 +179,26 @@ def test_a_damaged_entry_is_never_trusted_and_is_recomputed(tmp_path, damage):
     assert same(store.get(signature("other")), arrays(1))
 
 
+@pytest.mark.parametrize("error", [RuntimeError("cannot schedule new futures after interpreter shutdown"),
+                                   PermissionError(13, "Permission denied"), OSError(5, "Input/output error")])
+def test_an_entry_that_cannot_be_read_now_is_kept(tmp_path, monkeypatch, error):
+    """Only an entry that does not verify is removed: one that could not be read (once, at an interpreter's
+    shutdown, a valid entry was removed as "did not verify") stays for the next read."""
+    from napari_sam.core.embeddings import store as store_module
+
+    store = EmbeddingStore(tmp_path)
+    store.put(signature(), arrays())
+
+    def unreadable(*args):
+        raise error
+
+    monkeypatch.setattr(store_module, "read_entry", unreadable)
+    assert store.get(signature()) is None
+    assert entry_folder(store, signature()).exists() and signature() in store
+    monkeypatch.undo()
+    assert same(store.get(signature()), arrays())
+
+
 @pytest.mark.parametrize("damage", [flip_a_byte, edit_contrast, empty_entry])
 def test_a_put_replaces_a_damaged_entry_it_finds(tmp_path, damage):
     store = EmbeddingStore(tmp_path)

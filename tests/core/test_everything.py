@@ -228,3 +228,47 @@ def test_settings_object_and_features():
     features = result.features()
     assert list(features["label"]) == list(range(1, len(result.masks) + 1))
     assert np.array_equal(features["area"], result.masks.sum(axis=(1, 2)))
+
+
+def test_small_regions_are_cleaned_inside_the_object_only():
+    """Meta's clean-up of one object (holes filled, islands removed) never takes the background around it for a hole:
+    a 17 x 17 disk with a 200-px threshold stays the disk (it once became a filled 19 x 19 square), and an object at
+    the image's border stays inside the image (its crop once started at -1)."""
+    from napari_sam.core.objects import MaskObject, cleaned
+
+    rows, cols = np.mgrid[:17, :17]
+    disk = (rows - 8) ** 2 + (cols - 8) ** 2 <= 64
+    inside = MaskObject(slice(40, 57), slice(40, 57), disk)
+    assert cleaned(inside, 200, (100, 100)) == (inside, False)
+    holed = disk.copy()
+    holed[7:10, 7:10] = False  # a 9-px hole
+    holed[0, 0] = True  # a 1-px island
+    kept, changed = cleaned(MaskObject(slice(40, 57), slice(40, 57), holed), 200, (100, 100))
+    assert changed and np.array_equal(kept.full((100, 100)), inside.full((100, 100)))
+    for corner in ((0, 0), (83, 83)):
+        obj = MaskObject(slice(corner[0], corner[0] + 17), slice(corner[1], corner[1] + 17), disk)
+        kept, _ = cleaned(obj, 200, (100, 100))
+        assert (kept.rows.start, kept.cols.start, kept.rows.stop, kept.cols.stop) == (*corner, *np.add(corner, 17))
+        assert kept.mask[disk].all()  # only what the object encloses with the image's border is added
+
+
+def test_a_large_clean_up_threshold_keeps_cells_round_and_paints_those_at_the_border(tiny_cells):
+    """Segment everything with ``min_mask_region_area`` 300 on cells of 8-14 px radius (whose box holds less than 300
+    px of background): no object becomes its filled box, and cells cut by the image's border are painted (this image
+    once raised IndexError)."""
+    from napari_sam.testing.held_out import matched
+
+    image, labels = synthetic_cells((200, 240), seed=900_040, radius_range=(8.0, 14.0))
+    settings = dict(points_per_side=16, pred_iou_thresh=0.7, stability_score_thresh=0.85)
+    plain = segment_everything(tiny_cells, image, min_mask_region_area=0, **settings)
+    result = segment_everything(tiny_cells, image, min_mask_region_area=300, **settings)
+    cells, found_plain = matched(labels, np.asarray(plain.labels))[:2]
+    found = matched(labels, np.asarray(result.labels))[1]
+    assert found >= found_plain - 1 and found >= 0.8 * cells, (cells, found_plain, found)
+    at_border = [obj for obj in result.objects if obj.rows.start == 0 or obj.cols.start == 0
+                 or obj.rows.stop == 200 or obj.cols.stop == 240]
+    assert at_border and all(obj.rows.start >= 0 and obj.cols.start >= 0 for obj in result.objects)
+    for obj in result.objects:
+        assert obj.area < 0.95 * obj.mask.size, obj.box  # cells are round: a filled box is not one
+    painted = np.asarray(result.labels)
+    assert all(np.count_nonzero(painted == k + 1) > 0 for k in range(len(result.objects)))

@@ -276,3 +276,24 @@ def test_another_model_on_the_same_store_computes_its_own(tmp_path, tiny_checkpo
         predictor.set_image(image)
         assert predictor.precompute() == 1
     assert len(store) == 2 and len(store.summary()["models"]) == 2
+
+
+def test_objects_no_tile_holds_whole_are_recovered_once(tiny_cells):
+    """Cells wider than a tile's core are cut by an inner border in every tile that sees them, so the crop-edge rule
+    dropped each of them everywhere (once: none of these six cells was found in tiles). Their cut candidates are
+    decoded again in a window around the object, as a prompt is, and each found cell is one object."""
+    tiled = Predictor(tiny_cells.model, tiny_cells.geometry, "cpu", checkpoint="tiny-cells",
+                      recommended=tiny_cells.recommended, tiling=TilingSettings(mode="tiles", tile_size=128, halo=16))
+    image, labels = synthetic_cells((500, 500), seed=5, radius_range=(55.0, 70.0), n_cells=6)
+    core = tiled.frames  # (a 96-px core: every cell is wider)
+    result = segment_everything(tiled, image, points_per_side=16, pred_iou_thresh=0.7, stability_score_thresh=0.85)
+    assert tiled.tiled and callable(core)
+    found = np.asarray(result.labels)
+    cells = [cell for cell in range(1, labels.max() + 1) if (labels == cell).any()]
+    assert all(np.ptp(np.nonzero(labels == cell)[0]) > 96 for cell in cells)
+    matches = []
+    for cell in cells:
+        target = labels == cell
+        ids = [k for k in np.unique(found[target]) if k]
+        matches.append(sum(iou(found == k, target) >= 0.5 for k in ids))
+    assert sum(m >= 1 for m in matches) >= 3 and max(matches) == 1, matches

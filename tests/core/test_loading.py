@@ -217,3 +217,31 @@ def test_defaults_are_the_sam_image_processors():
         assert _plain(value) == _plain(getattr(processor, key)), key
     # every setting the processor saves is known here
     assert set(saved) - {"image_processor_type"} <= set(SAM_PROCESSOR_DEFAULTS)
+
+
+def test_loads_at_once_from_several_threads_all_succeed_and_are_whole():
+    """Two docks (or threads) loading at once both failed, with false errors ("weights do not fit (missing ...
+    positional_embedding)", "module 'transformers' has no attribute 'SamConfig'"): transformers' loading patches
+    process-wide state. Loads now take turns, and every one gives the checkpoint's weights."""
+    import threading
+
+    from napari_sam import Predictor
+
+    loaded, errors = [], []
+
+    def load():
+        try:
+            loaded.append(Predictor.from_pretrained("tiny-cells", device="cpu"))
+        except Exception as error:  # noqa: BLE001 - collected for the assertion
+            errors.append(error)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(loaded) == 4
+    reference = loaded[0].model.state_dict()
+    for predictor in loaded[1:]:
+        for name, tensor in predictor.model.state_dict().items():
+            torch.testing.assert_close(tensor, reference[name], msg=name)

@@ -100,6 +100,8 @@ def test_predict_needs_an_image(tiny_predictor):
         ({"boxes": [[200, 10, 300, 40]]}, "outside"),
         ({"boxes": [[1, 1, 5, 5], [6, 6, 9, 9]], "points": [[3, 3]]}, "one object"),
         ({"points": [[10, 10]], "mask_input": np.zeros((16, 16))}, "mask_input"),
+        ({"points": [[10, 10]], "mask_input": "abc"}, "mask_input must be low-resolution logits.*'abc'"),
+        ({"points": [[10, 10]], "mask_input": np.ones((32, 32), dtype=bool)}, "not a bool mask.*mask_logits"),
     ],
 )
 def test_bad_prompts_raise_clear_errors(tiny_predictor, image, kwargs, message):
@@ -151,6 +153,24 @@ def test_set_image_is_lazy(tiny_predictor, image):
     tiny_predictor.predict(points=[[60, 45]])
     assert len(runs) == 1
     assert tiny_predictor.precompute() == 0  # already embedded
+
+
+def test_an_image_changed_in_place_after_set_image_is_embedded_anew(tiny_predictor, image, tiny_checkpoint):
+    """An in-memory image changed in place after ``set_image`` is predicted as it is now, not from the embedding of
+    its old pixels (once the mask of the old image came back); an unchanged image runs the encoder once."""
+    runs = count_encoder_runs(tiny_predictor)
+    tiny_predictor.set_image(image, contrast_limits=(0, 4000))
+    point = [[60, 45]]
+    before = tiny_predictor.predict(points=point)
+    assert np.array_equal(tiny_predictor.predict(points=point).masks, before.masks) and len(runs) == 1
+    image[:, : image.shape[1] // 2] = image[:, image.shape[1] // 2:][:, ::-1]  # the user edits the array in place
+    after = tiny_predictor.predict(points=point)
+    fresh = Predictor.from_pretrained(tiny_checkpoint, device="cpu")
+    fresh.set_image(image.copy(), contrast_limits=(0, 4000))
+    expected = fresh.predict(points=point)
+    assert len(runs) == 2 and not np.array_equal(after.scores, before.scores)
+    np.testing.assert_array_equal(after.masks, expected.masks)
+    np.testing.assert_allclose(after.scores, expected.scores, atol=1e-6)
 
 
 def test_same_image_twice_runs_the_encoder_once(tiny_predictor, image):
@@ -310,6 +330,17 @@ def test_corrupt_folder_is_reported(tmp_path):
     (folder / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ModelLoadError, match="broken"):
         Predictor.from_pretrained(folder, device="cpu")
+
+
+def test_a_folder_without_config_is_named_at_once(tmp_path, tiny_checkpoint, capfd):
+    """A folder of weights without config.json is refused in one line, before transformers reports every weight as
+    missing (130 lines once, then a message about weights that do not fit)."""
+    folder = tmp_path / "weights-only"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes((tiny_checkpoint / "model.safetensors").read_bytes())
+    with pytest.raises(ModelLoadError, match="holds no config.json: it is not a saved checkpoint"):
+        Predictor.from_pretrained(folder, device="cpu")
+    assert "MISSING" not in capfd.readouterr().err
 
 
 def test_pickle_only_folder_is_refused(tmp_path, tiny_checkpoint):

@@ -123,6 +123,30 @@ def test_one_model_session_per_viewer_shared_by_the_docks(session, qtbot, cells,
     assert elsewhere.predictor is None  # another viewer has its own session
 
 
+def test_overlapping_loads_leave_the_newest_model_and_its_name(make_napari_viewer, qtbot, tiny_checkpoint,
+                                                               notifications):
+    """Load pressed for one model, then at once for another (or in two docks): once both loads failed with false
+    errors and the picker named a model that was not loaded. Now the newest request is the model in use, the pickers
+    name it, and a failed load leaves the loaded model named."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 80), np.uint16), name="image")
+    _, prompts = viewer.window.add_plugin_dock_widget("napari-sam", "Segment Anything")
+    _, everything = viewer.window.add_plugin_dock_widget("napari-sam", "Segment everything")
+    prompts.model_picker.native.setCurrentText(str(tiny_checkpoint))
+    prompts.load_model()
+    everything.model_picker.native.setCurrentText("tiny-cells")
+    everything.load_model()
+    qtbot.waitUntil(lambda: not prompts.busy and not everything.busy, timeout=60_000)
+    assert prompts.predictor is everything.predictor and prompts.predictor.checkpoint == "tiny-cells"
+    assert prompts.model.model_name == everything.model.model_name == "tiny-cells"
+    assert not [n for n in notifications() if "load" in str(n.message).lower()]
+    prompts.model_picker.native.setCurrentText(str(tiny_checkpoint / "no-such-folder"))
+    prompts.load_model()
+    qtbot.waitUntil(lambda: not prompts.busy, timeout=60_000)
+    assert prompts.predictor.checkpoint == "tiny-cells" and prompts.model.model_name == "tiny-cells"
+    assert "tiny-cells is still loaded" in prompts.status.value
+
+
 def test_docks_leave_the_canvas_most_of_the_default_window(make_napari_viewer, qtbot):
     viewer = make_napari_viewer(show=True)
     viewer.open_sample("napari-sam", "synthetic-cells")

@@ -28,7 +28,7 @@ from ..core.settings import EverythingSettings, PropagationSettings, Settings, T
 from .files import write_atomically
 
 #: The version of the settings-file format.
-FORMAT_VERSION = 1
+SETTINGS_FILE_FORMAT = 1
 #: The modes of a run.
 MODES = ("everything", "prompts", "propagate", "embed")
 
@@ -61,6 +61,9 @@ class BatchSettings(Settings):
     stack_axis: int = setting(
         -1, -8, 7, "propagate: the leading axis to propagate along (-1: the last one before the rows, z of a "
         "(t, z, y, x) stack).")
+    channel: int = setting(
+        -1, -1, 1 << 16, "The channel to segment of files whose metadata names a channel axis (OME-TIFF, ImageJ "
+        "TIFF, OME-zarr); -1: none, and a file with several channels is refused.")
     tiles_per_task: int = setting(
         16, 1, 1 << 16, "A large image is split into tasks of this many tiles (the result does not change).",
         advanced=True)
@@ -85,8 +88,8 @@ class BatchSettings(Settings):
 
 
 #: The sections of a settings file and their classes.
-SECTIONS = {"batch": BatchSettings, "segment_everything": EverythingSettings, "tiling": TilingSettings,
-            "propagation": PropagationSettings}
+RUN_SECTIONS = {"batch": BatchSettings, "segment_everything": EverythingSettings, "tiling": TilingSettings,
+                "propagation": PropagationSettings}
 #: Sections that default to the checkpoint's recommendations.
 RECOMMENDED = ("segment_everything", "propagation")
 #: Fields that do not change any output (left out of :meth:`RunConfig.digest`).
@@ -121,7 +124,8 @@ class RunConfig:
                                    propagation=self.propagation or recommended.propagation)
 
     def to_dict(self) -> dict:
-        return {"napari_sam_batch": FORMAT_VERSION, **{key: value.to_dict() for key, value in self.sections().items()}}
+        sections = {key: value.to_dict() for key, value in self.sections().items()}
+        return {"napari_sam_batch": SETTINGS_FILE_FORMAT, **sections}
 
     @classmethod
     def from_dict(cls, values: dict) -> RunConfig:
@@ -129,14 +133,14 @@ class RunConfig:
         if not isinstance(values, dict):
             raise ValueError("a settings file must hold a JSON object.")
         values = dict(values)
-        version = values.pop("napari_sam_batch", FORMAT_VERSION)
-        if version != FORMAT_VERSION:
-            raise ValueError(f"settings format {version!r} is not the one this version reads ({FORMAT_VERSION}).")
-        unknown = set(values) - set(SECTIONS)
+        version = values.pop("napari_sam_batch", SETTINGS_FILE_FORMAT)
+        if version != SETTINGS_FILE_FORMAT:
+            raise ValueError(f"settings format {version!r} is not the one this version reads ({SETTINGS_FILE_FORMAT}).")
+        unknown = set(values) - set(RUN_SECTIONS)
         if unknown:
-            raise ValueError(f"unknown section(s) {sorted(unknown)}; the sections are {sorted(SECTIONS)}.")
+            raise ValueError(f"unknown section(s) {sorted(unknown)}; the sections are {sorted(RUN_SECTIONS)}.")
         parts = {}
-        for key, kind in SECTIONS.items():
+        for key, kind in RUN_SECTIONS.items():
             if key in RECOMMENDED and key not in values:
                 parts[key] = None
                 continue

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.image import IMAGE_SUFFIXES, read_image
+from ..core.image import IMAGE_SUFFIXES, file_axes, is_rgb, read_image
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,12 @@ def find_inputs(specs: list[str], stack: bool = False) -> list[ImageInput]:
 
 def check_output(output: str | Path, specs: list[str]) -> Path:
     """The output folder, refused when it lies inside an input folder or below a glob's fixed part (its labels would
-    be read as images by the next run of the same command), or inside a zarr input."""
+    be read as images by the next run of the same command), inside a zarr input, or where a file is (it or a folder
+    above it)."""
     output = Path(output).resolve()
+    blocking = next((part for part in (output, *output.parents) if part.exists() and not part.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"The output folder {output} cannot be made: {blocking} is a file. Choose a folder.")
     for spec in specs:
         base = Path(_glob_root(spec) if glob.has_magic(spec) else spec).resolve()
         is_folder = base.is_dir() and base.suffix.lower() != ".zarr"
@@ -178,23 +182,100 @@ class FileStack:
         return whole if dtype is None else whole.astype(dtype)
 
 
-def check_readable(item: ImageInput) -> tuple[int, ...]:
-    """The image's shape, read from the files' headers only; a ValueError names an unreadable file or a stack of
-    files whose sizes differ."""
+class ChannelOf:
+    """One channel of a multichannel image, read lazily: ``data`` without its axis ``axis`` (the channel axis), as an
+    array-like whose ``view[key]`` reads only what ``key`` addresses."""
+
+    def __init__(self, data, axis: int, channel: int):
+        self.data, self.axis, self.channel = data, axis, channel
+        self.shape = tuple(int(n) for i, n in enumerate(data.shape) if i != axis)
+        self.ndim, self.dtype = len(self.shape), np.dtype(data.dtype)
+        self.size = int(np.prod(self.shape, dtype=np.int64))
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if any(part is Ellipsis for part in key):
+            at = next(i for i, part in enumerate(key) if part is Ellipsis)
+            key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1:]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        return np.asarray(self.data[key[: self.axis] + (self.channel,) + key[self.axis:]])
+
+    def __array__(self, dtype=None, copy=None):
+        whole = self[...]
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def _channel_axis(item: ImageInput, shape: tuple[int, ...]) -> tuple[int | None, str]:
+    """(the index of the channel axis of the image of ``item``, or None; its axis letters, or "") from the file's
+    metadata (a stack of files: its files' axes after the stack's). A trailing colour axis is not a channel axis."""
+    axes = file_axes(item.paths[0]) or ""
+    axes = "Z" + axes if item.stack and axes else axes
+    if len(axes) != len(shape) or "C" not in axes:
+        return None, axes
+    axis = axes.index("C")
+    return (None if axis == len(shape) - 1 and is_rgb(shape) else axis), axes
+
+
+def _channel(item: ImageInput, shape: tuple[int, ...], channel: int) -> int | None:
+    """The channel axis to take ``channel`` of (None: the image is used as it is).
+
+    Raises:
+        ValueError: an image with several channels and no channel chosen (``channel`` -1), a channel the image
+            does not have, or a channel chosen for an image without a channel axis.
+    """
+    axis, axes = _channel_axis(item, shape)
+    name = Path(item.paths[0]).name
+    if axis is None:
+        if channel >= 0:
+            raise ValueError(f"{name} has no channel axis (shape {shape}{f', axes {axes}' if axes else ''}), but "
+                             f"channel {channel} was chosen: leave the channel out (-1) for this image.")
+        return None
+    count = shape[axis]
+    if channel < 0 and count > 1:
+        raise ValueError(f"{name} has {count} channels (axes {axes}, shape {shape}): choose the channel to segment "
+                         f"with --channel (the batch setting channel), 0 to {count - 1}.")
+    if channel >= count:
+        raise ValueError(f"{name} has {count} channels (axes {axes}): channel {channel} is not one of them "
+                         f"(0 to {count - 1}).")
+    return axis
+
+
+def _shape(item: ImageInput) -> tuple[int, ...]:
+    return FileStack(item.paths).shape if item.stack else _plane_shape(item.paths[0])[0]
+
+
+def check_readable(item: ImageInput, channel: int = -1) -> tuple[int, ...]:
+    """The shape of the image of ``item`` as it is segmented (``channel``: the channel taken of a multichannel
+    file, -1 for none), read from the files' headers only.
+
+    Raises:
+        ValueError: an unreadable file, a stack of files whose sizes differ, or a channel choice that does not fit
+            the image (see :func:`open_input`).
+    """
     import logging
 
     quiet = logging.getLogger("tifffile")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # its warnings about a corrupt file: the ValueError says it
     try:
-        return FileStack(item.paths).shape if item.stack else _plane_shape(item.paths[0])[0]
+        shape = _shape(item)
     finally:
         quiet.setLevel(level)
+    axis = _channel(item, shape, channel)
+    return shape if axis is None else tuple(n for i, n in enumerate(shape) if i != axis)
 
 
-def open_input(item: ImageInput):
-    """The image of ``item`` as an array-like: a file's lazy array, or a :class:`FileStack`."""
-    return FileStack(item.paths) if item.stack else read_image(item.paths[0])
+def open_input(item: ImageInput, channel: int = -1):
+    """The image of ``item`` as an array-like: a file's lazy array, or a :class:`FileStack`. A file whose metadata
+    names a channel axis (OME-TIFF, ImageJ TIFF, OME-zarr) gives channel ``channel`` alone, as a :class:`ChannelOf`
+    (a single channel is taken without being chosen).
+
+    Raises:
+        ValueError: as :func:`check_readable`.
+    """
+    data = FileStack(item.paths) if item.stack else read_image(item.paths[0])
+    axis = _channel(item, tuple(int(n) for n in data.shape), channel)
+    return data if axis is None else ChannelOf(data, axis, max(channel, 0))
 
 
 # --- atomic writes --------------------------------------------------------------------------------------------------

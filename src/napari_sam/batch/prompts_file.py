@@ -37,22 +37,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.workflows import PromptObject
+from ..core.decoding import ObjectPrompt
 
 
 @dataclass(frozen=True)
-class ObjectPrompt:
-    """One object's prompts on one plane: ``points`` (n, 2) (row, col), ``labels`` (n,) 1/0, ``box`` (4,)
-    (row_min, col_min, row_max, col_max) or None."""
+class FilePrompt:
+    """One numbered object's prompt on one plane of an image, as a prompts file gives it: the object keeps
+    ``object_id`` as its label."""
 
     object_id: int
     plane: tuple[int, ...]
-    points: np.ndarray
-    labels: np.ndarray
-    box: np.ndarray | None
-
-    def prompt_object(self) -> PromptObject:
-        return PromptObject(self.points, self.labels, self.box)
+    prompt: ObjectPrompt
 
 
 class PromptsFile:
@@ -67,7 +62,7 @@ class PromptsFile:
         except (OSError, UnicodeDecodeError) as error:
             raise ValueError(f"Could not read the prompts file {path}: {error}") from None
         entries = _read_csv(text) if self.path.suffix.lower() == ".csv" else _read_json(text)
-        self.by_image: dict[str, list[ObjectPrompt]] = {}
+        self.by_image: dict[str, list[FilePrompt]] = {}
         grouped: dict[tuple, dict] = {}
         for where, entry in entries:
             try:
@@ -87,27 +82,32 @@ class PromptsFile:
         for (image, plane, object_id), group in grouped.items():
             if not group["points"] and group["box"] is None:
                 raise ValueError(f"{self.path.name}: object {object_id} of {image} has neither points nor a box.")
-            self.by_image.setdefault(image, []).append(ObjectPrompt(
-                object_id, plane, np.array(group["points"], dtype=np.float64).reshape(-1, 2),
-                np.array(group["labels"], dtype=np.int64), group["box"]))
+            self.by_image.setdefault(image, []).append(FilePrompt(object_id, plane, ObjectPrompt(
+                np.array(group["points"], dtype=np.float64).reshape(-1, 2), np.array(group["labels"], dtype=np.int64),
+                group["box"])))
         if not self.by_image:
             raise ValueError(f"The prompts file {path} holds no prompts.")
 
-    def for_image(self, file_name: str, output_name: str) -> list[ObjectPrompt]:
+    def for_image(self, file_name: str, output_name: str) -> list[FilePrompt]:
         return self.by_image.get(file_name, []) or self.by_image.get(output_name, [])
 
     @staticmethod
-    def digest(prompts: list[ObjectPrompt]) -> str:
+    def digest(prompts: list[FilePrompt]) -> str:
         """A hash of an image's prompts (a re-run redoes an image whose prompts changed)."""
-        text = json.dumps([[p.object_id, list(p.plane), p.points.tolist(), p.labels.tolist(),
-                            None if p.box is None else p.box.tolist()] for p in prompts])
+        text = json.dumps([[p.object_id, list(p.plane), p.prompt.points.tolist(), p.prompt.labels.tolist(),
+                            None if p.prompt.box is None else p.prompt.box.tolist()] for p in prompts])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: The largest object id: labels are written as uint32.
+MAX_OBJECT_ID = 2**32 - 1
 
 
 def _object_id(value) -> int:
     number = float(value)
-    if not number.is_integer() or number < 1:
-        raise ValueError(f"object must be a positive whole number, got {value!r}")
+    if not number.is_integer() or not 1 <= number <= MAX_OBJECT_ID:
+        raise ValueError(f"object must be a whole number from 1 to {MAX_OBJECT_ID} (labels are uint32), got "
+                         f"{value!r}")
     return int(number)
 
 

@@ -21,15 +21,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from ..core.embeddings import DEFAULT_STORE_GB, EmbeddingStore, store_bytes
 from ..core.errors import ModelLoadError
-from ..core.model import KNOWN_CHECKPOINTS, read_checkpoint_json, resolve_checkpoint
+from ..core.model import KNOWN_CHECKPOINTS, read_checkpoint_json, require_config, resolve_checkpoint
 from . import tasks
 from .config import RunConfig
 from .files import check_output, check_readable, find_inputs, remove_partial, write_atomically
 from .outputs import check_table_format
 from .prompts_file import PromptsFile
 from .tasks import RECORDS, Job, ModelPlugin
+
+#: The lock file of a run in progress, in the output folder's records.
+LOCK = "run.lock"
 
 #: Seconds to wait for an existing scheduler before giving up.
 CONNECT_TIMEOUT = 5
@@ -44,9 +49,10 @@ CORES_PER_WORKER = 4
 @dataclass
 class RunSummary:
     """What a run did: ``values`` is the summary written to ``path`` (settings, model, versions, cluster, timings,
-    one entry per image); ``failures`` the images that failed, with their errors."""
+    one entry per image; None: an embed run without an output folder writes none); ``failures`` the images that
+    failed, with their errors."""
 
-    path: Path
+    path: Path | None
     values: dict
     failures: list[dict] = field(default_factory=list)
 
@@ -63,11 +69,8 @@ def check_model(name: str, what: str = "model") -> None:
     """Refuse, within a second, a checkpoint that is neither bundled, nor a folder with a config, nor on the hub
     (or its cache, offline)."""
     resolved = resolve_checkpoint(name)
-    if Path(resolved).is_dir():
-        if not (Path(resolved) / "config.json").is_file():
-            raise ModelLoadError(f"The {what} folder {name} has no config.json: it is not a saved checkpoint.")
-        return
-    if read_checkpoint_json(resolved, "config.json") is None:
+    require_config(resolved, what)
+    if not Path(resolved).is_dir() and read_checkpoint_json(resolved, "config.json") is None:
         raise ModelLoadError(f"No {what} checkpoint {name!r}: not a bundled name, not a folder holding a checkpoint, "
                              f"and not found on the hub (or in its cache when offline). Known names: "
                              f"{', '.join(KNOWN_CHECKPOINTS)}.")
@@ -129,7 +132,7 @@ def _probe(address: str) -> None:
             pass
 
 
-def run_batch(inputs: list[str], output: str, config: RunConfig | None = None, *, prompts: str | None = None,
+def run_batch(inputs: list[str], output: str | None, config: RunConfig | None = None, *, prompts: str | None = None,
               stack: bool = False, scheduler: str | None = None, workers: int | None = None,
               overwrite: bool = False, store: str | None = None, store_gb: float = DEFAULT_STORE_GB,
               progress: bool = True, log=print) -> RunSummary:
@@ -160,7 +163,9 @@ def run_batch(inputs: list[str], output: str, config: RunConfig | None = None, *
     cap = store_bytes(store_gb)  # a bad cap is refused before any worker starts
     started, wall = time.perf_counter(), datetime.now(UTC)
     items = find_inputs(inputs, stack)
-    out = check_output(output, inputs)
+    if output is None and batch.mode != "embed":
+        raise ValueError(f"A {batch.mode} run needs an output folder (--out FOLDER).")
+    out = None if output is None else check_output(output, inputs)
     check_model(batch.model)
     if batch.video_model:
         check_model(batch.video_model, "video model")
@@ -172,74 +177,107 @@ def run_batch(inputs: list[str], output: str, config: RunConfig | None = None, *
     prompt_file = PromptsFile(prompts) if prompted else None
     if batch.mode == "embed" and store is None:
         store = str(EmbeddingStore().root)
+    elif store is not None:
+        EmbeddingStore(store, max_bytes=cap)  # a folder that cannot hold a store is refused now, not on the workers
+    with contextlib.nullcontext() if out is None else _output_lock(out):
+        images, jobs = _triage(items, out, config, prompt_file, overwrite)
+        if prompt_file is not None:
+            unused = set(prompt_file.by_image) - {name for item in items for name in (item.name, _file_name(item))}
+            if unused:
+                log(f"The prompts file names images that are not inputs: {', '.join(sorted(unused))}.")
+        cluster = {}
+        if jobs:
+            log(f"{len(jobs)} image(s) to do; {len(items) - len(jobs)} finished before, without prompts or "
+                "unreadable.")
+            with open_client(scheduler, workers) as (client, threads):
+                cluster = {"scheduler": client.scheduler.address, "workers": len(client.scheduler_info()["workers"]),
+                           "threads_per_worker": threads, "dashboard": _dashboard(client)}
+                if cluster["dashboard"]:
+                    log(f"Dashboard: {cluster['dashboard']}")
+                client.register_plugin(ModelPlugin(config, threads, store, cap))
+                images.update(_run_jobs(client, jobs, batch.mode, batch.tiles_per_task, progress))
+        else:
+            kinds = [entry["status"] for entry in images.values()]
+            told = ", ".join(f"{kinds.count(status)} {status}" for status in ("skipped", "failed", "no prompts")
+                             if status in kinds)
+            log(f"Nothing to do for the {len(items)} image(s): {told}.")
+        entries = [images[item.name] for item in items]
+        values = {"napari_sam_run": 1, "started": wall.isoformat(timespec="seconds"),
+                  "seconds": round(time.perf_counter() - started, 3), "inputs": list(inputs),
+                  "output": None if out is None else str(out), "mode": batch.mode, "model": batch.model,
+                  "settings": config.to_dict(), "prompts": prompts, "store": store, "cluster": cluster,
+                  "versions": _versions(),
+                  "counts": {status: sum(e["status"] == status for e in entries)
+                             for status in ("done", "skipped", "failed", "no prompts")},
+                  "images": entries}
+        failures = [e for e in entries if e["status"] == "failed"]
+        summary = None if out is None else write_atomically(out / SUMMARY,
+                                                             json.dumps(values, indent=1, default=str).encode())
+        return RunSummary(summary, values, failures)
 
-    (out / RECORDS).mkdir(parents=True, exist_ok=True)
-    remove_partial(out), remove_partial(out / RECORDS)
+
+def _triage(items, out: Path | None, config: RunConfig, prompt_file: PromptsFile | None, overwrite: bool):
+    """``(entries of the images that need no task, by name; the jobs of the others)``: an unreadable file fails
+    here, before any worker starts; an image without prompts, or finished before with the same settings, is not
+    done again; another run's outputs are not replaced without ``overwrite``."""
+    if out is not None:
+        remove_partial(out), remove_partial(out / RECORDS)
     images, jobs = {}, []
     for item in items:
         mine = () if prompt_file is None else tuple(prompt_file.for_image(_file_name(item), item.name))
-        job = Job(item, str(out), config, mine)
+        job = Job(item, None if out is None else str(out), config, mine)
         try:
-            check_readable(item)  # a corrupt file or a mixed stack fails here, before any worker starts
+            check_readable(item, config.batch.channel)
         except ValueError as error:
             images[item.name] = _entry(job, "failed", error=str(error))
             continue
-        state = _state(job)
-        if prompted and not mine:
+        state, record = _state(job)
+        if prompt_file is not None and not mine:
             images[item.name] = _entry(job, "no prompts", error="the prompts file has no prompts for this image")
         elif state == "done" and not overwrite:
-            images[item.name] = _entry(job, "skipped", **json.loads(job.record_path().read_text()))
+            images[item.name] = _entry(job, "skipped", **record)
         elif state == "foreign" and not overwrite:
             images[item.name] = _entry(job, "failed", error="outputs of other settings, prompts or input files are "
                                        "there already; pass --overwrite to replace them, or choose another folder")
         else:
             jobs.append(job)
-    if prompt_file is not None:
-        unused = set(prompt_file.by_image) - {name for item in items for name in (item.name, _file_name(item))}
-        if unused:
-            log(f"The prompts file names images that are not inputs: {', '.join(sorted(unused))}.")
-    cluster = {}
-    if jobs:
-        log(f"{len(jobs)} image(s) to do; {len(items) - len(jobs)} finished before, without prompts or unreadable.")
-        with open_client(scheduler, workers) as (client, threads):
-            cluster = {"scheduler": client.scheduler.address, "workers": len(client.scheduler_info()["workers"]),
-                       "threads_per_worker": threads, "dashboard": _dashboard(client)}
-            if cluster["dashboard"]:
-                log(f"Dashboard: {cluster['dashboard']}")
-            client.register_plugin(ModelPlugin(config, threads, store, cap))
-            images.update(_run_jobs(client, jobs, batch.mode, batch.tiles_per_task, progress))
-    else:
-        log(f"Nothing to do: all {len(items)} image(s) finished or skipped (pass --overwrite to redo them).")
-    entries = [images[item.name] for item in items]
-    values = {"napari_sam_run": 1, "started": wall.isoformat(timespec="seconds"),
-              "seconds": round(time.perf_counter() - started, 3), "inputs": list(inputs), "output": str(out),
-              "mode": batch.mode, "model": batch.model, "settings": config.to_dict(), "prompts": prompts,
-              "store": store, "cluster": cluster, "versions": _versions(),
-              "counts": {status: sum(e["status"] == status for e in entries)
-                         for status in ("done", "skipped", "failed", "no prompts")},
-              "images": entries}
-    failures = [e for e in entries if e["status"] == "failed"]
-    summary_path = write_atomically(out / SUMMARY, json.dumps(values, indent=1, default=str).encode())
-    return RunSummary(summary_path, values, failures)
+    return images, jobs
+
+
+@contextlib.contextmanager
+def _output_lock(out: Path):
+    """Hold the output folder for this run: a second run into it is refused while this one runs (the lock goes with
+    the process, so a killed run leaves none behind)."""
+    (out / RECORDS).mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out / RECORDS / LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ValueError(f"Another napari-sam run is writing into {out}: wait for it to finish, or choose another "
+                         "output folder.") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _file_name(item) -> str:
     return Path(item.paths[0]).parent.name if item.stack else Path(item.paths[0]).name
 
 
-def _state(job) -> str:
-    """``done`` (this run's outputs are there), ``foreign`` (another run's are) or ``new``."""
+def _state(job) -> tuple[str, dict]:
+    """``(done`` (this run's outputs are there), ``foreign`` (another run's are) or ``new``, the record)."""
     path = job.record_path()
-    if not path.is_file():
-        return "new"
+    if path is None or not path.is_file():
+        return "new", {}
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
-        return "new"  # a record is written atomically: an unreadable one was not written by a run
+        return "new", {}  # a record is written atomically: an unreadable one was not written by a run
     identity = job.identity()
     same = all(record.get(key) == json.loads(json.dumps(value)) for key, value in identity.items())
-    present = all((Path(job.output) / name).exists() for name in record.get("outputs", []))
-    return "done" if same and present else "foreign" if present else "new"
+    present = all((job.folder / name).exists() for name in record.get("outputs", []))
+    return ("done" if same and present else "foreign" if present else "new"), record
 
 
 def _entry(job, status: str, /, **values) -> dict:

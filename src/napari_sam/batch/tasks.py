@@ -27,7 +27,13 @@ from ..core.memory import reuse_freed_memory
 from ..core.model import load_video_model
 from ..core.predictor import Predictor
 from ..core.workflows import predict_objects
-from ..core.workflows.everything import frame_count, merge_frames, segment_frames, stability_score
+from ..core.workflows.everything import (
+    frame_count,
+    merge_frames,
+    recover_cut_objects,
+    segment_frames,
+    stability_score,
+)
 from ..core.workflows.propagation import propagate, propagate_video
 from .config import RunConfig
 from .files import ImageInput, open_input, write_atomically
@@ -42,7 +48,7 @@ from .outputs import (
     table_path,
     write_table,
 )
-from .prompts_file import ObjectPrompt, PromptsFile
+from .prompts_file import FilePrompt, PromptsFile
 
 #: The name the model plugin is registered under on every worker.
 PLUGIN = "napari-sam-model"
@@ -116,16 +122,24 @@ class Job:
     """One image of a run: what to read, where to write, with which settings (and its prompts)."""
 
     item: ImageInput
-    output: str
+    output: str | None
     config: RunConfig
-    prompts: tuple[ObjectPrompt, ...] = ()
+    prompts: tuple[FilePrompt, ...] = ()
 
     @property
     def name(self) -> str:
         return self.item.name
 
-    def record_path(self) -> Path:
-        return Path(self.output) / RECORDS / f"{self.name}.json"
+    @property
+    def folder(self) -> Path:
+        """The output folder (runs that write labels always have one)."""
+        if self.output is None:
+            raise ValueError(f"A {self.config.batch.mode} run needs an output folder.")
+        return Path(self.output)
+
+    def record_path(self) -> Path | None:
+        """Where the record of the finished image is kept (None: a run without an output folder keeps none)."""
+        return None if self.output is None else Path(self.output) / RECORDS / f"{self.name}.json"
 
     def identity(self) -> dict:
         """What the outputs were made from: the settings, the input files' sizes and times, and the prompts. A
@@ -168,7 +182,7 @@ def _contrast(job: Job, data, rgb: bool) -> tuple[float, float] | None:
 
 
 def _open(job: Job):
-    data = open_input(job.item)
+    data = open_input(job.item, job.config.batch.channel)
     shape = tuple(int(n) for n in data.shape)
     rgb = is_rgb(shape)
     if len(shape) - rgb < 2:
@@ -195,7 +209,7 @@ def prepare(job: Job) -> Prepared | dict:
         return prepared
     if job.config.batch.mode == "embed":
         return finish_embed(job, prepared, embed_part(job, prepared, *groups[0], data=data))
-    return finish_everything(job, prepared, segment_part(job, prepared, *groups[0], data=data))
+    return finish_everything(job, prepared, segment_part(job, prepared, *groups[0], data=data), data=data)
 
 
 def segment_part(job: Job, prepared: Prepared, plane: tuple[int, ...], frames: tuple[int, ...], data=None):
@@ -205,28 +219,31 @@ def segment_part(job: Job, prepared: Prepared, plane: tuple[int, ...], frames: t
                           contrast_limits=prepared.contrast_limits, rgb=prepared.rgb)
 
 
-def embed_part(job: Job, prepared: Prepared, plane: tuple[int, ...], frames: tuple[int, ...], data=None) -> int:
-    """Embed some frames of one plane into the store; returns how many ran the encoder (runs on a worker;
-    ``data``: the image when it is open)."""
+def embed_part(job: Job, prepared: Prepared, plane: tuple[int, ...], frames: tuple[int, ...],
+               data=None) -> tuple[int, int, str | None]:
+    """Embed some frames of one plane into the store (runs on a worker; ``data``: the image when it is open).
+    Returns ``(how many ran the encoder, how many the store holds now, the store's last write error or None)``."""
     data = _open(job)[0] if data is None else data
     predictor = _plugin().predictor()
     plan = predictor.plan(plane_of(data, plane), prepared.contrast_limits, prepared.rgb)
     all_frames = predictor.frames(plan=plan)
-    return predictor.embed_frames([all_frames[i] for i in frames], plan)
+    mine = [all_frames[i] for i in frames]
+    computed = predictor.embed_frames(mine, plan)
+    return computed, predictor.stored_frames(mine, plan), predictor.store_error
 
 
 def _labels_output(job: Job, shape: tuple[int, ...], calibration) -> LabelsOutput:
     fmt = labels_format(job.config.batch.labels_format, job.item.paths[0], shape)
     if job.item.stack and calibration is not None:
         calibration = Calibration("Z" + calibration.axes[-2:], (None, *calibration.scale[-2:]), calibration.unit)
-    return LabelsOutput(labels_path(Path(job.output), job.name, fmt), shape, fmt, calibration)
+    return LabelsOutput(labels_path(job.folder, job.name, fmt), shape, fmt, calibration)
 
 
 def _finish(job: Job, labels: LabelsOutput, rows: list[dict], n_leading: int, started: float, **extra) -> dict:
     """Write the labels, the table and (last) the record of a finished image; returns the record."""
     labels_file = labels.commit()
     fmt = job.config.batch.table_format
-    table = write_table(table_path(Path(job.output), job.name, fmt), object_table(rows, n_leading), fmt)
+    table = write_table(table_path(job.folder, job.name, fmt), object_table(rows, n_leading), fmt)
     return _record(job, started, outputs=[labels_file.name, table.name], objects=len(rows), **extra)
 
 
@@ -234,17 +251,25 @@ def _record(job: Job, started: float, **values) -> dict:
     """Write the record of a finished image (``started``: when its first task began, ``time.time()``)."""
     record = {"name": job.name, "status": "done", **job.identity(), **values,
               "seconds": round(time.time() - started, 3), "worker": _plugin().worker_name}
-    write_atomically(job.record_path(), json.dumps(record, indent=1).encode())
+    path = job.record_path()
+    if path is not None:
+        write_atomically(path, json.dumps(record, indent=1).encode())
     return record
 
 
-def finish_everything(job: Job, prepared: Prepared, *parts) -> dict:
-    """Merge each plane's parts, paint the labels (ids go on from plane to plane) and write the outputs."""
+def finish_everything(job: Job, prepared: Prepared, *parts, data=None) -> dict:
+    """Merge each plane's parts (with the objects that no tile holds whole, recovered here), paint the labels (ids
+    go on from plane to plane) and write the outputs (``data``: the image when it is open)."""
     groups = prepared.groups(job.config.batch.tiles_per_task)
     labels = _labels_output(job, prepared.labels_shape, prepared.calibration)
     rows, next_id = [], 1
     for plane in prepared.planes:
         mine = [part for (where, _), part in zip(groups, parts) if where == plane]
+        if any(len(part.cut) for part in mine):
+            data = _open(job)[0] if data is None else data
+            mine.append(recover_cut_objects(_plugin().predictor(), plane_of(data, plane), mine,
+                                            job.config.everything, contrast_limits=prepared.contrast_limits,
+                                            rgb=prepared.rgb))
         writer = PlaneWriter(labels.array, plane)
         result = merge_frames(mine, job.config.everything, out=writer, first_id=next_id)
         found = [(next_id + k, (obj.rows.start, obj.cols.start, obj.rows.stop, obj.cols.stop), score, stability)
@@ -255,9 +280,15 @@ def finish_everything(job: Job, prepared: Prepared, *parts) -> dict:
     return _finish(job, labels, rows, len(prepared.labels_shape) - 2, prepared.started)
 
 
-def finish_embed(job: Job, prepared: Prepared, *computed) -> dict:
+def finish_embed(job: Job, prepared: Prepared, *parts) -> dict:
+    """Record an embedded image; an image whose embeddings the store does not all hold fails, naming why."""
     frames = len(prepared.planes) * prepared.n_frames
-    return _record(job, prepared.started, outputs=[], frames=frames, encoder_runs=int(sum(computed)))
+    stored = sum(part[1] for part in parts)
+    if stored < frames:
+        error = next((part[2] for part in parts if part[2]), None)
+        raise OSError(f"the embedding store kept {stored} of the image's {frames} embeddings"
+                      + (f" (it could not write: {error})" if error else " (its size cap is too small for them)"))
+    return _record(job, prepared.started, outputs=[], frames=frames, encoder_runs=int(sum(p[0] for p in parts)))
 
 
 def _paint(writer, mask: np.ndarray, row0: int, col0: int, label: int) -> tuple[int, int, int, int]:
@@ -314,7 +345,7 @@ def segment_prompted(job: Job) -> dict:
         prompts = [p for p in job.prompts if p.plane == plane]
         with predictor.locked():
             predictor.set_image(plane_of(data, plane), contrast_limits=limits, rgb=rgb)
-            results = predict_objects(predictor, [p.prompt_object() for p in prompts])
+            results = predict_objects(predictor, [p.prompt for p in prompts])
         for prompt, result in zip(prompts, results):
             frame = result.frame
             if propagating:

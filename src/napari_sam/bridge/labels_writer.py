@@ -132,10 +132,11 @@ def commit_masks(labels_layer, image_layer, masks: np.ndarray, plane_index: tupl
         The new label ids (max + 1, max + 2, ...), one per mask that wrote anything; with ``per_mask``, one entry
         per mask, None for a mask that wrote nothing.
 
+    Nothing is written when it raises.
+
     Raises:
         ValueError: a mask reaches outside the labels layer, or the layers do not match.
         LabelsFullError: the labels' dtype cannot hold the new ids.
-        Nothing is written in either case.
     """
     masks = np.asarray(masks, dtype=bool).reshape(-1, *np.shape(masks)[-2:])
     mapped = _mapped(labels_layer, image_layer, [(plane_index, mask, offset) for mask in masks])

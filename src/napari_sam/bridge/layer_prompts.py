@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..core.decoding import ObjectPrompt
 from ..core.objects import MaskObject
-from ..core.workflows import PromptObject
 from .transforms import to_target_data
 
 #: How far (in data pixels of a non-displayed axis) a prompt may lie from the shown plane.
@@ -24,7 +24,7 @@ SLICE_TOLERANCE = 0.5
 
 
 @dataclass
-class PlanePrompts:
+class DrawnPrompts:
     """Prompts for one 2D plane, in (row, col) data pixels of the image.
 
     Attributes:
@@ -168,14 +168,14 @@ def read_exemplars(shapes_layer, image_layer, plane_index, world_point=None) -> 
 
 
 def read_prompts(image_layer, plane_index, plane_shape, points_layer=None, shapes_layer=None,
-                 world_point=None) -> PlanePrompts:
+                 world_point=None) -> DrawnPrompts:
     """All prompts of the shown plane from a Points and a Shapes layer (either may be None)."""
     points, labels = read_points(points_layer, image_layer, plane_index, world_point)
     boxes, masks = read_shapes(shapes_layer, image_layer, plane_index, plane_shape, world_point)
-    return PlanePrompts(points=points, labels=labels, boxes=boxes, masks=masks)
+    return DrawnPrompts(points=points, labels=labels, boxes=boxes, masks=masks)
 
 
-def group_objects(prompts: PlanePrompts) -> list[PromptObject]:
+def group_objects(prompts: DrawnPrompts) -> list[ObjectPrompt]:
     """The objects described by a plane's prompts, boxes first, in drawing order."""
     owner = np.full(len(prompts.points), -1)
     if len(prompts.boxes) == 1:
@@ -185,9 +185,9 @@ def group_objects(prompts: PlanePrompts) -> list[PromptObject]:
             inside = (owner < 0) & (prompts.points[:, 0] >= r0) & (prompts.points[:, 0] <= r1) & (
                 prompts.points[:, 1] >= c0) & (prompts.points[:, 1] <= c1)
             owner[inside] = index
-    objects = [PromptObject(prompts.points[owner == index], prompts.labels[owner == index], box, mask)
+    objects = [ObjectPrompt(prompts.points[owner == index], prompts.labels[owner == index], box, mask)
                for index, (box, mask) in enumerate(zip(prompts.boxes, prompts.masks))]
     loose = owner < 0
     if loose.any():
-        objects.append(PromptObject(prompts.points[loose], prompts.labels[loose]))
+        objects.append(ObjectPrompt(prompts.points[loose], prompts.labels[loose]))
     return objects

@@ -27,6 +27,15 @@ def data_to_world(layer) -> np.ndarray:
     return matrix
 
 
+def window_to_world(layer, index: tuple[int, ...], corner: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """The affine matrix that places a window of ``layer``'s plane at ``index`` onto the layer: data of shape
+    ``(1,) * len(index) + (H, W)`` whose pixel (0, 0) is the plane's pixel ``corner`` (row, col) shows where those
+    pixels of ``layer`` are (a preview of a tile or of a whole plane, over the image it was made from)."""
+    shift = np.eye(len(index) + 3)
+    shift[:-1, -1] = [*index, *corner]
+    return data_to_world(layer) @ shift
+
+
 def apply(matrix: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """Apply a homogeneous (T+1, S+1) matrix to (n, S) positions, giving (n, T)."""
     positions = np.asarray(positions, dtype=float).reshape(-1, matrix.shape[1] - 1)

@@ -4,13 +4,20 @@ docks' controls are generated from: one ``--option`` per field, with its type, d
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 
-def add_settings(parser, settings_class, prefix: str = "", given_only: bool = False, default_note: str = "") -> None:
+def add_settings(parser, settings_class, prefix: str = "", given_only: bool = False, default_note: str = "",
+                 only: tuple[str, ...] | None = None, choices: dict | None = None) -> None:
     """One ``--option`` per field of ``settings_class`` (into ``dest`` ``prefix`` + its name), with its type,
     default, limits and help. ``given_only``: options left out of the command line are left out of the namespace
-    (see :func:`given_settings`); ``default_note`` replaces "default X" in the help."""
+    (see :func:`given_settings`); ``default_note`` replaces "default X" in the help; ``only``: these fields alone;
+    ``choices``: fewer choices for some fields, by name."""
     for info in settings_class.fields():
+        if only is not None and info.name not in only:
+            continue
+        if choices and info.name in choices:
+            info = dataclasses.replace(info, choices=tuple(choices[info.name]))
         flag, dest = info.flag, prefix + info.name
         limits = f" [{info.low}..{info.high}]" if info.low is not None else ""
         default = argparse.SUPPRESS if given_only else info.default
@@ -24,11 +31,6 @@ def add_settings(parser, settings_class, prefix: str = "", given_only: bool = Fa
             metavar = "TEXT" if info.kind is str else info.kind.__name__.upper()
             parser.add_argument(flag, dest=dest, type=info.kind, default=default, metavar=metavar,
                                 help=f"{info.help}{limits} ({shown})")
-
-
-def settings_from(args: argparse.Namespace, settings_class):
-    """The settings object of ``args`` (checked; a bad value exits with a message naming the option)."""
-    return settings_class(**{info.name: getattr(args, info.name) for info in settings_class.fields()})
 
 
 def given_settings(args: argparse.Namespace, settings_class, prefix: str = "") -> dict:

@@ -44,16 +44,37 @@ def cropped(mask: np.ndarray, row0: int = 0, col0: int = 0) -> MaskObject | None
                       np.ascontiguousarray(mask[rows, cols]))
 
 
-def cleaned(obj: MaskObject, min_area: int) -> tuple[MaskObject | None, bool]:
-    """Meta's small-region post-processing of one object: holes and islands smaller than ``min_area`` removed;
-    (the object, or None if nothing is left, and whether it changed). The crop is padded by one background pixel so
-    that the background around the object is never taken for a hole."""
-    padded = np.pad(obj.mask, 1)
-    padded, holes = remove_small_regions(padded, min_area, "holes")
-    padded, islands = remove_small_regions(padded, min_area, "islands")
-    if not (holes or islands):
+def cleaned(obj: MaskObject, min_area: int, image_size: tuple[int, int]) -> tuple[MaskObject | None, bool]:
+    """Meta's small-region post-processing of one object of an image of ``image_size`` (H, W), as on the whole
+    image: holes (background regions the object encloses, 8-connected) smaller than ``min_area`` are filled, then
+    islands smaller than ``min_area`` removed (the largest kept when all are small). Returns (the object, or None
+    if nothing is left; whether it changed).
+
+    The object's crop is padded by one background pixel on the sides that lie inside the image: a background region
+    that reaches that ring is the image's background around the object, never a hole, however small its part in the
+    crop. A region that reaches only the image's border is enclosed there, as on the whole image, and filled when
+    small. So the result never leaves the object's box, and never the image."""
+    height, width = image_size
+    pads = ((int(obj.rows.start > 0), int(obj.rows.stop < height)),
+            (int(obj.cols.start > 0), int(obj.cols.stop < width)))
+    mask = np.pad(obj.mask, pads)
+    ring = np.zeros(mask.shape, dtype=bool)
+    (top, bottom), (left, right) = pads
+    ring[:top], ring[mask.shape[0] - bottom:], ring[:, :left], ring[:, mask.shape[1] - right:] = True, True, True, True
+    eight = np.ones((3, 3), dtype=bool)
+    background, count = ndimage.label(~mask, structure=eight)
+    sizes = np.bincount(background.ravel(), minlength=count + 1)
+    outside = np.unique(background[ring])
+    holes = [label for label in range(1, count + 1) if sizes[label] < min_area and label not in outside]
+    filled = mask | np.isin(background, holes)
+    islands, found = ndimage.label(filled, structure=eight)
+    island_sizes = np.bincount(islands.ravel(), minlength=found + 1)[1:]
+    keep = np.nonzero(island_sizes >= min_area)[0] + 1
+    if not len(keep) and found:
+        keep = np.array([int(np.argmax(island_sizes)) + 1])
+    if not holes and len(keep) == found:
         return obj, False
-    return cropped(padded, obj.rows.start - 1, obj.cols.start - 1), True
+    return cropped(np.isin(islands, keep), obj.rows.start - top, obj.cols.start - left), True
 
 
 def paint_labels(objects: list[MaskObject], image_size: tuple[int, int], out=None, dtype=np.uint32,
@@ -72,21 +93,3 @@ def paint_labels(objects: list[MaskObject], image_size: tuple[int, int], out=Non
         region[obj.mask] = index + first_id
         labels[obj.rows, obj.cols] = region
     return labels
-
-
-def remove_small_regions(mask: np.ndarray, area: int, mode: str) -> tuple[np.ndarray, bool]:
-    """Remove islands (``mode="islands"``) or fill holes (``"holes"``) smaller than ``area`` pixels, with
-    8-connectivity. Returns the mask and whether it changed (Meta's ``remove_small_regions``)."""
-    holes = mode == "holes"
-    working = mask ^ holes  # the holes are the regions of the inverted mask
-    regions, count = ndimage.label(working, structure=np.ones((3, 3)))
-    sizes = np.bincount(regions.ravel(), minlength=count + 1)[1:]
-    small = np.nonzero(sizes < area)[0] + 1
-    if len(small) == 0:
-        return mask, False
-    if holes:
-        return ~np.isin(regions, np.setdiff1d(np.arange(1, count + 1), small)), True
-    keep = np.setdiff1d(np.arange(1, count + 1), small)
-    if len(keep) == 0:
-        keep = np.array([int(np.argmax(sizes)) + 1])
-    return np.isin(regions, keep), True

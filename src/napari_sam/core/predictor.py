@@ -22,12 +22,12 @@ import contextlib
 import dataclasses
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 
-from .decoding import FrameDecoder, ObjectPrompts, Prediction, check_prompts, upscale_logits
+from .decoding import FrameDecoder, Prediction, PromptBatch, check_prompts, upscale_logits
 from .embeddings import CachedEmbedding, EmbeddingCache, FrameEmbeddings
 from .errors import EncoderNeeded
 from .image import ImagePlan, open_image
@@ -182,6 +182,10 @@ class Predictor:
 
         Raises:
             ValueError: for images of unsupported dtype or shape, bad contrast limits or tiling settings.
+
+        An in-memory (numpy) image changed in place afterwards is noticed by the next :meth:`predict` or
+        :meth:`embed_frames`: the frames they use are hashed again and embedded anew when their pixels changed. A
+        lazy image (dask, zarr) is taken as it was read; give it to ``set_image`` again after changing it.
         """
         plan = self.plan(image, contrast_limits, rgb)
         with self._lock:
@@ -219,16 +223,21 @@ class Predictor:
     def embed_frames(self, frames: list[Frame], plan: ImagePlan | None = None,
                      progress: Callable[[int, int], None] | None = None,
                      cancel: Callable[[], bool] | None = None) -> int:
-        """Embed ``frames`` of an image (default: the current one), each once, in batches of :meth:`encoder_batch`;
+        """Embed ``frames`` of an image (default: the current one), each once, in encoder batches (one frame on a
+        CPU; on a GPU as many as half its free memory holds, at most 8, once one frame's peak memory is known);
         returns how many ran the encoder (0: all were in the cache or the store). ``progress(done, total)`` after
         each batch; ``cancel`` is checked before each and returning True stops (the frames done stay embedded)."""
         source = (plan or self._require_image("embed_frames")).source
+        source.recheck()  # pixels changed in place since set_image get their own embeddings
         return self._embeddings.embed_batches([(frame, source) for frame in frames], self._lock, progress, cancel)
 
-    def encoder_batch(self, frame: Frame) -> int:
-        """How many frames of ``frame``'s size the encoder takes at once: 1 on a CPU; on a GPU as many as half its
-        free memory holds (at most 8), once one frame's peak memory is known."""
-        return self._embeddings.batch_size(frame)
+    def embedding_steps(self, frames: list[Frame], plan: ImagePlan | None = None) -> Iterator[tuple[int, int, int]]:
+        """:meth:`embed_frames`, one encoder batch per step: a generator yielding ``(frames done, frames in all, how
+        many ran the encoder so far)`` after each batch (for a worker that reports progress by yielding); stopping
+        the iteration stops there."""
+        source = (plan or self._require_image("embedding_steps")).source
+        source.recheck()  # pixels changed in place since set_image get their own embeddings
+        yield from self._embeddings.embedding_steps([(frame, source) for frame in frames], self._lock)
 
     def prefetch(self, planes, contrast_limits=None, rgb: bool | None = None,
                  region: tuple[int, int, int, int] | None = None, max_frames: int | None = None) -> int:
@@ -251,6 +260,18 @@ class Predictor:
             source = (plan or self._require_image("frame_embedding")).source
             return self._embeddings.get(frame, source, memory_only=getattr(self._memory_only, "on", False))
 
+    def stored_frames(self, frames: list[Frame], plan: ImagePlan | None = None) -> int:
+        """How many of ``frames`` of an image (default: the current one) the store holds (0 without a store)."""
+        source = (plan or self._require_image("stored_frames")).source
+        with self._lock:
+            return sum(self._embeddings.stored(frame, source) for frame in frames)
+
+    @property
+    def store_error(self) -> str | None:
+        """The store's latest failed write, or None: embeddings the store could not keep are still served from
+        memory, so only runs that fill the store need to know."""
+        return self._embeddings.store_error
+
     @property
     def store(self):
         """The :class:`~napari_sam.core.embeddings.store.EmbeddingStore` embeddings are kept in on disk, or None."""
@@ -266,7 +287,7 @@ class Predictor:
         """The frame of a whole image of ``size`` (H, W) for this checkpoint."""
         return whole_frame(size, self.geometry.longest_edge, self.geometry.max_upscale)
 
-    def _frame_for(self, plan: ImagePlan, prompts: ObjectPrompts) -> Frame:
+    def _frame_for(self, plan: ImagePlan, prompts: PromptBatch) -> Frame:
         """The frame a prompt on ``plan``'s image is decoded in: the whole image; else the tile that holds all its
         points and boxes farthest from its inner borders; else a window around them."""
         if plan.tiles is None:
@@ -311,7 +332,7 @@ class Predictor:
                 if not len(rows):
                     rows, cols = np.array([0, masks.shape[1] - 1]), np.array([0, masks.shape[2] - 1])
                 box = np.array([[rows.min(), cols.min(), rows.max(), cols.max()]], dtype=float) + np.tile(offset, 2)
-                frame = self._frame_for(plan, ObjectPrompts(None, None, box, None))
+                frame = self._frame_for(plan, PromptBatch(None, None, box, None))
         return self._decoder.mask_input(masks, offset, frame, eps)
 
     def predict(self, points=None, point_labels=None, boxes=None, mask_input=None, multimask: bool = True,
@@ -345,6 +366,7 @@ class Predictor:
         """
         with self._lock:
             plan = self._require_image("predict")
+            plan.source.recheck()  # pixels changed in place since set_image get their own embedding
             prompts = check_prompts(points, point_labels, boxes, mask_input, plan.size, self.geometry.mask_size)
             tiles = plan.tiles if grow else None
             held = frame is not None and frame.holds(*prompt_extent(prompts))
@@ -367,12 +389,12 @@ class Predictor:
                 prompts, frame = self._moved(prompts, frame, bigger), bigger
             return prediction
 
-    def _moved(self, prompts: ObjectPrompts, frame: Frame, other: Frame) -> ObjectPrompts:
+    def _moved(self, prompts: PromptBatch, frame: Frame, other: Frame) -> PromptBatch:
         """``prompts`` with their mask input (logits of ``frame``) redrawn as logits of ``other``."""
         if prompts.mask_input is None:
             return prompts
         moved = self._decoder.moved(prompts.mask_input, frame, other)
-        return ObjectPrompts(prompts.points, prompts.point_labels, prompts.boxes, moved)
+        return PromptBatch(prompts.points, prompts.point_labels, prompts.boxes, moved)
 
     def point_grid_logits(self, points_rc: np.ndarray, min_score: float | None = None, frame: Frame | None = None):
         """Decode each of ``points_rc`` as a one-point positive prompt of its own, without upsampling.

@@ -78,4 +78,5 @@ class CancellableTask:
                 show_error(f"{self.description} failed: {error}")
 
         self.start_worker(create_worker(work, report, self.cancelled.is_set, _start_thread=False,
-                                        _connect={"returned": returned, "errored": failed, "finished": finished}))
+                                        _connect={"returned": returned, "errored": failed, "finished": finished}),
+                          self.cancelled)

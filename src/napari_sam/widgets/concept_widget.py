@@ -19,7 +19,7 @@ from napari.utils.notifications import show_info
 from ..bridge.labels_writer import commit_masks
 from ..bridge.layer_prompts import read_exemplars
 from ..bridge.slicing import current_index, plane_view
-from ..bridge.transforms import data_to_world
+from ..bridge.transforms import window_to_world
 from ..core.workflows import segment_concept
 from .cancellable_task import CancellableTask
 from .dock import Dock
@@ -162,9 +162,7 @@ class ConceptWidget(Dock):
         self.found = (image, index, result)
         plane = np.asarray(result.labels(out=np.zeros(result.image_size, dtype=np.uint32)))
         data = plane.reshape((1,) * len(index) + plane.shape)
-        shift = np.eye(data.ndim + 1)
-        shift[: len(index), -1] = index
-        affine = data_to_world(image) @ shift
+        affine = window_to_world(image, index)
         if self.preview_layer is None or self.preview_layer not in self.viewer.layers:
             with selection_kept(self.viewer):
                 self.preview_layer = unwrapped(self.viewer.add_labels(data, name="SAM3 concept preview",

@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 from magicgui.widgets import Container
+from qtpy.QtCore import QEvent, QObject
 
 from .model_panel import ModelPanel
+
+
+class _Undocking(QObject):
+    """Calls ``undocked()`` when the watched widget loses its parent: napari's ``remove_dock_widget`` keeps the
+    widget alive, parentless, so a removed dock would otherwise go on listening to its viewer."""
+
+    def __init__(self, undocked):
+        super().__init__()
+        self.undocked = undocked
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.ParentChange and watched.parent() is None:
+            self.undocked()
+        return False
 
 
 class Dock(Container):
@@ -20,7 +35,10 @@ class Dock(Container):
         self.model = ModelPanel(napari_viewer)
         self.session = self.model.session
         self._workers: set = set()
+        self._closed = False
         self.native.destroyed.connect(self._on_destroyed)
+        self._undocking = _Undocking(self._on_destroyed)
+        self.native.installEventFilter(self._undocking)
 
     # the parts users and tests reach through any dock
     image_picker = property(lambda self: self.model.image_picker)
@@ -38,13 +56,18 @@ class Dock(Container):
     def load_model(self) -> None:
         self.model.load_model()
 
-    def start_worker(self, worker) -> None:
-        """Start a napari worker as this dock's work (counted in :attr:`busy`)."""
+    def start_worker(self, worker, cancel=None) -> None:
+        """Start a napari worker as this dock's work (counted in :attr:`busy`); ``cancel`` (a threading.Event) is
+        set when the session stops."""
         self._workers.add(worker)
         worker.finished.connect(lambda: self._workers.discard(worker))
-        self.session.start(worker)
+        self.session.start(worker, cancel)
 
     def _on_destroyed(self, *args) -> None:
+        """The dock was removed from its viewer, or deleted: it stops listening to the viewer (once)."""
+        if self._closed:
+            return
+        self._closed = True
         self.model.close()
         self.closing()
 

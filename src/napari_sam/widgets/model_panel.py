@@ -92,7 +92,7 @@ class ModelPanel:
         viewer.dims.events.current_step.connect(self.embed_current_plane)
         viewer.layers.events.inserted.connect(self._refresh_layers)
         viewer.layers.events.removed.connect(self._refresh_layers)
-        self._camera_timer = QTimer()
+        self._camera_timer = QTimer(self.container.native)  # goes with the dock's widgets: never stopped by hand
         self._camera_timer.setSingleShot(True)
         self._camera_timer.setInterval(CAMERA_REST_MS)
         self._camera_timer.timeout.connect(self._embed_if_tiled)
@@ -107,7 +107,6 @@ class ModelPanel:
         self.viewer.layers.events.removed.disconnect(self._refresh_layers)
         self.viewer.camera.events.center.disconnect(self._on_camera)
         self.viewer.camera.events.zoom.disconnect(self._on_camera)
-        self._camera_timer.stop()
         for signal, slot in ((self.session.loading, self._on_loading), (self.session.loaded, self._on_loaded),
                              (self.session.failed, self._on_failed), (self.session.embedded, self._on_embedded)):
             signal.disconnect(slot)
@@ -146,13 +145,17 @@ class ModelPanel:
             self.model_picker.native.setCurrentText(self.session.name)
         self.show(f"Loaded {self.session.name} on {predictor.device} "
                   f"({str(predictor.dtype).removeprefix('torch.')}).")
-        self.tiles_and_store._describe()
+        self.tiles_and_store.describe_store()
         self.ready.emit()
         self.embed_current_plane()
 
     def _on_failed(self, message: str) -> None:
         self.load_button.enabled = True
-        self.show("Could not load the model.")
+        if self.session.predictor is not None:  # the picker names the model in use, not the one that failed
+            self.model_picker.native.setCurrentText(self.session.name)
+            self.show(f"Could not load the model; {self.session.name} is still loaded.")
+        else:
+            self.show("Could not load the model.")
         if not self.closed:
             show_error(message)
 
@@ -183,7 +186,7 @@ class ModelPanel:
 
     def _embed_if_tiled(self) -> None:
         predictor, layer = self.session.predictor, self.image_picker.value
-        if predictor is None or layer is None:
+        if self.closed or predictor is None or layer is None:
             return
         try:
             tiled = predictor.sees_in_tiles(plane_shape(layer))

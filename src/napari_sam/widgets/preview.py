@@ -21,12 +21,13 @@ from napari.layers import Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
-from ..bridge.layer_prompts import PlanePrompts, group_objects, read_prompts
+from ..bridge.layer_prompts import DrawnPrompts, group_objects, read_prompts
 from ..bridge.slicing import current_index, full_resolution, plane_shape, plane_view
-from ..bridge.transforms import data_to_world
+from ..bridge.transforms import window_to_world
+from ..core.decoding import ObjectPrompt
 from ..core.errors import EncoderNeeded
 from ..core.objects import MaskObject
-from ..core.workflows import PromptObject, predict_objects
+from ..core.workflows import predict_objects
 from .prompt_layers import add_preview_layer, selection_kept
 
 #: Seconds a model's decodes may take (see ``Predictor.decode_seconds``) to be run on the UI thread, sparing the
@@ -125,13 +126,13 @@ class PreviewController:
         """Whether the shown result answers the newest prompts."""
         return self.shown_request == self.request
 
-    def objects(self, prompts: PlanePrompts, target: RefineTarget | None) -> list[PromptObject]:
+    def objects(self, prompts: DrawnPrompts, target: RefineTarget | None) -> list[ObjectPrompt]:
         """The objects to predict: the refined object with every point as its correction, or the prompts' own
         objects."""
         if target is None:
             return group_objects(prompts)
         mask = target.mask if self.mask_prompt() else None
-        return [PromptObject(prompts.points, prompts.labels, target.box, mask)]
+        return [ObjectPrompt(prompts.points, prompts.labels, target.box, mask)]
 
     def update(self, event=None) -> None:
         """Re-predict the shown plane's prompts on a worker; no prompts clear the preview."""
@@ -215,7 +216,7 @@ class PreviewController:
         decode = predictor.decode_seconds(plane.shape[0] * plane.shape[1])
         return decode is not None and decode + plane.nbytes / HASH_BYTES_PER_SECOND <= QUICK_DECODE_SECONDS
 
-    def _reusable_logits(self, predictor, index, prompts: PlanePrompts):
+    def _reusable_logits(self, predictor, index, prompts: DrawnPrompts):
         """The last (logits, frame), when the new prompt only adds points to the same points-only object of the
         same model."""
         if self._history is None or len(prompts.boxes):
@@ -263,9 +264,7 @@ class PreviewController:
         for value, mask in enumerate(self.shown_masks(), start=1):
             canvas[mask] = min(value, 255)
         data = plane.reshape((1,) * len(preview.index) + plane.shape)
-        shift = np.eye(data.ndim + 1)
-        shift[:-1, -1] = [*preview.index, row0, col0]
-        affine = data_to_world(preview.image) @ shift  # the window's pixels onto the image's plane
+        affine = window_to_world(preview.image, preview.index, (row0, col0))  # the window onto the image's plane
         if self.layer is None or self.layer not in self.viewer.layers:
             with selection_kept(self.viewer):
                 self.layer = add_preview_layer(self.viewer, data, affine)

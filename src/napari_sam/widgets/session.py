@@ -8,6 +8,8 @@ viewer (the registry holds viewers weakly), so two viewers never share weights o
 
 from __future__ import annotations
 
+import atexit
+import concurrent.futures.thread  # noqa: F401 - its exit hook comes before this module's
 import logging
 import threading
 import weakref
@@ -26,6 +28,24 @@ _log = logging.getLogger(__name__)
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: At most this many tiles are embedded ahead of a prompt (around the view, and on the neighbouring planes).
 MAX_TILES_AHEAD = 36
+#: At the interpreter's exit, how long the sessions' workers may take to finish, in milliseconds.
+EXIT_WAIT_MS = 120_000
+
+
+def _finish_work_at_exit() -> None:
+    """A script that ends with a viewer open: the sessions' workers (a model load, an embedding) finish while the
+    interpreter still runs them, instead of failing in its shutdown and reporting to Qt objects that are gone (Qt
+    then aborted the process). Embeddings stop at their next batch; a load finishes."""
+    for session in list(_SESSIONS.values()):
+        session.stop()
+    from qtpy.QtCore import QThreadPool
+
+    QThreadPool.globalInstance().waitForDone(EXIT_WAIT_MS)
+
+
+# Before the thread pools stop taking work at exit (they register first, so they are told last), not after: a load
+# on a worker uses transformers' pool.
+getattr(threading, "_register_atexit", atexit.register)(_finish_work_at_exit)
 
 
 def time_decoder(predictor: Predictor, plane, limits, rgb, frame) -> None:
@@ -84,19 +104,36 @@ class ModelSession:
         except (ValueError, PermissionError):
             pass  # a read-only home: memory only (the dock's store line says so)
         self._workers: set = set()
+        self._cancels: dict = {}  # worker -> the event that cancels it
         self._requests: dict = {}  # caller -> the number of its newest embedding request
+        self._load_request = 0  # the number of the newest load
         self._video: tuple | None = None  # (name, device, model, geometry) of the loaded video checkpoint
         self._video_lock = threading.Lock()
+
+    def stop(self) -> None:
+        """Stop the session's work at its next step: embeddings at their next batch, long runs (segment everything,
+        propagation, refinement) as their Cancel does; a load runs to its end."""
+        self._load_request += 1
+        self._requests = {caller: -1 for caller in self._requests}
+        for cancel in self._cancels.values():
+            cancel.set()
 
     @property
     def busy(self) -> bool:
         """Whether a load, an embedding or another task of the session is running."""
         return bool(self._workers)
 
-    def start(self, worker) -> None:
-        """Start a napari worker, counted in :attr:`busy` until it finishes."""
+    def start(self, worker, cancel: threading.Event | None = None) -> None:
+        """Start a napari worker, counted in :attr:`busy` until it finishes; ``cancel`` is set by :meth:`stop`."""
         self._workers.add(worker)
-        worker.finished.connect(lambda: self._workers.discard(worker))
+        if cancel is not None:
+            self._cancels[worker] = cancel
+
+        def finished() -> None:
+            self._workers.discard(worker)
+            self._cancels.pop(worker, None)
+
+        worker.finished.connect(finished)
         worker.start()
 
     def set_tiling(self, settings: TilingSettings) -> None:
@@ -127,18 +164,24 @@ class ModelSession:
             self.predictor.cache.max_bytes = self.cache_bytes
 
     def load(self, name: str, device: str = "auto", precision: str = "auto") -> None:
-        """Load ``name`` on a worker; :attr:`loaded` or :attr:`failed` tells the outcome."""
+        """Load ``name`` on a worker; :attr:`loaded` or :attr:`failed` tells the outcome. When loads overlap (two
+        docks, or Load clicked twice), the newest request wins: an older one's result is dropped."""
+        self._load_request += 1
+        request = self._load_request
         self.loading.emit(name)
         bar = progress(total=0, desc=f"Loading {name}")
 
         def loaded(predictor: Predictor) -> None:
+            if request != self._load_request:
+                return  # a newer load was asked for meanwhile
             predictor.cache.max_bytes = self.cache_bytes
             predictor.tiling, predictor.store = self.tiling, self.store
             self.predictor, self.name = predictor, name
             self.loaded.emit(predictor)
 
         def failed(error: Exception) -> None:
-            self.failed.emit(str(error))
+            if request == self._load_request:
+                self.failed.emit(str(error))
 
         self.start(create_worker(Predictor.from_pretrained, name, device=device, dtype=precision,
                                  _start_thread=False,
@@ -162,14 +205,13 @@ class ModelSession:
             frames = predictor.frames(region, plan)
             if len(frames) > MAX_TILES_AHEAD:
                 return None  # too many for now: a prompt embeds its own tile
-            ran, done = False, 0
-            while done < len(frames):
-                if self._requests.get(caller) != request:
-                    return ran  # a newer request took over
-                batch = frames[done: done + predictor.encoder_batch(frames[done])]
-                ran |= predictor.embed_frames(batch, plan) > 0
-                done += len(batch)
-                yield done, len(frames)
+            ran = False
+            if self._requests.get(caller) == request:
+                for done, total, computed in predictor.embedding_steps(frames, plan):
+                    ran = computed > 0
+                    yield done, total
+                    if self._requests.get(caller) != request:
+                        break  # a newer request took over
             if frames and predictor.decode_seconds() is None and predictor.concept is None:
                 time_decoder(predictor, view(), limits, rgb, frames[0])
             return ran

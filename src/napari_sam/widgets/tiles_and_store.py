@@ -32,7 +32,7 @@ class TilesAndStore:
         self.tiling.edited.connect(self._tiling_edited)
         for widget in (self.use_store, self.store_folder, self.store_gb):
             widget.changed.connect(self._store_edited)
-        self._describe()
+        self.describe_store()
 
     def _tiling_edited(self) -> None:
         settings = self.tiling.checked("tiling options")
@@ -54,9 +54,9 @@ class TilesAndStore:
         except (ValueError, PermissionError) as error:
             show_error(f"Cannot keep embeddings there: {error}")
             self.use_store.value = False
-        self._describe()
+        self.describe_store()
 
-    def _describe(self) -> None:
+    def describe_store(self) -> None:
         """Say what the store holds for the loaded model, and for others."""
         store, predictor = self.session.store, self.session.predictor
         if store is None:

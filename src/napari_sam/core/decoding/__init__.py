@@ -5,7 +5,7 @@ boundary, decoded on an embedded frame (napari-sam's shared-work decoder for SAM
 from .frame_decoder import FrameDecoder
 from .grid_decoder import GridDecoder
 from .prediction import Prediction, downscale_masks, upscale_logits
-from .prompts import ObjectPrompts, check_prompts
+from .prompts import ObjectPrompt, PromptBatch, check_prompts
 
-__all__ = ["FrameDecoder", "GridDecoder", "ObjectPrompts", "Prediction", "check_prompts", "downscale_masks",
-           "upscale_logits"]
+__all__ = ["FrameDecoder", "GridDecoder", "ObjectPrompt", "Prediction", "PromptBatch", "check_prompts",
+           "downscale_masks", "upscale_logits"]

@@ -31,7 +31,7 @@ def boxes_to_model(boxes_rc: np.ndarray, original_size: tuple[int, int],
 
 def decoder_inputs(prompts, offset: np.ndarray, frame_size: tuple[int, int], resized_size: tuple[int, int],
                    device, dtype: torch.dtype) -> dict:
-    """The mask decoder's keyword inputs for checked ``prompts`` (an ``ObjectPrompts`` in image pixels) decoded in
+    """The mask decoder's keyword inputs for checked ``prompts`` (an ``PromptBatch`` in image pixels) decoded in
     a frame of ``frame_size`` whose top-left pixel is ``offset`` (row, col) of the image: ``input_points``
     (objects, 1, n, 2) and ``input_labels`` (objects, 1, n), the points shared by every object; ``input_boxes``
     (objects, 1, 4), clipped to the frame; ``input_masks`` (objects, 1, m, m) in ``dtype``. Positions are (x, y) in

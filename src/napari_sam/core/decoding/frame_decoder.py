@@ -44,7 +44,7 @@ class FrameDecoder:
 
     def predict(self, current: CachedEmbedding, frame: Frame, prompts, multimask: bool,
                 image_size: tuple[int, int]) -> Prediction:
-        """Decode checked ``prompts`` (an ``ObjectPrompts`` in image pixels) in ``frame``, embedded as ``current``;
+        """Decode checked ``prompts`` (an ``PromptBatch`` in image pixels) in ``frame``, embedded as ``current``;
         the masks at full resolution over the frame."""
         start = time.perf_counter()
         resized = self.geometry.input_size(frame)

@@ -1,4 +1,4 @@
-"""Checking prompts and grouping them into objects.
+"""Prompts: one object's (:class:`ObjectPrompt`), and the checked prompts of one decoder call (:class:`PromptBatch`).
 
 Positions are (row, col) in the image's data pixels: a pixel's centre is its integer index, so valid positions
 run from -0.5 to size - 0.5 on each axis.
@@ -10,9 +10,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..objects import MaskObject
+
+
+@dataclass
+class ObjectPrompt:
+    """One object's prompts, in (row, col) data pixels: points (n, 2), labels (n,), box (4,) or None, and a mask
+    prompt cropped to its box (a :class:`~napari_sam.core.objects.MaskObject`) or None."""
+
+    points: np.ndarray
+    labels: np.ndarray
+    box: np.ndarray | None = None
+    mask: MaskObject | None = None
+
 
 @dataclass(frozen=True)
-class ObjectPrompts:
+class PromptBatch:
     """Prompts for ``n_objects`` objects, checked and clipped to the image.
 
     Attributes:
@@ -94,7 +107,14 @@ def _check_boxes(boxes, size: tuple[int, int]) -> np.ndarray:
 
 
 def _check_mask_input(mask_input, n_objects: int, mask_size: int) -> np.ndarray:
-    masks = np.asarray(mask_input, dtype=np.float32)
+    given = np.asarray(mask_input)
+    if given.dtype == bool:
+        raise ValueError("mask_input takes low-resolution logits, not a bool mask: turn a mask drawn on the image "
+                         "into logits with Predictor.mask_logits(mask), or pass Prediction.best_logits().")
+    if not (np.issubdtype(given.dtype, np.floating) or np.issubdtype(given.dtype, np.integer)):
+        raise ValueError(f"mask_input must be low-resolution logits (numbers, shape ({n_objects}, {mask_size}, "
+                         f"{mask_size})), got {mask_input!r:.80}.")
+    masks = given.astype(np.float32)
     if masks.ndim == 4 and masks.shape[1] == 1:
         masks = masks[:, 0]
     if masks.ndim == 2:
@@ -115,7 +135,7 @@ def _check_mask_input(mask_input, n_objects: int, mask_size: int) -> np.ndarray:
 
 
 def check_prompts(points, point_labels, boxes, mask_input, size: tuple[int, int],
-                  mask_size: int | None = None) -> ObjectPrompts:
+                  mask_size: int | None = None) -> PromptBatch:
     """Validate prompts for an image of ``size`` (H, W) and group them into objects.
 
     One object per box; points (with at most one box) make one object. Boxes that overlap the image are clipped
@@ -148,4 +168,4 @@ def check_prompts(points, point_labels, boxes, mask_input, size: tuple[int, int]
         if mask_size is None:
             raise ValueError("check_prompts needs the checkpoint's mask_size to check a mask_input.")
         checked_masks = _check_mask_input(mask_input, n_objects, mask_size)
-    return ObjectPrompts(checked_points, checked_labels, checked_boxes, checked_masks)
+    return PromptBatch(checked_points, checked_labels, checked_boxes, checked_masks)

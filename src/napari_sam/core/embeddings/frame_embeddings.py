@@ -3,10 +3,12 @@ takes several frames of the same input size in one batch where that pays (on a G
 holds).
 
 Not thread-safe on its own: the :class:`~napari_sam.core.predictor.Predictor` calls it under its lock (or hands the
-lock to :meth:`FrameEmbeddings.embed_batches`, which takes it batch by batch).
+lock to :meth:`FrameEmbeddings.embedding_steps`, which takes it batch by batch).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 
@@ -56,6 +58,16 @@ class FrameEmbeddings:
     def store(self, store) -> None:
         self._stored = None if store is None else StoredEmbeddings(store, self.model, self.geometry, self.checkpoint)
 
+    def stored(self, frame: Frame, source: ImageSource) -> bool:
+        """Whether the store (if any) holds the embedding of ``frame`` of ``source``."""
+        kept = self._stored
+        return kept is not None and kept.holds(frame, source, self._key(frame, source).image, self.model.dtype)
+
+    @property
+    def store_error(self) -> str | None:
+        """The store's latest failed write ("OSError: ..."), or None."""
+        return None if self._stored is None else self._stored.last_error
+
     def _key(self, frame: Frame, source: ImageSource) -> EmbeddingKey:
         resized = self.geometry.input_size(frame)
         return EmbeddingKey(self.name, source.digest(frame) + f"@{resized}", source.contrast_limits, source.rgb)
@@ -103,19 +115,30 @@ class FrameEmbeddings:
             self._encode(group)
         return len(missing)
 
-    def embed_batches(self, items: list[tuple[Frame, ImageSource]], lock, progress=None, cancel=None) -> int:
-        """:meth:`embed` the pairs in batches of :meth:`batch_size`, each under ``lock``; ``progress(done, total)``
-        after each batch, ``cancel()`` checked before each. Returns how many ran the encoder."""
+    def embedding_steps(self, items: list[tuple[Frame, ImageSource]], lock) -> Iterator[tuple[int, int, int]]:
+        """:meth:`embed` the pairs in batches of :meth:`batch_size`, each under ``lock``, yielding ``(pairs done,
+        pairs in all, how many ran the encoder so far)`` after each batch; stopping the iteration stops there (the
+        batches done stay embedded)."""
         computed = done = 0
         while done < len(items):
-            if cancel is not None and cancel():
-                break
             batch = items[done: done + self.batch_size(items[done][0])]
             with lock:
                 computed += self.embed(batch)
             done += len(batch)
+            yield done, len(items), computed
+
+    def embed_batches(self, items: list[tuple[Frame, ImageSource]], lock, progress=None, cancel=None) -> int:
+        """:meth:`embedding_steps` run through: ``progress(done, total)`` after each batch, ``cancel()`` checked
+        before each. Returns how many ran the encoder."""
+        computed = 0
+        if cancel is not None and cancel():
+            return computed
+        for done, total, so_far in self.embedding_steps(items, lock):
+            computed = so_far
             if progress is not None:
-                progress(done, len(items))
+                progress(done, total)
+            if cancel is not None and cancel():
+                break
         return computed
 
     def _encode(self, items: list[tuple[Frame, ImageSource, EmbeddingKey]]) -> list[CachedEmbedding]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-FORMAT_VERSION = 1  # of the store's layout; part of every key, so another layout never reads this one
+STORE_FORMAT = 1  # of the store's layout; part of every key, so another layout never reads this one
 FINGERPRINT_VALUES = 2048  # values sampled per tensor by weights_fingerprint
 
 
@@ -77,7 +77,7 @@ class EntrySignature:
 
     def key(self) -> str:
         """32 hex digits: BLAKE2b (128 bits) of the format version and every field, as canonical JSON."""
-        text = json.dumps({"format": FORMAT_VERSION, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
+        text = json.dumps({"format": STORE_FORMAT, **self.to_dict()}, sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .signature import EntrySignature, weights_fingerprint
-from .store_entry import ATTRIBUTE, read_entry, stored_signature, to_numpy, write_entry
+from .store_entry import ATTRIBUTE, EntryInvalid, read_entry, stored_signature, to_numpy, write_entry
 
 __all__ = ["ATTRIBUTE", "EmbeddingStore", "EntrySignature", "weights_fingerprint"]
 
@@ -138,9 +138,12 @@ class EmbeddingStore:
             return None
         try:
             arrays = read_entry(path, signature)
-        except Exception as error:  # anything wrong with an entry means it is not trusted
+        except EntryInvalid as error:  # anything wrong with an entry's contents means it is not trusted
             if self._discard(path, inode):
                 log.warning("Removed an embedding store entry that did not verify (%s): %s", error, path)
+            return None
+        except (OSError, RuntimeError) as error:  # not read now (I/O, shutdown): the entry stays
+            log.info("Could not read an embedding store entry (%s); it is kept: %s", error, path)
             return None
         self._touch(path)
         return arrays

@@ -13,7 +13,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from .signature import FORMAT_VERSION, EntrySignature
+from .signature import STORE_FORMAT, EntrySignature
 
 ATTRIBUTE = "napari_sam_embedding"  # the group attribute holding an entry's signature and checksums
 
@@ -61,7 +61,7 @@ def write_entry(folder: Path, key: str, signature: EntrySignature, arrays: dict[
 
     recorded = {name: {"dtype": dtype, "stored_dtype": array.dtype.name, "shape": list(array.shape),
                        "blake2b": _checksum(array)} for name, (array, dtype) in arrays.items()}
-    attributes: dict[str, Any] = {ATTRIBUTE: {"format": FORMAT_VERSION, "key": key, "signature": signature.to_dict(),
+    attributes: dict[str, Any] = {ATTRIBUTE: {"format": STORE_FORMAT, "key": key, "signature": signature.to_dict(),
                               "arrays": recorded}}
     group = zarr.open_group(store=LocalStore(folder), mode="w-", zarr_format=3, attributes=attributes)
     for name, (array, _) in arrays.items():
@@ -72,14 +72,36 @@ def write_entry(folder: Path, key: str, signature: EntrySignature, arrays: dict[
             stored[...] = array
 
 
+class EntryInvalid(ValueError):
+    """An entry that does not verify: another format or signature, missing or extra arrays, a failed checksum, or
+    metadata that does not parse. Only such an entry may be removed; one that could not be read (an I/O error, an
+    interpreter shutting down) may be fine."""
+
+
 def read_entry(folder: Path, signature: EntrySignature) -> dict[str, torch.Tensor]:
-    """The verified arrays of the entry in ``folder``; raises (anything) when it is not exactly ``signature``'s."""
+    """The verified arrays of the entry in ``folder``.
+
+    Raises:
+        EntryInvalid: the entry is not exactly ``signature``'s, or is damaged (a file of it missing included).
+        OSError, RuntimeError: it could not be read now (a read error, an interpreter shutting down): it may be fine.
+    """
+    try:
+        return _verified(folder, signature)
+    except (FileNotFoundError, NotADirectoryError) as error:
+        raise EntryInvalid(f"{type(error).__name__}: {error}") from error
+    except (OSError, RuntimeError):
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever else is wrong with the entry's files
+        raise EntryInvalid(f"{type(error).__name__}: {error}") from error
+
+
+def _verified(folder: Path, signature: EntrySignature) -> dict[str, torch.Tensor]:
     import zarr
     from zarr.storage import LocalStore
 
     group = zarr.open_group(store=LocalStore(folder, read_only=True), mode="r", zarr_format=3)
     attributes: dict[str, Any] = cast(dict, group.attrs.asdict()[ATTRIBUTE])
-    if attributes["format"] != FORMAT_VERSION or attributes["key"] != signature.key():
+    if attributes["format"] != STORE_FORMAT or attributes["key"] != signature.key():
         raise ValueError("another format or key")
     if EntrySignature.from_dict(attributes["signature"]) != signature:
         raise ValueError("the stored signature differs")

@@ -7,6 +7,7 @@ are read; zarr and OME-zarr arrays are opened in place; PNG and JPEG are small e
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,36 @@ def read_image(path: str | Path):
     except Exception as error:  # noqa: BLE001 - a corrupt file: one clear message
         raise ValueError(f"Could not read {path} as an image: {type(error).__name__}: {error}") from error
     raise ValueError(f"{path} is not an image this reads ({', '.join(IMAGE_SUFFIXES)}).")
+
+
+def file_axes(path: str | Path) -> str | None:
+    """The axis letters of the array :func:`read_image` gives for ``path`` (``T``, ``C``, ``Z``, ``Y``, ``X``; ``S``
+    for a TIFF's colour samples), where the file names its axes: OME-TIFF, ImageJ TIFF, a TIFF written with axes, or
+    OME-zarr. None where it does not (PNG, JPEG, plain TIFF, plain zarr) or cannot be read."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                named = tif.is_ome or tif.is_imagej or tif.is_shaped
+                axes, ndim = series.axes, len(series.shape)
+        elif suffix == ".zarr":
+            import zarr
+
+            opened = zarr.open(str(path), mode="r")
+            attrs: Any = {} if hasattr(opened, "shape") else opened.attrs.asdict()
+            listed: list = (attrs.get("multiscales") or [{}])[0].get("axes", [])
+            axes = "".join("C" if isinstance(a, dict) and a.get("type") == "channel"
+                           else (a.get("name", "?") if isinstance(a, dict) else str(a))[:1].upper() for a in listed)
+            named, ndim = bool(axes), len(axes)
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - unreadable metadata: read_image says what is wrong with the file
+        return None
+    return axes if named and len(axes) == ndim else None
 
 
 def _full_resolution(opened):

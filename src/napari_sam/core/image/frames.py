@@ -193,7 +193,7 @@ def touches_inner_edge(masks: np.ndarray, frame: Frame, image_size: tuple[int, i
 
 
 def prompt_extent(prompts, masks: np.ndarray | None = None, frame: Frame | None = None):
-    """((row_min, row_max), (col_min, col_max)) of an ``ObjectPrompts``' points and boxes, and of ``masks``
+    """((row_min, row_max), (col_min, col_max)) of an ``PromptBatch``' points and boxes, and of ``masks``
     ((..., h, w) in ``frame``) when given, in image pixels."""
     rows, cols = [], []
     if prompts.points is not None:

@@ -116,9 +116,8 @@ class ImageSource:
         return pixels
 
     def digest(self, frame: Frame) -> str:
-        """:func:`content_signature` of ``frame``'s pixels, computed once per frame of this
-        source: a run that decodes a tile batch by batch reads and hashes it once. (A changed image is given to
-        ``set_image`` again, which opens a new source.)"""
+        """:func:`content_signature` of ``frame``'s pixels, computed once per frame of this source (until
+        :meth:`recheck`): a run that decodes a tile batch by batch reads and hashes it once."""
         found = self._digests.get(frame)
         if found is None:
             found = content_signature(self.read(frame))
@@ -126,6 +125,13 @@ class ImageSource:
                 self._digests.pop(next(iter(self._digests)))
             self._digests[frame] = found
         return found
+
+
+    def recheck(self) -> None:
+        """Hash an in-memory (numpy) image's frames again when next used, so that pixels changed in place since get
+        their own digest (and embedding), not the old one's. A lazy image (dask, zarr) is taken as read."""
+        if isinstance(self.data, np.ndarray):
+            self._digests.clear()
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: transformers' ``SamImageProcessor`` class defaults: what a key missing from a preprocessor config means.
-#: ``tests/test_loading.py`` checks them against ``SamImageProcessorPil()``.
+#: ``tests/core/test_loading.py`` checks them against ``SamImageProcessorPil()``.
 SAM_PROCESSOR_DEFAULTS = MappingProxyType({
     "do_resize": True,
     "size": MappingProxyType({"longest_edge": 1024}),

@@ -7,7 +7,7 @@ removal. What differs is the cost:
 
 - candidates are filtered on their low-resolution logits first; only survivors are upsampled (in chunks), to
   compute their exact stability score, box and mask;
-- NMS runs in torch on the model's device (``utils.amg.nms``), no torchvision;
+- NMS runs in torch on the model's device (:func:`~napari_sam.core.boxes.nms`), no torchvision;
 - each crop is a frame of the predictor's image, embedded exactly once;
 - objects are kept as a box and a mask cropped to it (:class:`~napari_sam.core.objects.MaskObject`), never as
   image-sized masks, and painted into a labels array at the end (which may be a zarr array on disk).
@@ -15,7 +15,9 @@ removal. What differs is the cost:
 A large image (see :class:`~napari_sam.core.settings.TilingSettings`) is segmented in its native-resolution tiles
 instead of crops: the tiles overlap by twice the halo, an object cut by a tile's inner border is dropped there
 (the crop-edge rule, a few pixels wide) and kept from the tile that holds it whole, and duplicates across tiles are
-merged by box NMS, so each object appears once, with one id. Memory is bounded by a few tiles plus the labels.
+merged by box NMS, so each object appears once, with one id. An object that no tile holds whole (larger than a
+tile's core) is recovered from its cut candidates: decoded again in a window around it, as a prompt is
+(:func:`recover_cut_objects`). Memory is bounded by a few tiles plus the labels.
 
 All positions are (row, col) in the image's data pixels.
 """
@@ -50,6 +52,8 @@ UPSAMPLE_PIXELS = 16 * 1024 * 1024
 STABILITY_MARGIN = 0.1
 #: Meta's crop-edge rule: a box within this many pixels of a crop's inner edge is cut by it.
 CROP_EDGE_PIXELS = 20.0
+#: A cut candidate is an object a tile holds whole when this share of its box lies within that object's box.
+WITHIN = 0.9
 
 
 def build_point_grid(n_per_side: int) -> np.ndarray:
@@ -130,6 +134,32 @@ class Candidates:
         if not parts:
             return cls.empty(mask_size, device)
         return cls(**{f.name: torch.cat([getattr(part, f.name) for part in parts]) for f in fields(cls)})
+
+
+@dataclass
+class CutCandidates:
+    """Candidates of a tiled pass that passed the filters but were cut by a tile's inner border, as numpy arrays:
+    ``points`` (n, 2) (row, col) image pixels of their grid points, ``candidate`` (n,) which of the point's masks,
+    ``scores`` (n,) their predicted IoU, ``boxes`` (n, 4) inclusive (row_min, col_min, row_max, col_max) image
+    boxes of the part their tile sees. An object that no tile holds whole is recovered from them
+    (:func:`recover_cut_objects`)."""
+
+    points: np.ndarray
+    candidate: np.ndarray
+    scores: np.ndarray
+    boxes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @classmethod
+    def cat(cls, parts: list[CutCandidates]) -> CutCandidates:
+        def joined(name: str, width: tuple[int, ...], dtype) -> np.ndarray:
+            values = [getattr(part, name) for part in parts]
+            return (np.concatenate(values) if values else np.zeros(0, dtype)).astype(dtype).reshape(-1, *width)
+
+        return cls(joined("points", (2,), np.float32), joined("candidate", (), np.int64),
+                   joined("scores", (), np.float32), joined("boxes", (4,), np.float32))
 
 
 def _chunk(height: int, width: int) -> int:
@@ -238,8 +268,9 @@ def _plan(predictor: Predictor, image: ImagePlan, settings: EverythingSettings) 
 
 
 def _decode_frame(predictor: Predictor, plan: _Pass, index: int, settings: EverythingSettings,
-                  steps: _Steps) -> Candidates:
-    """Decode the point grid of frame ``index``; the candidates that pass, before NMS."""
+                  steps: _Steps) -> tuple[Candidates, CutCandidates]:
+    """Decode the point grid of frame ``index``: the candidates that pass, before NMS, and (in tiles) those that
+    passed the filters but are cut by the tile's inner border."""
     frame, points_rc = plan.frames[index], plan.grids[index]
     geometry = predictor.geometry
     iou_filter = settings.pred_iou_thresh if settings.pred_iou_thresh > 0 else None  # 0: off, as Meta's
@@ -250,19 +281,20 @@ def _decode_frame(predictor: Predictor, plan: _Pass, index: int, settings: Every
     offset = torch.tensor([frame.row0, frame.col0] * 2, dtype=torch.float32, device=predictor.device)
     box = [frame.row0, frame.col0, frame.row1, frame.col1]
     image_box = [0, 0, *plan.image_size]
-    parts = []
+    parts, cuts = [], []
     for start in range(0, len(points_rc), settings.points_per_batch):
         steps.check()
         points = points_rc[start: start + settings.points_per_batch]
         logits, scores, kept = predictor.point_grid_logits(points, min_score=iou_filter, frame=frame)
         point_index = kept.repeat_interleave(scores.shape[1])  # the point of each candidate
+        candidate = torch.arange(len(point_index), device=kept.device) % scores.shape[1]  # which of its masks
         all_scores, logits, scores = scores, logits.flatten(0, 1), scores[kept].flatten()
         keep = torch.ones_like(scores, dtype=torch.bool) if iou_filter is None else scores > iou_filter
         steps.saw(all_scores, int(keep.sum()))
         if stability_filter is not None:  # a cheap pre-filter on the valid low-res region
             rough = stability_score(logits[:, :valid_rows, :valid_cols], 0.0, offset_value)
             keep &= rough > stability_filter - STABILITY_MARGIN
-        logits, scores, point_index = logits[keep], scores[keep], point_index[keep]
+        logits, scores, point_index, candidate = logits[keep], scores[keep], point_index[keep], candidate[keep]
         grid = torch.as_tensor(points, dtype=torch.float32, device=logits.device)
         step = _chunk(*frame.size)
         for chunk in range(0, len(logits), step):
@@ -274,7 +306,13 @@ def _decode_frame(predictor: Predictor, plan: _Pass, index: int, settings: Every
                 passed &= stability > stability_filter
             steps.stats["passed_both"] += int(passed.sum())
             boxes = masks_to_boxes(full > 0) + offset
-            passed &= ~box_near_crop_edge(boxes, box, image_box, atol=plan.edge)
+            cut = box_near_crop_edge(boxes, box, image_box, atol=plan.edge)
+            if plan.tiled:  # kept aside: an object that no tile holds whole is recovered from them
+                rows = torch.nonzero(passed & cut).flatten()
+                cuts.append(CutCandidates((grid[point_index[chunk: chunk + step][rows]] + offset[:2]).cpu().numpy(),
+                                          candidate[chunk: chunk + step][rows].cpu().numpy(),
+                                          scores[chunk: chunk + step][rows].cpu().numpy(), boxes[rows].cpu().numpy()))
+            passed &= ~cut
             chosen = torch.nonzero(passed).flatten()
             parts.append(Candidates(
                 logits=part[chosen].to(torch.float16), scores=scores[chunk: chunk + step][chosen],
@@ -282,7 +320,7 @@ def _decode_frame(predictor: Predictor, plan: _Pass, index: int, settings: Every
                 points=grid[point_index[chunk: chunk + step][chosen]] + offset[:2],
                 crops=torch.full((len(chosen),), index, dtype=torch.long, device=logits.device)))
         steps.advance()
-    return Candidates.cat(parts, geometry.mask_size, predictor.device)
+    return Candidates.cat(parts, geometry.mask_size, predictor.device), CutCandidates.cat(cuts)
 
 
 def segment_everything(predictor: Predictor, image, settings: EverythingSettings | None = None, *,
@@ -308,13 +346,16 @@ def segment_everything(predictor: Predictor, image, settings: EverythingSettings
     Raises:
         ValueError: an unknown or invalid setting, or an unsupported image.
 
-    The same result comes from :func:`segment_frames` over groups of the frames (in other processes, say) and
-    :func:`merge_frames` of their parts.
+    The same result comes from :func:`segment_frames` over groups of the frames (in other processes, say),
+    :func:`recover_cut_objects` of their parts (tiled images) and :func:`merge_frames` of all of them.
     """
     settings = (settings or predictor.recommended.everything).replace(**overrides)
-    part = segment_frames(predictor, image, settings, contrast_limits=contrast_limits, rgb=rgb, progress=progress,
-                          cancel=cancel)
-    return merge_frames([part], settings, out=out, first_id=first_id)
+    parts = [segment_frames(predictor, image, settings, contrast_limits=contrast_limits, rgb=rgb, progress=progress,
+                            cancel=cancel)]
+    if parts[0].tiled:
+        parts.append(recover_cut_objects(predictor, image, parts, settings, contrast_limits=contrast_limits, rgb=rgb,
+                                         cancel=cancel))
+    return merge_frames(parts, settings, out=out, first_id=first_id)
 
 
 @dataclass
@@ -328,6 +369,7 @@ class FrameObjects:
         frame_areas: (n_frames,) float32, the area of every frame of the image's pass (not only these).
         image_size: (H, W); tiled: whether the frames are tiles (else Meta's crops).
         stats: what the filters saw (see :attr:`EverythingResult.stats`).
+        cut: the candidates of these tiles cut by their inner borders (none for crops).
     """
 
     objects: list[MaskObject]
@@ -340,6 +382,7 @@ class FrameObjects:
     image_size: tuple[int, int]
     tiled: bool
     stats: dict
+    cut: CutCandidates = field(default_factory=lambda: CutCandidates.cat([]))
 
 
 def frame_count(predictor: Predictor, image, settings: EverythingSettings | None = None, *, contrast_limits=None,
@@ -361,9 +404,10 @@ def segment_frames(predictor: Predictor, image, settings: EverythingSettings, fr
         indices = range(len(plan.frames)) if frames is None else [int(i) for i in frames]
         steps = _Steps(sum(math.ceil(len(plan.grids[i]) / settings.points_per_batch) for i in indices), progress,
                        cancel)
-        kept = []
+        kept, cuts = [], []
         for count, index in enumerate(indices):
-            found = _decode_frame(predictor, plan, index, settings, steps)
+            found, cut = _decode_frame(predictor, plan, index, settings, steps)
+            cuts.append(cut)
             found = found[nms(found.boxes, found.scores, settings.box_nms_thresh)]
             kept.append(_as_objects(predictor, plan, found))
             if plan.tiled and count % TRIM_EVERY == TRIM_EVERY - 1:
@@ -375,7 +419,73 @@ def segment_frames(predictor: Predictor, image, settings: EverythingSettings, fr
         stability=np.asarray(values[1], np.float32), boxes=np.asarray(values[2], np.float32).reshape(-1, 4),
         points=np.asarray(values[3], np.float32).reshape(-1, 2),
         frames=np.concatenate([part[2] for part in kept]) if kept else np.zeros(0, dtype=np.int64),
-        frame_areas=areas.numpy(), image_size=plan.image_size, tiled=plan.tiled, stats=steps.stats)
+        frame_areas=areas.numpy(), image_size=plan.image_size, tiled=plan.tiled, stats=steps.stats,
+        cut=CutCandidates.cat(cuts))
+
+
+def recover_cut_objects(predictor: Predictor, image, parts: list[FrameObjects], settings: EverythingSettings, *,
+                        contrast_limits=None, rgb: bool | None = None,
+                        cancel: Callable[[], bool] | None = None) -> FrameObjects:
+    """The objects of a tiled image that no tile holds whole, from the candidates its tiles cut (``parts``' cut
+    candidates): an object larger than a tile's core is cut by an inner border in every tile that sees it, so the
+    crop-edge rule drops it everywhere.
+
+    A cut candidate whose box (the part its tile sees) lies within the box of an object a tile kept is that
+    object, held whole by another tile. Each of the others is decoded again from its grid point as a prompt is
+    (:meth:`~napari_sam.core.predictor.Predictor.predict` grows its window around an object until it is whole), the
+    best-scoring first; the same mask of the point's candidates is kept when it passes the predicted-IoU and
+    stability filters. A candidate within an object recovered before is not decoded again, so a recovered object
+    costs one decode, not one per tile that cut it. The arguments are those of :func:`segment_everything`; the
+    result is one more part for :func:`merge_frames`.
+    """
+    first = parts[0]
+    cut = CutCandidates.cat([part.cut for part in parts])
+    held_boxes = np.array([obj.box for part in parts for obj in part.objects], dtype=np.float32).reshape(-1, 4)
+    geometry = predictor.geometry
+    iou_filter = settings.pred_iou_thresh if settings.pred_iou_thresh > 0 else None
+    stability_filter = settings.stability_score_thresh if settings.stability_score_thresh > 0 else None
+    found: list[MaskObject] = []
+    rows: list[tuple[float, float, tuple[int, int, int, int], np.ndarray]] = []
+    with predictor.locked():
+        if len(cut):
+            predictor.set_image(image, contrast_limits=contrast_limits, rgb=rgb)
+        for index in np.argsort(-cut.scores, kind="stable"):
+            if cancel is not None and cancel():
+                raise SegmentationCancelled()
+            point, box = cut.points[index], cut.boxes[index]
+            if _within(held_boxes, box) or _within(np.array([obj.box for obj in found], np.float32), box):
+                continue
+            prediction = predictor.predict(points=[point])
+            frame, candidate = prediction.frame, int(cut.candidate[index])
+            obj = cropped(prediction.masks[0, candidate], frame.row0, frame.col0)
+            if obj is None:
+                continue
+            score = float(prediction.scores[0, candidate])
+            logits = torch.from_numpy(prediction.logits[0, candidate: candidate + 1])
+            full = upscale_logits(logits, geometry, geometry.input_size(frame), frame.size)
+            stability = float(stability_score(full, 0.0, settings.stability_score_offset)[0])
+            if (iou_filter is None or score > iou_filter) and (stability_filter is None
+                                                               or stability > stability_filter):
+                found.append(obj)
+                rows.append((score, stability, obj.box, point))
+    return FrameObjects(
+        objects=found, scores=np.array([r[0] for r in rows], np.float32),
+        stability=np.array([r[1] for r in rows], np.float32),
+        boxes=np.array([r[2] for r in rows], np.float32).reshape(-1, 4),
+        points=np.array([r[3] for r in rows], np.float32).reshape(-1, 2), frames=np.zeros(len(found), np.int64),
+        frame_areas=first.frame_areas, image_size=first.image_size, tiled=True,
+        stats={"candidates": 0, "best_score": float("-inf"), "passed_score": 0, "passed_both": len(found)})
+
+
+def _within(boxes: np.ndarray, box: np.ndarray) -> bool:
+    """Whether :data:`WITHIN` of ``box``'s area lies inside one of ``boxes`` (all inclusive (row_min, col_min,
+    row_max, col_max))."""
+    if not len(boxes):
+        return False
+    rows = np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]) + 1
+    cols = np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]) + 1
+    inside = np.clip(rows, 0, None) * np.clip(cols, 0, None)
+    return bool(inside.max() >= WITHIN * (box[2] - box[0] + 1) * (box[3] - box[1] + 1))
 
 
 def merge_frames(parts: list[FrameObjects], settings: EverythingSettings, *, out=None,
@@ -399,7 +509,8 @@ def merge_frames(parts: list[FrameObjects], settings: EverythingSettings, *, out
         scores, stability, boxes, points = scores[keep], stability[keep], boxes[keep], points[keep]
     if settings.min_mask_region_area > 0:
         objects, scores, stability, boxes, points = _remove_small_regions(
-            objects, scores, stability, points, settings.min_mask_region_area, settings.box_nms_thresh)
+            objects, scores, stability, points, settings.min_mask_region_area, settings.box_nms_thresh,
+            first.image_size)
     order = np.argsort(-np.asarray(scores), kind="stable")
     objects = [objects[i] for i in order]
     stats = {"candidates": sum(p.stats["candidates"] for p in parts),
@@ -433,11 +544,11 @@ def _as_objects(predictor: Predictor, plan: _Pass, found: Candidates):
     return objects, values, found.crops.cpu()[index].numpy()
 
 
-def _remove_small_regions(objects, scores, stability, points, min_area, nms_thresh):
+def _remove_small_regions(objects, scores, stability, points, min_area, nms_thresh, image_size):
     """Meta's post-processing: drop small islands, fill small holes, then NMS preferring unchanged masks."""
     cleaned_objects, preference, keep = [], [], []
     for index, obj in enumerate(objects):
-        obj, changed = cleaned(obj, min_area)
+        obj, changed = cleaned(obj, min_area, image_size)
         if obj is not None:
             cleaned_objects.append(obj)
             preference.append(0.0 if changed else 1.0)

@@ -9,19 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..decoding import ObjectPrompt
 from ..image import Frame
 from ..objects import MaskObject
-
-
-@dataclass
-class PromptObject:
-    """One object's prompts, in (row, col) data pixels: points (n, 2), labels (n,), box (4,) or None, and a mask
-    prompt cropped to its box (a :class:`~napari_sam.core.objects.MaskObject`) or None."""
-
-    points: np.ndarray
-    labels: np.ndarray
-    box: np.ndarray | None = None
-    mask: MaskObject | None = None
 
 
 @dataclass
@@ -47,7 +37,7 @@ def _mask_logits(predictor, masks: list[MaskObject], frame):
                            for m in masks])
 
 
-def predict_objects(predictor, objects: list[PromptObject], mask_input=None) -> list[ObjectResult]:
+def predict_objects(predictor, objects: list[ObjectPrompt], mask_input=None) -> list[ObjectResult]:
     """Predict every object on the predictor's current image.
 
     On an image seen whole, boxes without points go in one batched decoder call (one more for those with a mask

@@ -124,9 +124,10 @@ def refine_objects(predictor: Predictor, image: np.ndarray, labels: np.ndarray,
                 mask_input = np.concatenate([predictor.mask_logits(old, frame=frame, offset=(rows.start, cols.start))
                                              for (rows, cols), old in olds])
             prediction = predictor.predict(boxes=boxes, mask_input=mask_input, frame=frame)
+            decoded = prediction.frame  # the frame may have grown around objects that reach its border
             best, scores = prediction.best_masks(), prediction.scores.max(axis=1)
             for object_id, new, ((rows, cols), old), score in zip(batch, best, olds, scores):
-                found = cropped(new, frame.row0, frame.col0) or cropped(old, rows.start, cols.start)
+                found = cropped(new, decoded.row0, decoded.col0) or cropped(old, rows.start, cols.start)
                 assert found is not None  # nothing from SAM: the object keeps its (non-empty) pixels
                 refined.append(RefinedObject(int(object_id), found.rows, found.cols, found.mask,
                                              float(score) if new.any() else np.nan, bool(new.any())))

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...decoding import ObjectPrompts, check_prompts
+from ...decoding import PromptBatch, check_prompts
 from ...decoding.coordinates import boxes_to_model, points_to_model
 from ...image import display_rgb
 from ...model import VideoGeometry, video_geometry
@@ -49,7 +49,7 @@ def slice_input(image: np.ndarray, geometry: VideoGeometry, contrast_limits: Seq
     return ((resized - mean) / std)[0].to(dtype)
 
 
-def _prompt_inputs(prompts: ObjectPrompts, original_size: tuple[int, int], image_size: tuple[int, int]) -> dict:
+def _prompt_inputs(prompts: PromptBatch, original_size: tuple[int, int], image_size: tuple[int, int]) -> dict:
     """The session's point inputs from checked prompts: (1, 1, N, 2) float32 (x, y) in the model input and
     (1, 1, N) int32 labels, the box's corners (labels 2, 3) first.
 
@@ -67,8 +67,8 @@ def _prompt_inputs(prompts: ObjectPrompts, original_size: tuple[int, int], image
             "point_labels": torch.tensor(labels, dtype=torch.int32)[None, None]}
 
 
-def _check_prompt(points, point_labels, box, mask, size: tuple[int, int]) -> ObjectPrompts | np.ndarray:
-    """The start slice's prompt for slices of ``size`` (H, W): checked :class:`ObjectPrompts` (points and the box
+def _check_prompt(points, point_labels, box, mask, size: tuple[int, int]) -> PromptBatch | np.ndarray:
+    """The start slice's prompt for slices of ``size`` (H, W): checked :class:`PromptBatch` (points and the box
     checked, and the box clipped, as :meth:`Predictor.predict` does, by :func:`check_prompts`), or the (H, W) bool
     mask."""
     has_points = points is not None and np.size(points) > 0
@@ -109,7 +109,7 @@ class VideoStepper:
     dropped (those near the start slice serve the backward direction).
     """
 
-    def __init__(self, model, geometry: VideoGeometry, prompt: ObjectPrompts | np.ndarray, run: Run):
+    def __init__(self, model, geometry: VideoGeometry, prompt: PromptBatch | np.ndarray, run: Run):
         self.model, self.geometry, self.run = model, geometry, run
         self.mask = prompt if isinstance(prompt, np.ndarray) else None
         self._plane: tuple[int, np.ndarray] | None = None
