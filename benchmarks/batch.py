@@ -6,7 +6,10 @@ dominates), or ``--model vit-b``: SAM ViT-B's architecture with seeded random we
 as a checkpoint folder (the encoder dominates). Times include starting the cluster and loading the model; the
 plain loop loads the model once too. Each configuration writes into its own folder, and their labels are compared.
 
+Writes benchmarks/results/batch.json (``--results``). A small run checks the script: ``--images 2 --size 256``.
+
     python benchmarks/batch.py [--images 16] [--size 512] [--model tiny-cells|vit-b] [--points-per-side 16]
+        [--results PATH]
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from napari_sam.batch.config import BatchSettings  # noqa: E402
 from napari_sam.batch.outputs import LabelsOutput, object_rows, object_table, write_table  # noqa: E402
 from napari_sam.core.image import napari_contrast_limits, read_image  # noqa: E402
 from napari_sam.demo import synthetic_cells  # noqa: E402
+
+import results  # noqa: E402  (benchmarks/results.py)
 
 
 def vit_b_checkpoint(folder: Path) -> str:
@@ -68,6 +73,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")
     parser.add_argument("--model", default="tiny-cells", help="tiny-cells, or vit-b (random weights, 1024 input)")
     parser.add_argument("--points-per-side", type=int, default=16)
+    results.add_option(parser, "batch")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="napari-sam-batch-bench-"))
     model = vit_b_checkpoint(root / "vit-b") if args.model == "vit-b" else args.model
@@ -98,11 +104,35 @@ def main() -> None:
     for name, seconds in timings.items():
         print(f"{name:24s} {seconds:7.1f} s  {60 * args.images / seconds:7.1f} images/min  "
               f"{reference / seconds:5.2f}x the plain loop")
+    identical = {}
     for workers in (1, 2):
         same = sum(np.array_equal(np.asarray(read_image(root / f"batch-{workers}" / f"{p.stem}_labels.ome.tif")),
                                   np.asarray(read_image(loop_out / f"{p.stem}_labels.ome.tif"))) for p in paths)
         print(f"dask, {workers} worker(s): labels identical to the plain loop's for {same} of {len(paths)} images "
               f"(torch threads per process: {cores // workers} against {cores})")
+        identical[workers] = int(same)
+
+    def row(label: str, seconds: float, labels: str) -> list[str]:
+        return [label, results.seconds(seconds), f"{60 * args.images / seconds:.1f}",
+                results.ratio(reference / seconds), labels]
+
+    def threads(count: int) -> str:
+        return f"{count} torch thread{'s' if count > 1 else ''}"
+
+    rows = [row(f"plain loop of the API, 1 process ({threads(cores)})", reference, "")]
+    rows += [row(f"dask, {w} worker{'s' if w > 1 else ''} ({threads(cores // w)}{' each' if w > 1 else ''})",
+                 timings[f"dask, {w} worker(s)"], f"{identical[w]} of {args.images}") for w in (1, 2)]
+    model_name = "SAM ViT-B architecture (random weights)" if args.model == "vit-b" else args.model
+    results.write(args.results, "batch", "Batch runs: dask workers against a plain loop of the Python API", [
+        results.table(f"{args.images} images of {args.size}², {model_name}, segment everything with "
+                      f"{args.points_per_side}² points, float32",
+                      ["", "wall time", "images per minute", "against the plain loop", "labels as the plain loop's"],
+                      rows,
+                      notes="Times include starting the cluster and loading the model; the plain loop loads the model "
+                            "once too and writes the same outputs.")],
+        figures={"images": args.images, "size": args.size, "model": args.model,
+                 "points_per_side": args.points_per_side, "cores": cores, "seconds": timings,
+                 "identical_labels": identical}, packages=("dask",))
 
 
 def _cpu() -> str:

@@ -1,5 +1,5 @@
 """Click to mask on screen: real X clicks in a shown viewer (Xvfb is enough), from the click to the preview drawn,
-with where the time goes. Needs an X display, xdotool and the shared ``drive_napari`` tool (``--tools``).
+with where the time goes. Needs xdotool, and an X display or Xvfb (it starts one when there is no display).
 
 For each click, ``xdotool click`` runs while the event loop keeps running (as in napari); times count from the
 mouse press the application receives (press, t0): its release (release); napari adds the point (point); the preview
@@ -9,7 +9,9 @@ layer holds them (drawn); the canvas has repainted (shown, after the event loop 
 own delay before the press reaches the application is outside napari and not counted. Medians over the clicks, in
 milliseconds.
 
-    DISPLAY=:99 python benchmarks/click.py --tools ../shared/tools [--clicks 7] [--model tiny-cells]
+Writes benchmarks/results/click.json (``--results``). ``--clicks 1`` checks the script quickly.
+
+    python benchmarks/click.py [--clicks 7] [--model tiny-cells] [--results PATH]
 """
 
 from __future__ import annotations
@@ -18,35 +20,40 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 import threading
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import results  # noqa: E402  (benchmarks/results.py)
+
 NAMES = ("release", "point", "request", "started", "predicted", "drawn", "shown")
+#: The stamps' column names in the results table.
+COLUMNS = {"release": "release", "point": "point added", "request": "request", "started": "decode starts",
+           "predicted": "masks", "drawn": "preview layer", "shown": "canvas repainted"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tools", default=os.path.join("..", "shared", "tools"), help="folder of drive_napari.py")
     parser.add_argument("--clicks", type=int, default=7)
     parser.add_argument("--model", default="tiny-cells")
     parser.add_argument("--torch-threads", type=int, default=0, help="torch threads (0: torch's default)")
+    results.add_option(parser, "click")
     args = parser.parse_args()
-    sys.path.insert(0, args.tools)
     import napari
-    from drive_napari import Driver
 
     import napari_sam.widgets.preview as preview_module
     from napari_sam.demo import open_demo, synthetic_cells
+    from napari_sam.testing.x_input import XInput, start_display
 
     if args.torch_threads:
         import torch
 
         torch.set_num_threads(args.torch_threads)
+    server = start_display()
     viewer = napari.Viewer(show=True)
     widget = open_demo(viewer, args.model)
-    driver = Driver(viewer)
+    driver = XInput(viewer)
     driver.wait(5)
     deadline = time.time() + 300
     while (widget.predictor is None or widget.busy) and time.time() < deadline:
@@ -106,8 +113,7 @@ def main() -> None:
         row, col = np.argwhere(truth == label).mean(axis=0)
         widget.clear_prompts()
         driver.wait(0.5)
-        where = driver.screen_position(image, (row, col))
-        subprocess.run(["xdotool", "mousemove", str(where[0]), str(where[1])], check=True)
+        driver.move_to(image, (row, col))
         driver.wait(0.3)
         stamps.clear()
         sent = time.perf_counter()
@@ -128,6 +134,17 @@ def main() -> None:
     for name in NAMES:
         print(f"  {name:10s} {statistics.median(r[name] for r in rows):7.1f}")
     viewer.close()
+    if server is not None:
+        server.terminate()
+    medians = {name: statistics.median(r[name] for r in rows) for name in NAMES}
+    model = os.path.basename(os.path.normpath(args.model)) if os.path.isdir(args.model) else args.model
+    results.write(args.results, "click", "Click to mask on screen: real X clicks in a shown viewer", [
+        results.table(f"{len(rows)} clicks on the demo image, model {model}", ["", *(COLUMNS[n] for n in NAMES)],
+                      [[f"{model} ({inline} of {len(rows)} decoded on the UI thread)",
+                        *(f"{medians[n]:.0f}" for n in NAMES)]],
+                      notes="Medians in milliseconds after the application received the mouse press.")],
+        figures={"model": model, "clicks": rows, "medians_ms": medians, "decoded_on_ui_thread": inline,
+                 "decode_seconds": predictor.decode_seconds()}, packages=("napari",))
 
 
 if __name__ == "__main__":

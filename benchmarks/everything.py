@@ -5,9 +5,12 @@ same image with the same grid and thresholds. The pipeline's NMS needs torchvisi
 its post-processing is given the same greedy NMS written in torch. Prints wall time, peak resident memory
 above the starting point of each run (sampled every 5 ms), the number of masks on each side, how many of them
 have a partner at IoU >= 0.9 on the other side, and the speed ratio. ``--ours-only`` skips the pipeline (for
-the memory check at large sizes).
+the memory check at large sizes). Writes benchmarks/results/everything.json (``--results``).
 
-    python benchmarks/everything.py [--size 1024] [--points-per-side 32] [--ours-only]
+    python benchmarks/everything.py [--size 1024] [--points-per-side 32] [--dtype bfloat16] [--ours-only]
+        [--results PATH]
+
+A small run checks the script: ``--size 256 --image-size 256 --points-per-side 4``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from napari_sam.core.workflows import segment_everything  # noqa: E402
 from napari_sam.demo import synthetic_cells  # noqa: E402
 from napari_sam.testing.random_weights import random_sam, sam_config  # noqa: E402
 
+import results  # noqa: E402  (benchmarks/results.py)
 from measuring import measured  # noqa: E402  (benchmarks/measuring.py)
 
 
@@ -58,6 +62,7 @@ def main() -> None:
     parser.add_argument("--stability-score-thresh", type=float, default=0.95)
     parser.add_argument("--dtype", default="float32", help="our weights' dtype (float32 or bfloat16)")
     parser.add_argument("--ours-only", action="store_true")
+    results.add_option(parser, "everything")
     args = parser.parse_args()
 
     config = sam_config(image_size=args.image_size)
@@ -77,7 +82,18 @@ def main() -> None:
                                             points_per_side=args.points_per_side, **thresholds)
     print(f"ours ({args.dtype}): {ours_time:7.1f} s, peak +{ours_memory / 2**20:6.0f} MiB, "
           f"{len(ours.masks)} masks")
+    weights = "float32" if args.dtype == "float32" else f"{args.dtype} weights"
+    name = (f"{args.size}² image, {args.points_per_side}² grid, thresholds {args.pred_iou_thresh:g} / "
+            f"{args.stability_score_thresh:g}, napari-sam in {weights}")
+    if args.image_size != 1024:
+        name += f", {args.image_size}-pixel model input"
+    figures = {"dtype": args.dtype, "size": args.size, "image_size": args.image_size,
+               "points_per_side": args.points_per_side, **thresholds,
+               "napari-sam": {"seconds": ours_time, "peak_bytes": ours_memory, "masks": len(ours.masks)}}
     if args.ours_only:
+        write_results(args, name, ["", f"napari-sam, {weights}"], [
+            ["wall time", results.seconds(ours_time)], ["peak memory above the start", results.size(ours_memory)],
+            ["masks", str(len(ours.masks))]], figures)
         return
 
     processor = SamImageProcessorPil(size={"longest_edge": args.image_size},
@@ -94,6 +110,21 @@ def main() -> None:
     print(f"masks with a partner at IoU >= 0.9: ours {ours_matched}/{len(ours.masks)}, "
           f"pipeline {theirs_matched}/{len(their_masks)}")
     print(f"speed-up: {ref_time / ours_time:.1f}x")
+    figures["transformers"] = {"seconds": ref_time, "peak_bytes": ref_memory, "masks": len(their_masks)}
+    figures["partners"] = {"napari-sam": ours_matched, "transformers": theirs_matched}
+    write_results(args, name, ["", f"napari-sam, {weights}", "transformers pipeline (float32)"], [
+        ["wall time", results.seconds(ours_time), results.seconds(ref_time)],
+        ["peak memory above the start", results.size(ours_memory), results.size(ref_memory)],
+        ["masks", str(len(ours.masks)), str(len(their_masks))],
+        ["masks with a partner at IoU ≥ 0.9 on the other side", f"{ours_matched} of {len(ours.masks)}",
+         f"{theirs_matched} of {len(their_masks)}"],
+        ["speed-up", results.ratio(ref_time / ours_time), "1×"]], figures)
+
+
+def write_results(args, name: str, columns: list[str], rows: list[list[str]], figures: dict) -> None:
+    results.write(args.results, "everything", "Segment everything: napari-sam against transformers' pipeline",
+                  [results.table(name, columns, rows, notes="Peak resident memory above the start of each run, "
+                                                           "sampled every 5 ms.")], figures=figures)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,11 @@ model call, per family, at the real architectures' sizes with random weights (no
   PIL backend; the SAM2 family's processors need torchvision, so their pixel values are built as documented: the
   image stretched to the square input, normalised), which runs the encoder on every call.
 
+Writes benchmarks/results/families.json (``--results``). One family with one round checks the script quickly:
+``--families sam2 --rounds 1``.
+
     python benchmarks/families.py [--families sam sam_hq sam2 sam2_base_plus sam3_tracker] [--rounds 3]
+        [--results PATH]
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ from napari_sam.core.model import FAMILIES  # noqa: E402
 from napari_sam.core.settings import TilingSettings  # noqa: E402
 from napari_sam.demo import synthetic_cells  # noqa: E402
 from napari_sam.testing.random_weights import randomize_weights, sam_config  # noqa: E402
+
+import results  # noqa: E402  (benchmarks/results.py)
+
+#: The families' names in the results table.
+LABELS = {"sam": "SAM ViT-B", "sam_hq": "SAM-HQ ViT-B", "sam2": "SAM2.1 Hiera-T (image model)",
+          "sam2_base_plus": "SAM2.1 Hiera-B+ (image model)", "sam3_tracker": "SAM3 tracker (image model)"}
 
 
 def config_of(name: str):
@@ -112,6 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="+", default=["sam", "sam_hq", "sam2", "sam2_base_plus", "sam3_tracker"])
     parser.add_argument("--rounds", type=int, default=2)
+    results.add_option(parser, "families")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(cores)
@@ -120,15 +131,31 @@ def main() -> None:
     print(f"520x704 RGB image, float32, {cores} threads, torch {torch.__version__}")
     print(f"{'model':16s} {'params':>8s} {'input':>6s} {'encoder+1st prompt':>19s} {'prompt':>9s} "
           f"{'transformers call':>18s} {'per prompt':>10s}")
+    rows, failed, figures = [], [], {}
     with tempfile.TemporaryDirectory() as root:
         for name in args.families:
             try:
                 r = run(name, args.rounds, image, Path(root))
             except Exception as error:  # noqa: BLE001 - report and go on with the next family
                 print(f"{name:16s} failed: {type(error).__name__}: {error}")
+                failed.append(f"{LABELS.get(name, name)} failed ({type(error).__name__}: {error}).")
                 continue
             print(f"{r['name']:16s} {r['parameters']:7.1f}M {r['side']:6d} {r['first']:18.2f}s "
                   f"{1000 * r['prompt']:7.1f}ms {r['theirs']:17.2f}s {r['theirs'] / r['prompt']:9.0f}x")
+            figures[name] = r
+            rows.append([LABELS.get(name, name), f"{r['parameters']:.0f} M",
+                         f"{r['side']}²" if FAMILIES[r["family"]].square else str(r["side"]),
+                         results.seconds(r["first"]), results.seconds(r["prompt"]), results.seconds(r["theirs"]),
+                         results.ratio(r["theirs"] / r["prompt"])])
+    notes = (f"float32, medians of {args.rounds} new images (prompts on the cached embedding: of "
+             f"{max(5, args.rounds)}); input: the longest side (SAM, SAM-HQ) or the square the image is stretched to. "
+             "Per prompt: transformers' call over napari-sam's prompt on the cached embedding.")
+    results.write(args.results, "families", "The SAM families: napari-sam's Predictor against transformers' model call",
+                  [results.table("SAM families, random weights at the real architectures' sizes, 520×704 RGB image", [
+                      "model", "parameters", "input", "new image: encoder + first prompt",
+                      "prompt on the cached embedding", "transformers' call (encoder every time)", "per prompt"],
+                      rows, notes=" ".join([notes, *failed]))],
+                  figures={"rounds": args.rounds, "threads": cores, **figures})
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ with the bundled tiny-cells model (256-pixel input, so the image is seen in 256�
 The image is generated once (in a child process, so that its temporary arrays never count in this process's
 memory) and written as a zarr array of 512² chunks into a temporary folder; its ground-truth labels are kept in
 memory as one uint16 array. For fp32 weights and, where the CPU computes bf16 fast
-(``napari_sam.core.model.loading.fast_bfloat16``), bf16 weights, it measures:
+(``napari_sam.core.model.devices.fast_bfloat16``), bf16 weights, it measures:
 
 1. the first mask on a fresh region: ``set_image`` of the zarr array and one click on a cell in a region never
    embedded, with the contrast limits left to ``set_image`` (it samples regions of the image) and given (as the
@@ -21,9 +21,10 @@ memory as one uint16 array. For fp32 weights and, where the CPU computes bf16 fa
 The process's address space is capped (``--memory-limit-gb``, default half the machine's memory), so that a run
 needing more fails with an out-of-memory error, reported in the table with where it happened, rather than
 bringing in the OOM killer. A markdown table of the results, with the machine, is printed at the end.
-``--quick`` runs on a 4096² image, for development.
+``--quick`` runs on a 4096² image, for development. The table is written to benchmarks/results/large_image.json too
+(``--results``). A smaller run checks the script: ``--size 2048 --crop 512 --regions 1 --clicks 2 --recall-cells 10``.
 
-    python benchmarks/large_image.py [--size 8192] [--quick]
+    python benchmarks/large_image.py [--size 8192] [--quick] [--results PATH]
 """
 
 from __future__ import annotations
@@ -50,14 +51,15 @@ from scipy import ndimage  # noqa: E402
 
 from napari_sam import Predictor, segment_everything  # noqa: E402
 from napari_sam.core.embeddings import EmbeddingStore  # noqa: E402
-from napari_sam.core.model import fast_bfloat16  # noqa: E402
+from napari_sam.core.model import PRECISIONS, fast_bfloat16  # noqa: E402
 from napari_sam.core.settings import TilingSettings  # noqa: E402
 from napari_sam.demo import synthetic_cells  # noqa: E402
 
+import results as results_file  # noqa: E402  (benchmarks/results.py)
 from measuring import measured, resident_bytes  # noqa: E402  (benchmarks/measuring.py)
 
 MODEL = "tiny-cells"
-CELLS_PER_PIXEL = 5000 / 4096**2  # the density of tests/test_large_image.py
+CELLS_PER_PIXEL = 5000 / 4096**2  # the density of tests/core/test_large_image.py
 CHUNK = 512  # zarr chunks of the image and of the labels painted by segment everything
 MIN_PIXELS = 150  # cells smaller than this (cut by the image border) are never sampled
 EVERYTHING = {"points_per_side": 16, "pred_iou_thresh": 0.7, "stability_score_thresh": 0.8}
@@ -321,24 +323,22 @@ def machine() -> str:
             f"torch {torch.__version__}, transformers {transformers.__version__}, zarr {zarr.__version__}")
 
 
-def duration(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1e3:.1f} ms"
-    if seconds < 600:
-        return f"{seconds:.1f} s"
-    return f"{seconds / 60:.1f} min"
-
-
-def mib(nbytes: float) -> str:
-    return f"{nbytes / 2**30:.2f} GiB" if abs(nbytes) >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
+NAMES = {"float32": "fp32", "bfloat16": "bf16 weights"}
 
 
 def table(rows: list[tuple[str, list[str]]], dtypes: list[str]) -> str:
-    names = {"float32": "fp32", "bfloat16": "bf16 weights"}
-    lines = ["| measurement | " + " | ".join(names[d] for d in dtypes) + " |",
+    lines = ["| measurement | " + " | ".join(NAMES[d] for d in dtypes) + " |",
              "|---|" + "---|" * len(dtypes)]
     lines += ["| " + label + " | " + " | ".join(values) + " |" for label, values in rows]
     return "\n".join(lines)
+
+
+#: Durations and sizes as the results files write them.
+duration = results_file.seconds
+
+
+def mib(nbytes: float) -> str:
+    return results_file.size(nbytes, "")
 
 
 def limit_memory(gib: float) -> None:
@@ -368,7 +368,7 @@ def total_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def report(results: dict, dtypes: list[str], size: int, crop: int, n_cells: int, args) -> str:
+def report(results: dict, dtypes: list[str], size: int, crop: int, n_cells: int, args) -> list[tuple[str, list[str]]]:
     def row(label, value):
         return label, [value(results[d]) for d in dtypes]
 
@@ -418,7 +418,7 @@ def report(results: dict, dtypes: list[str], size: int, crop: int, n_cells: int,
             lambda r: f"{duration(r['store']['reopen']['seconds'])} ({r['store']['reopen']['runs']} encoder runs)"),
         row("same crop, no store (memory cache only)", lambda r: duration(r["store"]["memory"]["seconds"])),
     ]
-    return table(rows, dtypes)
+    return rows
 
 
 def main() -> None:
@@ -429,11 +429,12 @@ def main() -> None:
     parser.add_argument("--regions", type=int, default=5, help="fresh regions clicked for the first mask")
     parser.add_argument("--clicks", type=int, default=20, help="clicks in an embedded region")
     parser.add_argument("--recall-cells", type=int, default=300, help="cells sampled for segment everything's recall")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+    parser.add_argument("--dtype", choices=PRECISIONS, default="auto",
                         help="auto: fp32, and bf16 too where the CPU computes it fast")
     parser.add_argument("--memory-limit-gb", type=float, default=round(0.5 * total_memory() / 2**30, 1),
                         help="address-space cap of the process in GiB (default: half the memory; 0: none)")
     parser.add_argument("--seed", type=int, default=940_001)
+    results_file.add_option(parser, "large_image")
     args = parser.parse_args()
     size = args.size or (4096 if args.quick else 8192)
     crop = min(args.crop, size)
@@ -494,7 +495,18 @@ def main() -> None:
     print(f"Image: {size}² uint16 zarr ({CHUNK}² chunks), {n_cells} cells; generated in {duration(generating)}, "
           f"written in {duration(writing)}")
     print()
-    print(report(results, dtypes, size, crop, n_cells, args))
+    rows = report(results, dtypes, size, crop, n_cells, args)
+    print(table(rows, dtypes))
+    results_file.write(
+        args.results, "large_image", "Large images: a zarr image read lazily, in tiles, with tiny-cells",
+        [results_file.table(f"{size}² uint16 zarr image ({CHUNK}² chunks), {n_cells} cells, {MODEL}",
+                            ["measurement", *(NAMES[d] for d in dtypes)], [[label, *values] for label, values in rows],
+                            notes=f"Segment everything: {EVERYTHING['points_per_side']}² points per tile, thresholds "
+                                  f"{EVERYTHING['pred_iou_thresh']} / {EVERYTHING['stability_score_thresh']}, labels "
+                                  "painted into a zarr array on disk. Peak memory: resident memory above the loaded "
+                                  "model, sampled every 5 ms.")],
+        figures={"size": size, "crop": crop, "cells": n_cells, "generating_seconds": generating,
+                 "writing_seconds": writing, **results}, packages=("zarr",))
 
 
 if __name__ == "__main__":

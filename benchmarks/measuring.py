@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import threading
 import time
 
 import torch
+
+from napari_sam.core.memory import release_freed_memory
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -17,17 +17,6 @@ def resident_bytes() -> int:
     """This process's resident memory (Linux)."""
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * PAGE
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed earlier back to the system (glibc's ``malloc_trim``), so that the resident memory of the
-    next call starts from what is really in use and its growth is its own, not hidden by reused free pages."""
-    name = ctypes.util.find_library("c")
-    if name:
-        try:
-            ctypes.CDLL(name).malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
 
 
 def measured(device: torch.device | str, function, *args, **kwargs):

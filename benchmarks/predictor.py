@@ -8,7 +8,10 @@ same image and point prompts:
 - reference: per prompt, ``SamProcessor`` (PIL image processor) + ``SamModel(pixel_values, input_points)`` +
   ``post_process_masks``, as in transformers' SAM docs.
 
-Usage: ``python benchmarks/predictor.py [--image-size 1024] [--shape 520 704] [--rounds 2] [--dtype bfloat16]``
+Writes benchmarks/results/predictor.json (``--results``).
+
+Usage: ``python benchmarks/predictor.py [--image-size 1024] [--shape 520 704] [--rounds 2] [--dtype bfloat16]
+[--results PATH]`` (a small ``--image-size``, e.g. 256, runs quickly, to check the script)
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from napari_sam.core.model import (
 )
 from napari_sam.testing.random_weights import random_sam, sam_config  # noqa: E402
 
+import results  # noqa: E402  (benchmarks/results.py)
+
 
 def timed(function, *args, **kwargs):
     start = time.perf_counter()
@@ -48,6 +53,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2,
                         help="new images, each embedded by ours and prompted once by the reference, alternately")
     parser.add_argument("--dtype", default="float32", help="our weights' dtype: float32 or bfloat16")
+    results.add_option(parser, "predictor")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -98,6 +104,25 @@ def main() -> None:
     print(f"ratio per prompt (ref / ours):    {reference_s * 1000 / predict_ms:8.1f} x")
     print(f"ratio first prompt (ref / ours set_image + predict): "
           f"{reference_s / (encode_time + predict_ms / 1000):.2f} x")
+
+    weights = "float32" if args.dtype == "float32" else f"{args.dtype} weights"
+    table_rows = [
+        [f"encoder (`set_image` + `precompute` of a new image), median of {args.rounds}",
+         results.seconds(encode_time), "(part of every call)"],
+        ["the same image again (cache hit)", results.seconds(cached_time), ""],
+        [f"one point prompt, embedding cached (median of {args.prompts}; transformers: median of {args.rounds})",
+         results.seconds(predict_ms / 1000), f"{results.seconds(reference_s)} (processor + model + post-processing)"],
+        ["per-prompt speed-up over transformers", results.ratio(reference_s * 1000 / predict_ms), "1×"],
+        ["first prompt on a new image (encoder + prompt)",
+         results.ratio(reference_s / (encode_time + predict_ms / 1000)), "1×"],
+    ]
+    results.write(args.results, "predictor", "Prompt latency: napari-sam's Predictor against transformers' SAM path", [
+        results.table(f"SAM ViT-B architecture, {args.image_size}-pixel input, {rows}×{cols} RGB image; "
+                      f"napari-sam in {weights}",
+                      ["step", f"napari-sam, {weights}", "transformers per call (float32)"], table_rows)],
+        figures={"dtype": args.dtype, "image_size": args.image_size, "shape": [rows, cols],
+                 "encoder_seconds": encode_times, "cached_seconds": cached_time, "predict_seconds": predict_times,
+                 "reference_seconds": reference_times})
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from train_tiny_sam import (  # scripts/train_tiny_sam.py: v1's losses, schedule
 
 from napari_sam.core.image.preparation import default_contrast_limits, display_rgb, model_input, resized_shape
 from napari_sam.core.model import model_geometry
-from napari_sam.core.workflows.propagation import interior_points
+from napari_sam.core.workflows import interior_points
 from napari_sam.demo import CELL_RADIUS, synthetic_cells
 from napari_sam.testing.random_weights import random_sam, sam_config
 from napari_sam.testing.synthetic_microscopy import synthetic_scene, synthetic_stack

@@ -12,10 +12,11 @@ from transformers import SamModel, SamProcessor
 from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
 
-def iou(a, b) -> float:
-    """Intersection over union of two boolean arrays (0 when both are empty)."""
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    return float((a & b).sum() / max(1, (a | b).sum()))
+def count_encoder_runs(predictor) -> list:
+    """A list that gets an item each time the predictor's image encoder runs."""
+    calls: list = []
+    predictor.model.vision_encoder.register_forward_hook(lambda *args: calls.append(1))
+    return calls
 
 
 def largest_cells(labels, count):
@@ -189,10 +190,10 @@ def prompt_cases(shape):
 
 
 class Reference:
-    """transformers' documented SAM path, one call per prompt."""
+    """transformers' documented SAM path, one call per prompt (``model_class``: SamModel, or SamHQModel)."""
 
-    def __init__(self, folder, image_size):
-        self.model = SamModel.from_pretrained(folder).eval()
+    def __init__(self, folder, image_size, model_class=SamModel):
+        self.model = model_class.from_pretrained(folder).eval()
         self.processor = SamProcessor(image_processor=SamImageProcessorPil(
             size={"longest_edge": image_size}, pad_size={"height": image_size, "width": image_size}))
 
@@ -269,3 +270,23 @@ def batch_config(**batch):
 FAMILY_SIZES = {"sam_hq": 64, "sam2": 64, "sam3_tracker": 56}
 #: Input size of the tiny SAM3 concept checkpoint.
 SAM3_SIZE = 56
+
+
+def in_threads(work, count: int = 4) -> list:
+    """Run ``work()`` in ``count`` threads at once; returns their results, or raises the first error one raised."""
+    results, errors = [], []
+
+    def run() -> None:
+        try:
+            results.append(work())
+        except Exception as error:  # noqa: BLE001 - raised below, in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results

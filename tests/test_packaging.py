@@ -46,3 +46,18 @@ def test_license_changelog_and_lint():
     assert (ROOT / "CHANGELOG.md").read_text().startswith("# Changelog")
     result = subprocess.run([sys.executable, "-m", "ruff", "check", str(ROOT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_readme_is_short_and_its_links_resolve():
+    """The README is a front page (what it is, a picture, install, two commands, usage, links); the rest is in the
+    docs site. Every relative link and picture it has points at a file of the repository."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    assert "pip install" in text and "scripts/demo.sh" in text and "scripts/test.sh" in text
+    targets = [target.split("#")[0] for target in re.findall(r"\]\(([^)\s]+)\)", text)
+               if not target.startswith(("http://", "https://", "#"))]
+    assert "docs/images/demo.png" in targets
+    missing = [target for target in targets if not (ROOT / target).exists()]
+    assert not missing, missing

@@ -17,7 +17,15 @@ from .core.errors import ModelLoadError, SegmentationCancelled
 from .core.model import DEFAULT_CHECKPOINT, KNOWN_CHECKPOINTS
 from .core.predictor import Predictor
 from .core.settings import EverythingSettings, PropagationSettings, RefineSettings, TilingSettings
-from .core.workflows import propagate, propagate_video, refine_objects, segment_concept, segment_everything
+from .core.workflows import (
+    interpolate,
+    propagate,
+    propagate_objects,
+    propagate_video,
+    refine_objects,
+    segment_concept,
+    segment_everything,
+)
 
 try:
     __version__ = version("napari-sam")
@@ -38,7 +46,9 @@ __all__ = [
     "SegmentationCancelled",
     "TilingSettings",
     "__version__",
+    "interpolate",
     "propagate",
+    "propagate_objects",
     "propagate_video",
     "refine_objects",
     "segment_concept",

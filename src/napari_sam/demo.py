@@ -122,7 +122,7 @@ def _render(rng, labels: np.ndarray, cells, dtype) -> np.ndarray:
 
 
 def synthetic_cells(shape=(256, 256), n_cells: int | None = None, seed: int = 0, dtype=np.uint16, ndim: int = 2,
-                    radius_range: tuple[float, float] = CELL_RADIUS):
+                    radius_range: tuple[float, float] = CELL_RADIUS, layers: int = 0):
     """Synthetic fluorescence cells and their instance labels.
 
     Args:
@@ -134,6 +134,10 @@ def synthetic_cells(shape=(256, 256), n_cells: int | None = None, seed: int = 0,
         ndim: 2 for a plane of irregular ellipses, 3 for a z-stack of ellipsoids whose cross-sections change
             from slice to slice.
         radius_range: range of cell radii in pixels.
+        layers: ``ndim=3`` only. 0: each cell spans 30–60% of the slices around a random centre, and cells never
+            overlap in (row, col). n ≥ 1: densely packed, as nuclei in tissue: the stack is n bands of slices, each
+            with its own ``n_cells`` cells placed over the whole plane; a cell spans its band (and a slice or two of
+            the next), so where it ends, the cells of the next band that overlap it in (row, col) begin.
 
     Returns:
         ``(image, labels)``: the image of ``dtype`` and uint16 labels of the same shape, 0 = background and
@@ -150,7 +154,16 @@ def synthetic_cells(shape=(256, 256), n_cells: int | None = None, seed: int = 0,
     plane = shape[-2:]
     if n_cells is None:
         n_cells = max(1, round(plane[0] * plane[1] / 3000))
-    cells = _place_cells(rng, plane, n_cells, radius_range)
+    if ndim == 3 and layers > 0:
+        band, cells = shape[0] / layers, []
+        for layer in range(layers):
+            placed = _place_cells(rng, plane, n_cells, radius_range)
+            for cell in placed:
+                cell["z"] = (layer + 0.5 + rng.uniform(-0.1, 0.1)) * band
+                cell["half"] = rng.uniform(0.5, 0.65) * band
+            cells += placed
+    else:
+        cells = _place_cells(rng, plane, n_cells, radius_range)
     labels = np.zeros(shape, dtype=np.uint16)
     for index, cell in enumerate(cells, start=1):
         if ndim == 2:
@@ -159,8 +172,11 @@ def synthetic_cells(shape=(256, 256), n_cells: int | None = None, seed: int = 0,
             target[inside & (target == 0)] = index
             continue
         depth = shape[0]
-        centre_z = rng.uniform(0.2 * depth, 0.8 * depth)
-        half_height = rng.uniform(0.15, 0.3) * depth
+        if "z" in cell:
+            centre_z, half_height = cell["z"], cell["half"]
+        else:
+            centre_z = rng.uniform(0.2 * depth, 0.8 * depth)
+            half_height = rng.uniform(0.15, 0.3) * depth
         for z in range(depth):
             along = (z - centre_z) / half_height
             if abs(along) < 1:

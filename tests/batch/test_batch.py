@@ -21,8 +21,7 @@ from napari_sam.cli import main
 from napari_sam.core.decoding import ObjectPrompt
 from napari_sam.core.image import napari_contrast_limits, read_image
 from napari_sam.core.settings import EverythingSettings, TilingSettings
-from napari_sam.core.workflows import predict_objects
-from napari_sam.core.workflows.propagation import propagate
+from napari_sam.core.workflows import predict_objects, propagate
 from napari_sam.demo import synthetic_cells
 
 from helpers import FAST_EVERYTHING, batch_config
@@ -371,8 +370,14 @@ def test_prompts_files_csv_json_and_geojson(tmp_path):
     assert prompt.prompt.points.tolist() == [[10, 20]] and prompt.prompt.labels.tolist() == [0]  # (x, y) -> (row, col)
     assert prompt.prompt.box.tolist() == [1, 5, 9, 30]
 
+    geo.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [20, 10]},
+         "properties": {"image": "b.png"}}]}))
+    with pytest.raises(ValueError, match="needs the properties image and object"):
+        PromptsFile(geo)
     for text, message in (("image,object,kind,row,col\na.tif,1,circle,1,2\n", "line 2: kind must be"),
                           ("image,object,kind,row,col\na.tif,0,positive,1,2\n", "line 2: object must be"),
+                          ("image,object,kind,row,col\na.tif,,positive,1,2\n", "line 2: object must be.*got ''"),
                           ("image,object,kind,row,col,row2,col2\na.tif,1,box,9,9,1,1\n", "top-left"),
                           ("image,object,kind,row,col,row2,col2\na.tif,1,box,1,1,2,2\na.tif,1,box,1,1,3,3\n",
                            "line 3: object 1 has a second box"),
@@ -483,7 +488,7 @@ def test_parquet_without_pyarrow_is_refused_before_any_work(batch_dataset, tmp_p
 
 def test_propagation_with_a_video_checkpoint_matches_the_api(dask_cluster, tmp_path):
     from napari_sam.core.model import load_video_model
-    from napari_sam.core.workflows.propagation import propagate_video
+    from napari_sam.core.workflows import propagate_video
     from napari_sam.testing.random_weights import random_video_model
 
     scheduler, _ = dask_cluster

@@ -226,3 +226,59 @@ def test_labels_are_read_back_onto_the_image_plane_on_any_grid():
     assert np.array_equal(np.argwhere(plane == 5).max(axis=0), [5, 5])
     assert object_mask(labels, image, (2,), (20, 20), 5).sum() == 4
     assert not object_mask(labels, image, (1,), (20, 20), 5).any()
+
+
+def test_scribbles_become_points_along_them_with_their_polarity():
+    stack = Image(np.zeros((4, 60, 80)))
+    positive = np.array([[1, 10, 10], [1, 10, 40], [1, 30, 40]], dtype=float)  # a path 30 + 20 px long
+    negative = np.array([[1, 50, 5], [1, 50, 20]], dtype=float)  # a line, 15 px
+    elsewhere = np.array([[2, 5, 5], [2, 5, 50]], dtype=float)
+    shapes = Shapes([positive, negative, elsewhere], shape_type=["path", "line", "path"],
+                    features={"positive": [True, False, True]})
+    prompts = read_prompts(stack, (1,), (60, 80), shapes_layer=shapes)
+    assert len(prompts.boxes) == 0  # scribbles are no boxes
+    assert prompts.labels.tolist() == [1, 1, 1, 1, 0]  # 50 px: 4 points; 15 px: 1
+    np.testing.assert_allclose(prompts.points[:4], [[10, 16.25], [10, 28.75], [11.25, 40], [23.75, 40]])
+    np.testing.assert_allclose(prompts.points[4], [50, 12.5])
+    objects = group_objects(prompts)
+    assert len(objects) == 1 and objects[0].labels.tolist() == [1, 1, 1, 1, 0]
+
+
+def test_a_long_scribble_gives_a_few_points_and_a_lasso_a_mask():
+    long = np.array([[5, 5], [5, 300]], dtype=float)
+    lasso = np.array([[20, 20], [20, 60], [50, 60], [50, 20]], dtype=float)  # a freehand lasso is a polygon
+    layer = Shapes([long, lasso], shape_type=["path", "polygon"])
+    prompts = read_prompts(Image(np.zeros((80, 320))), (), (80, 320), shapes_layer=layer)
+    assert len(prompts.points) == 6 and (prompts.labels == 1).all()  # no features: positive
+    np.testing.assert_allclose(prompts.boxes, [[20, 20, 50, 60]])
+    assert prompts.masks[0].mask.sum() == 30 * 40  # the pixel centres inside it
+
+
+@pytest.mark.parametrize("vertices, message", [
+    (np.array([[10, 10], [10, 10]], dtype=float), "no length"),
+    (np.array([[-40, -40], [-40, -10]], dtype=float), "outside the 60x80 image"),
+])
+def test_a_scribble_that_cannot_be_read_is_named(vertices, message):
+    layer = Shapes([vertices], shape_type="path")
+    with pytest.raises(ValueError, match=f"shape 0: a scribble .*{message}"):
+        read_prompts(Image(np.zeros((60, 80))), (), (60, 80), shapes_layer=layer)
+
+
+def test_objects_extended_through_planes_keep_their_ids_in_one_undo_step():
+    from napari_sam.bridge.labels_writer import extend_objects
+
+    image = Image(np.zeros((4, 20, 20)))
+    data = np.zeros((4, 20, 20), dtype=np.uint32)
+    data[1, 2:6, 2:6] = 4  # the start plane
+    data[2, 15:18, 15:18] = 4  # object 4's old pixels on another plane: replaced
+    data[2, 10:12, 2:4] = 7  # another object: kept
+    labels = Labels(data.copy())
+    new_plane = np.zeros((20, 20), np.uint32)
+    new_plane[3:7, 3:7] = 4
+    new_plane[10:12, 2:12] = 5
+    assert extend_objects(labels, image, [((2,), new_plane)], [4, 5])
+    assert (labels.data[2] == 4).sum() == 16 and (labels.data[2][15:18, 15:18] == 0).all()
+    assert (labels.data[2][10:12, 2:4] == 7).all() and (labels.data[2] == 5).sum() == 16  # 7 keeps its pixels
+    assert np.array_equal(labels.data[[0, 1, 3]], data[[0, 1, 3]])
+    labels.undo()
+    assert np.array_equal(labels.data, data)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_sam import Predictor
-from napari_sam.core.workflows.everything import stability_score
+from napari_sam.core.workflows import stability_score
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "calibrate_tiny_cells.py"
 

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from napari_sam.core.embeddings import EntrySignature, weights_fingerprint
-from napari_sam.core.embeddings.store import ATTRIBUTE, STALE_AFTER_S, TEMP_FOLDER, EmbeddingStore
+from napari_sam.core.embeddings.store import STALE_AFTER_S, TEMP_FOLDER, EmbeddingStore
+from napari_sam.core.embeddings.store_entry import ATTRIBUTE
 from napari_sam.testing.random_weights import random_sam, tiny_sam_config
 
 FORK = "fork" in multiprocessing.get_all_start_methods()

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import SamHQModel, SamProcessor
-from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+from transformers import SamHQModel
 
 from napari_sam import Predictor, segment_everything
 from napari_sam.core.errors import ModelLoadError
@@ -23,29 +22,12 @@ from napari_sam.core.image import display_rgb, model_input
 from napari_sam.core.model import load_sam
 from napari_sam.core.settings import TilingSettings
 
-from helpers import FAMILY_SIZES, assert_cases_equivalent, make_image, processor_inputs
+from helpers import FAMILY_SIZES, Reference, assert_cases_equivalent, make_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 WHOLE = TilingSettings(mode="whole")
 KINDS = ["rgb_uint8", "gray_uint8", "gray_uint16", "float_nan"]
-
-
-class HQReference:
-    def __init__(self, folder, size):
-        self.model = SamHQModel.from_pretrained(folder).eval()
-        self.processor = SamProcessor(image_processor=SamImageProcessorPil(
-            size={"longest_edge": size}, pad_size={"height": size, "width": size}))
-
-    @torch.no_grad()
-    def __call__(self, image, points=None, labels=None, boxes=None, mask_input=None):
-        inputs = processor_inputs(self.processor, image, points, labels, boxes)
-        out = self.model(pixel_values=inputs["pixel_values"].float(), input_points=inputs.get("input_points"),
-                         input_labels=inputs.get("input_labels"), input_boxes=inputs.get("input_boxes"),
-                         input_masks=mask_input, multimask_output=True)
-        masks = self.processor.post_process_masks(out.pred_masks, inputs["original_sizes"],
-                                                  inputs["reshaped_input_sizes"])[0]
-        return masks.numpy(), out.iou_scores[0].numpy(), out.pred_masks[0]
 
 
 class SquareReference:
@@ -91,7 +73,7 @@ class SquareReference:
 def test_matches_transformers(family, shape, kind, family_checkpoints):
     predictor = Predictor.from_pretrained(family_checkpoints[family], device="cpu", tiling=WHOLE)
     assert predictor.geometry.family == family
-    reference = (HQReference(family_checkpoints[family], FAMILY_SIZES[family]) if family == "sam_hq"
+    reference = (Reference(family_checkpoints[family], FAMILY_SIZES[family], SamHQModel) if family == "sam_hq"
                  else SquareReference(family_checkpoints[family], family))
     image, limits, reference_image = make_image(kind, shape)
     predictor.set_image(image, contrast_limits=limits)

@@ -10,10 +10,9 @@ import pytest
 
 from napari_sam import Predictor, segment_everything
 from napari_sam.core.image import Tiling
+from napari_sam.core.objects import mask_iou
 from napari_sam.core.settings import TilingSettings
 from napari_sam.demo import synthetic_cells
-
-from helpers import iou
 
 
 def full_best(prediction):
@@ -50,8 +49,8 @@ def quality(tiny_cells, labels, cells, seed=1):
         target = labels == cell
         rows, cols = np.nonzero(target)
         pick = rng.integers(len(rows))
-        clicks.append(iou(full_best(tiny_cells.predict(points=[[rows[pick], cols[pick]]])), target))
-        boxes.append(iou(full_best(tiny_cells.predict(boxes=[[rows.min(), cols.min(), rows.max(), cols.max()]])),
+        clicks.append(mask_iou(full_best(tiny_cells.predict(points=[[rows[pick], cols[pick]]])), target))
+        boxes.append(mask_iou(full_best(tiny_cells.predict(boxes=[[rows.min(), cols.min(), rows.max(), cols.max()]])),
                          target))
     return float(np.median(clicks)), float(np.median(boxes))
 
@@ -113,7 +112,7 @@ def test_an_object_past_its_tiles_border_is_decoded_again_around_it(tiny_cells):
     cut = tiny_cells.predict(points=click, frame=first, grow=False)
     prediction = tiny_cells.predict(points=click)
     assert prediction.frame.col1 > tile and prediction.frame.scale == 1.0
-    whole, truncated = iou(full_best(prediction), labels == 1), iou(full_best(cut), labels == 1)
+    whole, truncated = mask_iou(full_best(prediction), labels == 1), mask_iou(full_best(cut), labels == 1)
     assert whole >= 0.8 and whole > truncated + 0.1, (whole, truncated)
 
 
@@ -137,7 +136,7 @@ def test_a_mask_input_follows_its_prompts_out_of_its_frame(tiny_cells):
     assert carried.frame == target != first
     direct = tiny_cells.predict(boxes=box, mask_input=tiny_cells.mask_logits(inside, frame=target), frame=target,
                                grow=False)
-    assert iou(full_best(carried), full_best(direct)) >= 0.95
+    assert mask_iou(full_best(carried), full_best(direct)) >= 0.95
     far = [[2.7 * tile, 2.7 * tile]]
     both = tiny_cells.predict(points=[[row, cols.min() + 15.0]] + far,
                              mask_input=tiny_cells.mask_logits(inside, frame=first), frame=first, grow=False)
@@ -219,7 +218,7 @@ def test_segment_everything_in_tiles_finds_the_cells_once(large_cells, tiny_cell
     for cell in cells:
         target = labels == cell
         ids = np.unique(found[target])
-        recovered += max((iou(found == k, target) for k in ids if k), default=0) >= 0.7
+        recovered += max((mask_iou(found == k, target) for k in ids if k), default=0) >= 0.7
     assert len(cells) >= 300 and recovered >= 0.8 * len(cells), (recovered, len(cells))
     # cells crossing tile borders come out whole, each as one object, as often as the others
     straddling = straddling_cells(labels, tiny_cells.tile_grid, 80)
@@ -227,7 +226,7 @@ def test_segment_everything_in_tiles_finds_the_cells_once(large_cells, tiny_cell
     for cell in straddling:
         target = labels == cell
         ids, counts = np.unique(found[target], return_counts=True)
-        whole += max((iou(found == k, target) for k in ids if k), default=0) >= 0.7
+        whole += max((mask_iou(found == k, target) for k in ids if k), default=0) >= 0.7
         split += sum(1 for k, n in zip(ids, counts) if k and n > 0.2 * target.sum()) > 1
     assert len(straddling) >= 60 and whole >= 0.8 * len(straddling) and split <= 0.05 * len(straddling), \
         (whole, split, len(straddling))
@@ -295,5 +294,5 @@ def test_objects_no_tile_holds_whole_are_recovered_once(tiny_cells):
     for cell in cells:
         target = labels == cell
         ids = [k for k in np.unique(found[target]) if k]
-        matches.append(sum(iou(found == k, target) >= 0.5 for k in ids))
+        matches.append(sum(mask_iou(found == k, target) >= 0.5 for k in ids))
     assert sum(m >= 1 for m in matches) >= 3 and max(matches) == 1, matches

@@ -223,24 +223,12 @@ def test_loads_at_once_from_several_threads_all_succeed_and_are_whole():
     """Two docks (or threads) loading at once both failed, with false errors ("weights do not fit (missing ...
     positional_embedding)", "module 'transformers' has no attribute 'SamConfig'"): transformers' loading patches
     process-wide state. Loads now take turns, and every one gives the checkpoint's weights."""
-    import threading
-
     from napari_sam import Predictor
 
-    loaded, errors = [], []
+    from helpers import in_threads
 
-    def load():
-        try:
-            loaded.append(Predictor.from_pretrained("tiny-cells", device="cpu"))
-        except Exception as error:  # noqa: BLE001 - collected for the assertion
-            errors.append(error)
-
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors and len(loaded) == 4
+    loaded = in_threads(lambda: Predictor.from_pretrained("tiny-cells", device="cpu"))
+    assert len(loaded) == 4
     reference = loaded[0].model.state_dict()
     for predictor in loaded[1:]:
         for name, tensor in predictor.model.state_dict().items():

@@ -11,14 +11,7 @@ from napari_sam import EmbeddingCache, ModelLoadError, Predictor
 from napari_sam.core.image import display_rgb
 
 from conftest import save_tiny_checkpoint
-from helpers import blob_image
-
-
-def count_encoder_runs(tiny_predictor):
-    calls = []
-    tiny_predictor.model.vision_encoder.register_forward_hook(lambda *args: calls.append(1))
-    return calls
-
+from helpers import blob_image, count_encoder_runs, in_threads
 
 # --- images ---------------------------------------------------------------------------------------------------
 
@@ -210,20 +203,8 @@ def test_cache_respects_its_memory_budget(tiny_checkpoint):
 def test_predict_from_worker_threads(tiny_predictor, image):
     tiny_predictor.set_image(image)
     expected = tiny_predictor.predict(points=[[60, 45]]).masks
-    results, errors = [], []
-
-    def work():
-        try:
-            results.append(tiny_predictor.predict(points=[[60, 45]]).masks)
-        except Exception as error:  # noqa: BLE001
-            errors.append(error)
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors and len(results) == 4
+    results = in_threads(lambda: tiny_predictor.predict(points=[[60, 45]]).masks)
+    assert len(results) == 4
     assert all(np.array_equal(r, expected) for r in results)
 
 

@@ -5,10 +5,9 @@ import dataclasses
 import numpy as np
 
 from napari_sam import Predictor, refine_objects
+from napari_sam.core.objects import mask_iou
 from napari_sam.core.settings import RefineSettings
 from napari_sam.demo import synthetic_cells
-
-from helpers import iou
 
 
 def rough_labels(labels: np.ndarray) -> np.ndarray:
@@ -31,8 +30,8 @@ def test_refined_objects_follow_the_cells_and_settings_default_to_the_checkpoint
     ids = [cell for cell in np.unique(rough)[1:]]
     assert sorted(o.object_id for o in result.objects) == ids and not result.kept
     refined = result.labels()
-    assert np.median([iou(refined == cell, labels == cell) for cell in ids]) >= 0.85
-    assert np.median([iou(rough == cell, labels == cell) for cell in ids]) < 0.8  # the refinement did the work
+    assert np.median([mask_iou(refined == cell, labels == cell) for cell in ids]) >= 0.85
+    assert np.median([mask_iou(rough == cell, labels == cell) for cell in ids]) < 0.8  # the refinement did the work
     recommended = refine_objects(tiny_cells, image, rough, tiny_cells.recommended.refine)
     assert np.array_equal(recommended.labels(), refined)
     other = dataclasses.replace(tiny_cells.recommended, refine=RefineSettings(use_mask_input=True))
@@ -54,4 +53,4 @@ def test_objects_of_a_tiled_image_are_refined_where_they_are(tiny_cells):
     ids = [cell for cell in np.unique(rough)[1:]]
     assert sorted(o.object_id for o in result.objects) == ids
     assert all(o.rows.stop <= 384 and o.cols.stop <= 512 for o in result.objects)
-    assert np.median([iou(refined == cell, labels == cell) for cell in ids]) >= 0.85
+    assert np.median([mask_iou(refined == cell, labels == cell) for cell in ids]) >= 0.85

@@ -13,9 +13,8 @@ import torch
 
 from napari_sam import Predictor
 from napari_sam.core.model import BUNDLED_DIR, resolve_checkpoint
+from napari_sam.core.objects import mask_iou
 from napari_sam.demo import CELL_RADIUS, synthetic_cells
-
-from helpers import iou
 
 HELD_OUT_SEEDS = range(500_000, 500_008)  # training draws seeds from its own generator; these are fixed
 FOLDER = BUNDLED_DIR / "tiny-cells"
@@ -42,9 +41,9 @@ def median_ious(tiny_cells_whole, shape=(256, 256), dtype=np.uint16, limits=None
                 continue
             pick = rng.integers(len(rows))
             click = tiny_cells_whole.predict(points=[[rows[pick], cols[pick]]])
-            clicks.append(iou(click.full_masks(click.best_masks())[0], target))
+            clicks.append(mask_iou(click.full_masks(click.best_masks())[0], target))
             box = tiny_cells_whole.predict(boxes=[[rows.min(), cols.min(), rows.max(), cols.max()]])
-            boxes.append(iou(box.full_masks(box.best_masks())[0], target))
+            boxes.append(mask_iou(box.full_masks(box.best_masks())[0], target))
     assert len(clicks) >= 30
     return float(np.median(clicks)), float(np.median(boxes))
 
@@ -141,6 +140,6 @@ def test_bfloat16_gives_the_same_masks(tiny_cells_whole):
                 continue
             centre = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
             click = [[rows[centre], cols[centre]]]
-            agreement.append(iou(tiny_cells_whole.predict(points=click).best_masks()[0],
+            agreement.append(mask_iou(tiny_cells_whole.predict(points=click).best_masks()[0],
                                  half.predict(points=click).best_masks()[0]))
     assert np.median(agreement) >= 0.97 and np.percentile(agreement, 10) >= 0.9, agreement

@@ -17,8 +17,9 @@ from napari_sam.core.decoding import upscale_logits
 from napari_sam.core.errors import ModelLoadError
 from napari_sam.core.image import fitted_scale, whole_frame
 from napari_sam.core.model import read_recommendations
+from napari_sam.core.objects import mask_iou
 from napari_sam.core.settings import EverythingSettings, TilingSettings
-from napari_sam.testing.held_out import HELD_OUT, best_mask, iou, matched
+from napari_sam.testing.held_out import HELD_OUT, best_mask, matched
 from napari_sam.testing.synthetic_microscopy import synthetic_scene
 
 from helpers import tiny_cells_with
@@ -53,12 +54,12 @@ def test_a_small_image_is_embedded_at_its_own_scale_and_its_cells_found(tiny_cel
         pick = rng.integers(len(rows))
         click = tiny_cells_capped.predict(points=[[rows[pick], cols[pick]]])
         assert click.frame == frame and click.full_masks(click.best_masks()).shape[-2:] == (120, 150)
-        clicks.append(iou(best_mask(click), target))
+        clicks.append(mask_iou(best_mask(click), target))
         box = [[rows.min(), cols.min(), rows.max(), cols.max()]]
-        boxes.append(iou(best_mask(tiny_cells_capped.predict(boxes=box)), target))
+        boxes.append(mask_iou(best_mask(tiny_cells_capped.predict(boxes=box)), target))
         logits = torch.from_numpy(tiny_cells_capped.mask_logits(target))  # the mask as a prompt, in the capped frame
         redrawn = upscale_logits(logits, tiny_cells_capped.geometry, frame.resized_size, frame.size)[0].numpy() > 0
-        refined.append(iou(redrawn, target))
+        refined.append(mask_iou(redrawn, target))
     assert np.median(clicks) >= 0.75 and np.median(boxes) >= 0.8, (clicks, boxes)
     assert min(refined) >= 0.8, refined  # a mask input lands where its mask is
 
@@ -117,7 +118,7 @@ def test_a_magnifying_checkpoint_sees_small_nuclei_in_magnified_tiles(tmp_path_f
         pick = rng.integers(len(rows))
         for name, predictor in (("magnified", magnified), ("native", native)):
             prediction = predictor.predict(points=[[rows[pick], cols[pick]]])
-            ious[name].append(iou(best_mask(prediction), labels == cell))
+            ious[name].append(mask_iou(best_mask(prediction), labels == cell))
     assert len(ious["native"]) >= 40
     assert np.median(ious["magnified"]) >= np.median(ious["native"]) + 0.05, {k: np.median(v) for k, v in ious.items()}
     assert tiles.too_large((200, 299), (150, 249)) and not tiles.too_large((200, 260), (150, 210))
@@ -132,4 +133,4 @@ def test_a_magnifying_checkpoint_sees_small_nuclei_in_magnified_tiles(tmp_path_f
     rows, cols = np.nonzero(labels == cell)
     assert magnified.tile_grid.too_large((rows.min(), rows.max()), (cols.min(), cols.max()))
     prediction = magnified.predict(boxes=[[rows.min(), cols.min(), rows.max(), cols.max()]])
-    assert prediction.frame.scale == 1.0 and iou(best_mask(prediction), labels == cell) >= 0.85
+    assert prediction.frame.scale == 1.0 and mask_iou(best_mask(prediction), labels == cell) >= 0.85

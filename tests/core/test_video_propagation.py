@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from napari_sam.core.errors import ModelLoadError, SegmentationCancelled
 from napari_sam.core.image import default_contrast_limits
 from napari_sam.core.model import VideoGeometry, is_video_checkpoint, load_video_model
+from napari_sam.core.objects import mask_iou
 from napari_sam.core.workflows.propagation.video import propagate_video, slice_input
 from napari_sam.testing.random_weights import random_video_model, tiny_sam_config, tiny_video_config
 
-from helpers import OnePlaneVolume, iou
+from helpers import OnePlaneVolume
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -91,7 +92,7 @@ def test_matches_transformers_own_session(video_model, video_stack, monkeypatch,
     volume, _, point = video_stack
     calls, kept = recording(video_model, monkeypatch), []
     result = propagate_video(video_model, volume, start, 0, points=[point], score_threshold=0.0, iou_threshold=0.0,
-                             min_area=0, on_slice=lambda i, m, s: kept.append(i))
+                             min_area=0, max_regrowth=0.0, max_shift=0.0, on_slice=lambda i, m, s: kept.append(i))
     order = [start, *range(start + 1, 16), *range(start - 1, -1, -1)]
     assert [index for index, _, _ in calls] == order and kept == order
     session = calls[-1][1]
@@ -130,9 +131,9 @@ def test_a_direction_stops_at_the_first_slice_without_the_object(video_model, vi
     get cut."""
     volume, _, point = video_stack
     free = propagate_video(video_model, volume, 5, 0, points=[point], score_threshold=0.0, iou_threshold=0.0,
-                           min_area=0)
+                           min_area=0, max_regrowth=0.0, max_shift=0.0)
     if rule == "overlap":  # each slice against its neighbour towards the start slice
-        values = np.array([iou(free.masks[i], free.masks[i - 1 if i > 5 else i + 1]) for i in range(16)])
+        values = np.array([mask_iou(free.masks[i], free.masks[i - 1 if i > 5 else i + 1]) for i in range(16)])
     else:
         values = free.scores.astype(float) if rule == "score" else free.masks.sum(axis=(1, 2))
     # just above the larger of the two directions' minima, halfway to the next value: a clear margin either side,
@@ -141,7 +142,7 @@ def test_a_direction_stops_at_the_first_slice_without_the_object(video_model, vi
     above = np.sort(np.unique(values[np.r_[0:5, 6:16]]))
     above = above[above > floor]
     limit = float(floor + 1) if rule == "area" else float((floor + above[0]) / 2 if len(above) else floor + 1e-4)
-    limits = dict(score_threshold=0.0, iou_threshold=0.0, min_area=0)
+    limits = dict(score_threshold=0.0, iou_threshold=0.0, min_area=0, max_regrowth=0.0, max_shift=0.0)
     limits[{"score": "score_threshold", "overlap": "iou_threshold", "area": "min_area"}[rule]] = limit
     calls = recording(video_model, monkeypatch)
     result = propagate_video(video_model, volume, 5, 0, points=[point], **limits)
@@ -152,7 +153,7 @@ def test_a_direction_stops_at_the_first_slice_without_the_object(video_model, vi
     assert indices == [5, *forward, *backward]
     assert forward == list(range(6, 6 + len(forward))) and backward == list(range(4, 4 - len(backward), -1))
     fails = {index: (mask.sum() < limits["min_area"] or score < limits["score_threshold"]
-                     or iou(mask, seen[index - 1 if index > 5 else index + 1][0]) < limits["iou_threshold"])
+                     or mask_iou(mask, seen[index - 1 if index > 5 else index + 1][0]) < limits["iou_threshold"])
              for index, (mask, score) in seen.items() if index != 5}
     for direction in (forward, backward):
         assert fails[direction[-1]] and not any(fails[i] for i in direction[:-1])
@@ -169,10 +170,11 @@ def test_one_direction_only(video_model, video_stack, monkeypatch, directions, o
     """To re-propagate from a corrected slice away from the first one; the forward masks are the full run's."""
     volume, _, point = video_stack
     full = propagate_video(video_model, volume, 5, 0, points=[point], score_threshold=0.0, iou_threshold=0.0,
-                           min_area=0)
+                           min_area=0, max_regrowth=0.0, max_shift=0.0)
     calls, progress = recording(video_model, monkeypatch), []
     result = propagate_video(video_model, volume, 5, 0, points=[point], score_threshold=0.0, iou_threshold=0.0,
-                             min_area=0, directions=directions, progress=lambda d, t: progress.append((d, t)))
+                             min_area=0, max_regrowth=0.0, max_shift=0.0, directions=directions,
+                             progress=lambda d, t: progress.append((d, t)))
     assert [index for index, _, _ in calls] == order and progress[-1] == (len(order), len(order))
     assert (result.start, result.stop) == (min(order), max(order))
     if directions == (1,):
@@ -198,6 +200,7 @@ def test_cancel(video_model, video_stack):
     asked, kept = [], []
     with pytest.raises(SegmentationCancelled):
         propagate_video(video_model, volume, 5, 0, points=[point], score_threshold=0.0, iou_threshold=0.0, min_area=0,
+                        max_regrowth=0.0, max_shift=0.0,
                         cancel=lambda: asked.append(1) or len(asked) > 3, on_slice=lambda i, m, s: kept.append(i))
     assert kept == [5, 6, 7]
 
@@ -263,8 +266,10 @@ def test_bad_input_is_named(video_model, video_stack, arguments, message):
 def test_a_box_reaching_out_of_the_image_is_clipped(video_model, video_stack):
     """As Predictor.predict does: the prompt is the box within the image."""
     volume, _, _ = video_stack
-    outside = propagate_video(video_model, volume, 5, 0, box=[30, 50, 90, 120], score_threshold=0.0, directions=(1,))
-    inside = propagate_video(video_model, volume, 5, 0, box=[30, 50, 69, 89], score_threshold=0.0, directions=(1,))
+    outside = propagate_video(video_model, volume, 5, 0, box=[30, 50, 90, 120], score_threshold=0.0, directions=(1,),
+                              max_regrowth=0.0, max_shift=0.0)
+    inside = propagate_video(video_model, volume, 5, 0, box=[30, 50, 69, 89], score_threshold=0.0, directions=(1,),
+                             max_regrowth=0.0, max_shift=0.0)
     assert np.array_equal(outside.masks, inside.masks) and np.array_equal(outside.scores, inside.scores,
                                                                           equal_nan=True)
 
@@ -365,7 +370,7 @@ def test_sam3_trackers_video_model_matches_its_own_session(video_stack):
     assert geometry.image_size == (56, 56) and geometry.mean == (0.5, 0.5, 0.5)
     volume, _, point = video_stack
     result = propagate_video(model, volume, 5, 0, points=[point], geometry=geometry, score_threshold=0.0,
-                             iou_threshold=0.0, min_area=0)
+                             iou_threshold=0.0, min_area=0, max_regrowth=0.0, max_shift=0.0)
     assert (result.start, result.stop) == (0, 15)
     limits = default_contrast_limits(volume[5], False)
     frames = torch.stack([slice_input(image, geometry, limits) for image in volume])
@@ -377,3 +382,19 @@ def test_sam3_trackers_video_model_matches_its_own_session(video_stack):
             stock.setdefault(output.frame_idx, output)
     for index in range(16):
         assert np.array_equal(result.masks[index], to_mask(stock[index])), index
+
+
+def test_a_video_checkpoints_normalisation_is_checked():
+    """A scalar mean is every channel's, as transformers takes it; a mean of two numbers or a zero standard
+    deviation is refused naming the field (it failed later with a reshape error, or divided by zero)."""
+    from types import SimpleNamespace
+
+    from napari_sam.core.errors import ModelLoadError
+    from napari_sam.core.model import video_geometry
+
+    config = SimpleNamespace(image_size=64, model_type="sam2_video")
+    assert video_geometry(config, {"image_mean": 0.5}).mean == (0.5, 0.5, 0.5)
+    with pytest.raises(ModelLoadError, match="image_mean must be one number or three"):
+        video_geometry(config, {"image_mean": [0.5, 0.5]})
+    with pytest.raises(ModelLoadError, match="image_std"):
+        video_geometry(config, {"image_std": 0})

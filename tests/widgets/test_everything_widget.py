@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from napari_sam.core.objects import mask_iou
 from napari_sam.core.settings import EverythingSettings
 from napari_sam.demo import synthetic_cells
 
@@ -42,6 +43,7 @@ def test_every_plane_of_a_stack(everything_dock, qtbot):
     stack, _ = synthetic_cells((3, 128, 128), seed=910_003, ndim=3)
     viewer, layer, widget = everything_dock(stack)
     widget.whole_stack.value = True
+    widget.as_3d.value = False  # plane by plane: ids of their own on every plane
     widget.run()
     qtbot.waitUntil(lambda: widget.result_layer is not None and not widget.busy, timeout=120_000)
     result = widget.result_layer
@@ -50,6 +52,26 @@ def test_every_plane_of_a_stack(everything_dock, qtbot):
     assert len(set(features["plane"])) >= 2 and set(features["plane"]) <= {(0,), (1,), (2,)}
     for plane, label in zip(features["plane"], features["label"]):  # ids are unique across planes
         assert set(np.nonzero(result.data == label)[0]) <= {plane[0]}
+
+
+def test_every_plane_as_3d_objects_gives_one_id_per_cell_through_the_stack(everything_dock, qtbot):
+    stack, truth = synthetic_cells((12, 160, 160), seed=910_013, ndim=3)
+    viewer, layer, widget = everything_dock(stack)
+    widget.whole_stack.value = True
+    assert widget.as_3d.value  # the default for stacks
+    widget.run()
+    qtbot.waitUntil(lambda: widget.result_layer is not None and not widget.busy, timeout=240_000)
+    result, features = widget.result_layer.data, widget.result_layer.features
+    assert len(features) == len(np.unique(result)) - 1 and list(features["index"]) == list(features["label"])
+    assert {"first_plane", "last_plane"} <= set(features.columns)
+    for cell in np.unique(truth)[1:]:  # every cell found on most of its planes is one 3D object
+        inside = result[truth == cell]
+        found = inside[inside > 0]
+        if found.size >= 0.5 * inside.size:
+            assert np.bincount(found).max() >= 0.8 * found.size, cell
+    row = features.iloc[0]
+    planes = np.nonzero((result == row["label"]).any(axis=(1, 2)))[0]
+    assert (planes.min(), planes.max()) == (row["first_plane"], row["last_plane"])
 
 
 def test_the_demo_with_the_docks_defaults_finds_the_cells(make_napari_viewer, qtbot, notifications):
@@ -107,7 +129,7 @@ def test_a_lazy_image_larger_than_two_tiles_is_segmented_in_tiles_read_on_worker
     """An array-like over twice tiny-cells' tile (1024² for a 256-pixel model) that refuses to be read whole: the
     dock reads it on its worker tile by tile (and in prompt windows of at most two tiles, where a candidate that tiles
     cut is decoded again), and every cell is found once."""
-    from helpers import Recorded, iou, tiny_cells_tile
+    from helpers import Recorded, tiny_cells_tile
 
     tile = tiny_cells_tile()
     side = 2 * tile + 512
@@ -126,7 +148,7 @@ def test_a_lazy_image_larger_than_two_tiles_is_segmented_in_tiles_read_on_worker
     found = widget.result_layer.data
     assert found.shape == (side, side) and len(widget.result_layer.features) == found.max()
     cells = np.unique(truth)[1:]
-    best = [max((iou(found == k, truth == cell) for k in np.unique(found[truth == cell]) if k), default=0.0)
+    best = [max((mask_iou(found == k, truth == cell) for k in np.unique(found[truth == cell]) if k), default=0.0)
             for cell in cells[:: max(1, len(cells) // 60)]]
     assert np.mean(np.array(best) >= 0.7) >= 0.8, np.round(best, 2)
 

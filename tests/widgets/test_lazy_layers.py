@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from napari_sam.bridge.labels_writer import commit_masks
+from napari_sam.core.objects import mask_iou
 from napari_sam.demo import synthetic_cells
 
-from helpers import Recorded, cell_point, iou, largest_cells, settle
+from helpers import Recorded, cell_point, largest_cells, settle
 
 
 def counted(array, chunk, reads, name):
@@ -59,7 +60,7 @@ def test_a_multiscale_layer_is_read_only_around_the_prompt(session, qtbot):
     (new,) = widget.commit()
     committed = widget.labels_picker.value.data
     assert committed.shape == (2048, 2048) and np.allclose(widget.labels_picker.value.scale, (0.5, 0.5))
-    assert iou(committed == new, labels == cell) >= 0.75
+    assert mask_iou(committed == new, labels == cell) >= 0.75
 
 
 def test_a_stack_is_read_plane_by_plane_and_tile_by_tile(session, qtbot):
@@ -85,7 +86,7 @@ def test_a_stack_is_read_plane_by_plane_and_tile_by_tile(session, qtbot):
     widget.points_picker.value.add(np.r_[4, cell_point(truth[4], cell)])
     settle(qtbot, widget)
     (new,) = widget.commit()
-    assert iou(widget.labels_picker.value.data[4] == new, truth[4] == cell) >= 0.75
+    assert mask_iou(widget.labels_picker.value.data[4] == new, truth[4] == cell) >= 0.75
 
 
 def test_commits_into_zarr_backed_labels_are_all_or_nothing_and_undoable(session, qtbot, tmp_path):
@@ -102,7 +103,7 @@ def test_commits_into_zarr_backed_labels_are_all_or_nothing_and_undoable(session
     settle(qtbot, widget)
     assert widget.commit() == [1]
     on_disk = zarr.open_array(tmp_path / "labels.zarr", mode="r")[:]
-    assert iou(on_disk == 1, labels == first) >= 0.75
+    assert mask_iou(on_disk == 1, labels == first) >= 0.75
     widget.points_picker.value.add(cell_point(labels, second))
     settle(qtbot, widget)
     assert widget.commit() == [2]

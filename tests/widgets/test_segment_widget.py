@@ -11,9 +11,10 @@ import pytest
 from napari.utils import notifications as napari_notifications
 
 from napari_sam.bridge.layer_prompts import read_prompts
+from napari_sam.core.objects import mask_iou
 from napari_sam.demo import synthetic_cells
 
-from helpers import cell_box, cell_point, click_largest_cell, iou, settle
+from helpers import cell_box, cell_point, click_largest_cell, settle
 from helpers import largest_cells as big_cells
 
 WIDGET = ("napari-sam", "Segment Anything")
@@ -26,7 +27,7 @@ def test_a_click_shows_the_cell_in_the_preview(session, qtbot, cells):
     widget.points_picker.value.add(cell_point(labels, cell))
     settle(qtbot, widget)
     assert widget.preview is not None
-    assert iou(widget.preview_layer.data > 0, labels == cell) > 0.7
+    assert mask_iou(widget.preview_layer.data > 0, labels == cell) > 0.7
     assert widget.shown_masks().shape == (1, *labels.shape)
 
 
@@ -42,7 +43,7 @@ def test_commit_gives_a_fresh_id_and_undo_redo_are_exact(session, qtbot, cells):
     settle(qtbot, widget)
     assert widget.commit() == [8]
     after = target.data.copy()
-    assert iou(after == 8, labels == first) > 0.7
+    assert mask_iou(after == 8, labels == first) > 0.7
     assert len(widget.points_picker.value.data) == 0  # prompts cleared
     settle(qtbot, widget)
     assert not (widget.preview_layer.data > 0).any()
@@ -70,7 +71,7 @@ def test_existing_labels_are_kept_unless_overwrite_is_ticked(session, qtbot, cel
     widget.points_picker.value.add(cell_point(labels, cell))
     settle(qtbot, widget)
     (new,) = widget.commit()
-    assert iou(target.data == new, labels == cell) > 0.7
+    assert mask_iou(target.data == new, labels == cell) > 0.7
 
 
 def test_stale_results_are_dropped(session, qtbot, cells, monkeypatch):
@@ -89,7 +90,7 @@ def test_stale_results_are_dropped(session, qtbot, cells, monkeypatch):
     expected = widget.predictor.predict(points=points.data, point_labels=[1] * 4)
     shown = widget.shown_masks()[0]
     assert any(np.array_equal(shown, candidate) for candidate in expected.masks[0]) or \
-        iou(shown, expected.best_masks()[0]) > 0.95
+        mask_iou(shown, expected.best_masks()[0]) > 0.95
 
 
 def test_a_click_on_an_embedded_plane_is_previewed_at_once(session, qtbot, cells, monkeypatch):
@@ -106,11 +107,11 @@ def test_a_click_on_an_embedded_plane_is_previewed_at_once(session, qtbot, cells
     points.add(cell_point(labels, first))
     assert widget.shown_request == widget.predict_request and not widget.busy
     shown = widget.preview_layer.data
-    assert shown.shape == image.shape and iou(shown > 0, labels == first) > 0.7
+    assert shown.shape == image.shape and mask_iou(shown > 0, labels == first) > 0.7
     widget.clear_prompts()
     points.add(cell_point(labels, second))
     assert widget.shown_request == widget.predict_request and widget.preview_layer.data is shown  # in place
-    assert iou(shown > 0, labels == second) > 0.7 and not (shown > 0)[labels == first].any()
+    assert mask_iou(shown > 0, labels == second) > 0.7 and not (shown > 0)[labels == first].any()
     quick = widget.shown_masks().copy(), widget.preview.window
     widget.clear_prompts()
     monkeypatch.setattr(preview_module, "QUICK_DECODE_SECONDS", 0.0)
@@ -132,7 +133,7 @@ def test_three_boxes_make_three_objects(session, qtbot, cells):
     assert len(ids) == 3
     committed = widget.labels_picker.value.data
     for new_id, cell in zip(ids, chosen):
-        assert iou(committed == new_id, labels == cell) > 0.7
+        assert mask_iou(committed == new_id, labels == cell) > 0.7
 
 
 def test_scale_and_translate_give_the_same_mask(session, qtbot, cells):
@@ -175,7 +176,7 @@ def test_a_stack_segments_the_shown_slice_only(session, qtbot):
     committed = widget.labels_picker.value.data
     assert committed.shape == stack.shape
     assert set(np.nonzero(committed == new)[0]) == {z}
-    assert iou(committed[z] == new, stack_labels[z] == cell) > 0.7
+    assert mask_iou(committed[z] == new, stack_labels[z] == cell) > 0.7
     assert len(points.data) == 1  # the prompt on the other slice stays
 
 
@@ -189,12 +190,12 @@ def test_rgb_and_uint16_images(session, qtbot, cells):
     assert widget.points_picker.value.ndim == 2
     widget.points_picker.value.add(cell_point(labels, cell))
     settle(qtbot, widget)
-    assert iou(widget.shown_masks()[0], labels == cell) > 0.7
+    assert mask_iou(widget.shown_masks()[0], labels == cell) > 0.7
 
     viewer, layer, widget = session(image, contrast_limits=(float(low), float(high)))
     widget.points_picker.value.add(cell_point(labels, cell))
     settle(qtbot, widget)
-    assert iou(widget.shown_masks()[0], labels == cell) > 0.7
+    assert mask_iou(widget.shown_masks()[0], labels == cell) > 0.7
 
 
 def test_toggle_polarity_makes_negative_red_points(session, qtbot, cells):
@@ -375,7 +376,7 @@ def test_a_time_lapse_of_stacks(session, qtbot):
     committed = widget.labels_picker.value.data
     assert committed.shape == movie.shape
     assert {tuple(i) for i in np.argwhere(committed == new)[:, :2]} == {(2, 3)}
-    assert iou(committed[2, 3] == new, truth == cell) > 0.6
+    assert mask_iou(committed[2, 3] == new, truth == cell) > 0.6
 
 
 def test_without_an_image_nothing_happens(make_napari_viewer, qtbot):
@@ -452,7 +453,7 @@ def test_a_corrected_slice_re_propagates_into_the_same_object(session, qtbot):
     assert widget.propagated_id == new and after.max() == first_run.max()  # no new object
     assert np.array_equal(after[:corrected], first_run[:corrected])  # the anchor side is untouched
     above = after[corrected:] == new
-    assert iou(above, truth[corrected:] == cell) >= 0.7
+    assert mask_iou(above, truth[corrected:] == cell) >= 0.7
     labels.undo()
     assert np.array_equal(labels.data[corrected + 1:], damaged[corrected + 1:])
 
@@ -468,7 +469,8 @@ def test_propagate_with_a_sam2_video_checkpoint(session, qtbot, tmp_path):
     cell, middle = click_largest_cell(qtbot, viewer, widget, truth)
     previewed = widget.shown_masks()[0].copy()
     widget.propagation.video_model_picker.native.setEditText(str(tmp_path / "sam2-video"))
-    widget.propagation.settings.controls["iou_threshold"].value = 0.0  # a random model's masks jump around
+    for rule in ("iou_threshold", "max_regrowth", "max_shift"):  # a random model's masks jump around
+        widget.propagation.settings.controls[rule].value = 0.0
     widget.propagate()
     qtbot.waitUntil(lambda: widget.propagated_id is not None and not widget.busy, timeout=120_000)
     assert type(widget.session.loaded_video_model).__name__ == "Sam2VideoModel"
@@ -498,7 +500,7 @@ def test_a_time_lapse_propagates_through_time_and_stop_options_apply(session, qt
     qtbot.waitUntil(lambda: widget.propagated_id is not None and not widget.busy, timeout=120_000)
     obj = widget.labels_picker.value.data == widget.propagated_id
     assert obj.any(axis=(1, 2)).all()  # every frame
-    assert np.median([iou(obj[t], truth[t] == cell) for t in range(9)]) >= 0.75
+    assert np.median([mask_iou(obj[t], truth[t] == cell) for t in range(9)]) >= 0.75
     widget.labels_picker.value.undo()
     widget.propagated_id = None
     viewer.dims.set_point(0, 4)
@@ -540,3 +542,129 @@ def test_a_quick_decode_is_judged_for_the_plane_it_would_run_on(tiny_predictor, 
     assert PreviewController._quick(tiny_predictor, image) == (one + image.nbytes / 0.9e9 <= QUICK_DECODE_SECONDS)
     huge = np.broadcast_to(np.zeros(1, np.float32), (8192, 8192))  # 256 MiB to hash, 67 M pixels of masks
     assert not PreviewController._quick(tiny_predictor, huge)
+
+
+# --- stacks: ends, all objects, key slices, scribbles ---------------------------------------------------------------
+
+def test_ends_here_bounds_the_next_propagated_object(session, qtbot):
+    stack, truth = synthetic_cells((24, 160, 160), seed=777_020, ndim=3)
+    viewer, _, widget = session(stack)
+    cell, middle = click_largest_cell(qtbot, viewer, widget, truth)
+    viewer.dims.set_current_step(0, middle + 1)
+    widget.mark_end()
+    assert f"ends at plane(s) [{middle + 1}]" in widget.status.value
+    viewer.dims.set_current_step(0, middle)
+    settle(qtbot, widget)
+    widget.propagate()
+    qtbot.waitUntil(lambda: widget.propagated_id is not None and not widget.busy, timeout=120_000)
+    planes = np.nonzero((widget.labels_picker.value.data == widget.propagated_id).any(axis=(1, 2)))[0]
+    assert planes.max() == middle + 1 and planes.min() < middle
+    assert not widget.propagation.ends  # the mark served one propagation
+
+
+def test_propagate_all_objects_of_a_plane_keeps_their_ids_in_one_undo_step(session, qtbot):
+    stack, truth = synthetic_cells((16, 160, 160), seed=777_030, ndim=3)
+    viewer, _, widget = session(stack)
+    start = 8
+    plane = truth[start].astype(np.uint32)
+    data = np.zeros(stack.shape, np.uint32)
+    data[start] = plane
+    target = viewer.add_labels(data.copy(), name="annotations")
+    widget.labels_picker.value = target
+    viewer.dims.set_current_step(0, start)
+    widget.propagation.propagate_all()
+    qtbot.waitUntil(lambda: not widget.busy and target.data[start + 1].any(), timeout=180_000)
+    ids = set(np.unique(plane)) - {0}
+    assert set(np.unique(target.data)) - {0} <= ids and np.array_equal(target.data[start], plane)
+    ious = [mask_iou(target.data == i, truth == i) for i in ids]
+    assert np.median(ious) >= 0.8, ious
+    assert f"Propagated {len(ids)} object(s)" in widget.status.value
+    target.undo()
+    assert np.array_equal(target.data, data)  # byte for byte
+
+
+def object_on_planes(session, drawn_on_bottom: bool):
+    """A stack whose largest cell is drawn as object 5 on its second plane (and its second last one): (viewer,
+    dock, truth, cell, top plane, bottom plane, labels layer, its data before)."""
+    stack, truth = synthetic_cells((24, 160, 160), seed=777_031, ndim=3)
+    viewer, _, widget = session(stack)
+    cell = big_cells(truth, 1)[0]
+    planes = np.nonzero((truth == cell).any(axis=(1, 2)))[0]
+    top, bottom = int(planes[1]), int(planes[-2])
+    data = np.zeros(stack.shape, np.uint32)
+    for plane in (top, bottom) if drawn_on_bottom else (top,):
+        data[plane][truth[plane] == cell] = 5
+    target = viewer.add_labels(data.copy(), name="annotations")
+    widget.labels_picker.value = target
+    return viewer, widget, truth, cell, top, bottom, target, data
+
+
+def test_fill_between_key_slices_of_the_object_under_the_mouse(session, qtbot):
+    viewer, widget, truth, cell, top, bottom, target, data = object_on_planes(session, drawn_on_bottom=True)
+    viewer.dims.set_current_step(0, top)
+    viewer.cursor.position = (top, *np.argwhere(truth[top] == cell).mean(axis=0))
+    widget.fill_between_key_slices()
+    qtbot.waitUntil(lambda: not widget.busy and (target.data[top + 1] == 5).any(), timeout=180_000)
+    filled = target.data == 5
+    assert not filled[:top].any() and not filled[bottom + 1:].any()
+    assert mask_iou(filled[top:bottom + 1], (truth == cell)[top:bottom + 1]) >= 0.85
+    target.undo()
+    assert np.array_equal(target.data, data)
+
+
+def test_fill_between_key_slices_needs_two_of_them(session, qtbot, notifications):
+    stack, truth = synthetic_cells((12, 128, 128), seed=777_032, ndim=3)
+    viewer, _, widget = session(stack)
+    data = np.zeros(stack.shape, np.uint32)
+    data[4, 40:60, 40:60] = 3
+    target = viewer.add_labels(data.copy(), name="annotations")
+    widget.labels_picker.value = target
+    viewer.dims.set_current_step(0, 4)
+    viewer.cursor.position = (4, 50, 50)
+    widget.fill_between_key_slices()
+    assert any("drawn on 1 plane(s)" in str(n.message) for n in notifications())
+    settle(qtbot, widget)
+    assert np.array_equal(target.data, data)
+
+
+def test_a_scribble_is_a_prompt_and_t_makes_the_next_one_negative(session, qtbot, cells):
+    image, labels = cells
+    viewer, _, widget = session(image)
+    cell = big_cells(labels, 1)[0]
+    rows, cols = np.nonzero(labels == cell)
+    shapes = widget.shapes_picker.value
+    stroke = np.array([[rows.min() + 3, cols.mean()], [rows.mean(), cols.mean() + 2], [rows.max() - 3, cols.mean()]])
+    shapes.add(stroke, shape_type="path")
+    settle(qtbot, widget)
+    mask = widget.shown_masks()[0]
+    assert mask_iou(mask, labels == cell) >= 0.8
+    assert widget.toggle_shape_polarity() is False  # nothing selected: new scribbles are negative
+    shapes.add(np.array([[2.0, 2.0], [2.0, 30.0]]), shape_type="path")
+    settle(qtbot, widget)
+    assert shapes.features["positive"].tolist() == [True, False]
+    assert np.allclose(shapes.edge_color[1], [0.95, 0.1, 0.1, 1.0])
+    shapes.selected_data = {1}
+    widget.toggle_shape_polarity()  # a selected scribble flips
+    assert shapes.features["positive"].tolist() == [True, True]
+
+
+def test_an_empty_scribble_is_named(session, qtbot, cells, notifications):
+    image, _ = cells
+    viewer, _, widget = session(image)
+    widget.shapes_picker.value.add(np.array([[20.0, 20.0], [20.0, 20.0]]), shape_type="path")
+    settle(qtbot, widget)
+    assert any("scribble has no length" in str(n.message) for n in notifications())
+
+
+def test_a_preview_on_another_plane_is_a_key_slice_of_the_object_it_continues(session, qtbot):
+    viewer, widget, truth, cell, top, bottom, target, _ = object_on_planes(session, drawn_on_bottom=False)
+    viewer.dims.set_current_step(0, bottom)
+    widget.points_picker.value.add([bottom, *cell_point(truth[bottom], cell)])  # previewed on another
+    settle(qtbot, widget)
+    viewer.cursor.position = (bottom, 0, 0)  # the mouse on no object
+    widget.fill_between_key_slices()
+    qtbot.waitUntil(lambda: not widget.busy and (target.data[bottom] == 5).any(), timeout=180_000)
+    filled = target.data == 5
+    assert mask_iou(filled[top:bottom + 1], (truth == cell)[top:bottom + 1]) >= 0.85
+    assert not filled[:top].any() and not filled[bottom + 1:].any()
+    assert len(widget.points_picker.value.data) == 0  # the preview became part of the object

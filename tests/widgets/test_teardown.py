@@ -47,3 +47,38 @@ def test_a_removed_dock_stops_listening_and_the_viewer_closes_cleanly(make_napar
     qtbot.wait(500)
     assert widget.embedded_index == embedded and not widget.busy
     viewer.close()
+
+
+def test_a_run_of_a_dock_that_goes_away_is_cancelled_and_cleaned_up(qtbot):
+    """A dock removed while its run works: the run stops at its next step, and what it made for its result (a
+    labels folder on disk, say) is cleaned up, also when the run finished before it saw the cancel."""
+    import time
+
+    from magicgui.widgets import PushButton
+
+    from napari_sam.core.errors import SegmentationCancelled
+    from napari_sam.widgets.cancellable_task import CancellableTask
+
+    def start(worker, cancel=None):
+        worker.start()
+
+    task = CancellableTask("A run", PushButton(), PushButton(), start, lambda message: None)
+    shown, cleaned, steps = [], [], []
+
+    def checks(report, cancelled):
+        while not cancelled():
+            steps.append(1)
+            time.sleep(0.01)
+        raise SegmentationCancelled()
+
+    task.run(checks, shown.append, lambda: cleaned.append("cancelled"))
+    qtbot.waitUntil(lambda: bool(steps), timeout=5000)
+    task.close()
+    qtbot.waitUntil(lambda: bool(cleaned), timeout=5000)
+    assert cleaned == ["cancelled"] and not shown
+
+    task = CancellableTask("A run", PushButton(), PushButton(), start, lambda message: None)
+    task.run(lambda report, cancelled: time.sleep(0.3) or "labels", shown.append, lambda: cleaned.append("late"))
+    task.close()  # before it finishes, without looking at the cancel
+    qtbot.waitUntil(lambda: len(cleaned) == 2, timeout=5000)
+    assert cleaned == ["cancelled", "late"] and not shown

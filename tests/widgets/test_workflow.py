@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from napari.layers import Labels
 
+from napari_sam.core.objects import mask_iou
 from napari_sam.demo import synthetic_cells
 
-from helpers import cell_point, iou, largest_cells, settle
+from helpers import cell_point, largest_cells, settle
 
 
 def click(widget, labels, cell):
@@ -186,7 +187,7 @@ def test_propagation_reads_planes_on_the_worker_one_at_a_time(session, qtbot):
     assert not [z for z, on_ui in reads if on_ui and z != middle], reads
     assert len({z for z, _ in reads}) > 2
     obj = widget.labels_picker.value.data == widget.propagated_id
-    assert iou(obj, truth == cell) >= 0.6
+    assert mask_iou(obj, truth == cell) >= 0.6
 
 
 def rough_objects(labels, grow=3):
@@ -223,13 +224,13 @@ def test_ctrl_click_refines_an_existing_object_under_its_own_id(session, qtbot, 
     assert len(widget.points_picker.value.data) == 0  # the Ctrl+click is no prompt
     assert widget.preview.target.object_id == cell * 10
     refined = widget.shown_masks()[0]
-    assert iou(refined, labels == cell) > iou(rough == cell * 10, labels == cell) + 0.05
+    assert mask_iou(refined, labels == cell) > mask_iou(rough == cell * 10, labels == cell) + 0.05
     assert viewer.layers.selection.active is widget.points_picker.value
     assert widget.commit() == [cell * 10]
     assert viewer.layers.selection.active is widget.points_picker.value
     changed = target.data != rough
     assert ((target.data[changed] == cell * 10) | (rough[changed] == cell * 10)).all()  # no other object touched
-    assert iou(target.data == cell * 10, refined) > 0.95  # all of it, but pixels of other objects
+    assert mask_iou(target.data == cell * 10, refined) > 0.95  # all of it, but pixels of other objects
     target.undo()
     assert np.array_equal(target.data, rough)
 
@@ -275,8 +276,8 @@ def test_refine_all_objects(session, qtbot, cells, in_place):
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     result = target.data if in_place else widget.refine.result_layer.data
     assert set(np.unique(result)) == set(np.unique(rough))  # the same objects, the same ids
-    before = np.median([iou(rough == c * 10, labels == c) for c in largest_cells(labels, 8)])
-    after = np.median([iou(result == c * 10, labels == c) for c in largest_cells(labels, 8)])
+    before = np.median([mask_iou(rough == c * 10, labels == c) for c in largest_cells(labels, 8)])
+    after = np.median([mask_iou(result == c * 10, labels == c) for c in largest_cells(labels, 8)])
     assert after > before + 0.05, (before, after)
     if in_place:
         target.undo()
@@ -306,7 +307,7 @@ def test_the_labels_layers_selected_label_can_be_refined(session, qtbot, cells):
     widget.refine.selected_button.clicked.emit()
     settle(qtbot, widget)
     assert widget.preview.target.object_id == cell * 10
-    assert iou(widget.shown_masks()[0], labels == cell) > 0.8
+    assert mask_iou(widget.shown_masks()[0], labels == cell) > 0.8
 
 
 def test_the_preview_shows_above_labels_and_below_the_prompts(session, qtbot, cells):

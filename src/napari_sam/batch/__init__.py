@@ -1,5 +1,5 @@
-"""Batch segmentation of whole datasets on dask.distributed: :func:`run_batch` and the ``napari-sam segment``
-command line.
+"""Batch runs over whole datasets on dask.distributed: :func:`run_batch`, which the ``napari-sam segment`` and
+``napari-sam embed`` commands (:mod:`napari_sam.cli.batch_runs`) call.
 
     from napari_sam.batch import RunConfig, run_batch
     config = RunConfig.load("settings.json")        # or RunConfig(); exported by the Segment everything dock

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.image import IMAGE_SUFFIXES, file_axes, is_rgb, read_image
+from ..core.image import IMAGE_SUFFIXES, ArrayView, file_axes, is_rgb, read_image
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def _plane_shape(path: str) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(int(n) for n in data.shape), np.dtype(data.dtype)
 
 
-class FileStack:
+class FileStack(ArrayView):
     """The files of a folder as the planes of one stack: shape (n, *plane), read one file per plane when indexed.
 
     Raises:
@@ -167,8 +167,6 @@ class FileStack:
                                  f"{first_dtype}, {Path(path).name} is {shape} {dtype}.")
         self.shape = (len(self.paths), *first_shape)
         self.dtype = first_dtype
-        self.ndim = len(self.shape)
-        self.size = int(np.prod(self.shape, dtype=np.int64))
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
@@ -177,20 +175,15 @@ class FileStack:
             return np.asarray(read_image(self.paths[int(first)])[rest])
         return np.stack([np.asarray(read_image(p)[rest]) for p in self.paths[first]])
 
-    def __array__(self, dtype=None, copy=None):
-        whole = self[:]
-        return whole if dtype is None else whole.astype(dtype)
 
-
-class ChannelOf:
+class ChannelOf(ArrayView):
     """One channel of a multichannel image, read lazily: ``data`` without its axis ``axis`` (the channel axis), as an
     array-like whose ``view[key]`` reads only what ``key`` addresses."""
 
     def __init__(self, data, axis: int, channel: int):
         self.data, self.axis, self.channel = data, axis, channel
         self.shape = tuple(int(n) for i, n in enumerate(data.shape) if i != axis)
-        self.ndim, self.dtype = len(self.shape), np.dtype(data.dtype)
-        self.size = int(np.prod(self.shape, dtype=np.int64))
+        self.dtype = np.dtype(data.dtype)
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
@@ -199,10 +192,6 @@ class ChannelOf:
             key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1:]
         key = key + (slice(None),) * (self.ndim - len(key))
         return np.asarray(self.data[key[: self.axis] + (self.channel,) + key[self.axis:]])
-
-    def __array__(self, dtype=None, copy=None):
-        whole = self[...]
-        return whole if dtype is None else whole.astype(dtype)
 
 
 def _channel_axis(item: ImageInput, shape: tuple[int, ...]) -> tuple[int | None, str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..core.image import file_axes
 from .files import move_into_place, temporary_path, write_atomically
 
 #: Labels above this many bytes are written as zarr when the format is ``auto``.
@@ -68,7 +69,7 @@ def _tiff_calibration(path: Path) -> Calibration | None:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        axes = "".join(a for a in tif.series[0].axes if a not in "CS")
+        axes = "".join(a for a in (file_axes(path) or tif.series[0].axes) if a not in "CS")  # the labels' axes
         if tif.is_ome:
             root = ElementTree.fromstring(tif.ome_metadata)
             pixels = next(e for e in root.iter() if e.tag.endswith("}Pixels") or e.tag == "Pixels").attrib
@@ -97,15 +98,15 @@ def _zarr_calibration(path: Path) -> Calibration | None:
     if not multiscales:
         return None
     first = multiscales[0]
-    names = [axis["name"] if isinstance(axis, dict) else axis for axis in first.get("axes", [])]
+    letters = file_axes(path) or ""
     units = [axis.get("unit") for axis in first.get("axes", []) if isinstance(axis, dict)]
     scale = next((t["scale"] for t in first["datasets"][0].get("coordinateTransformations", [])
                   if t.get("type") == "scale"), None)
-    if not names or scale is None:
+    if not letters or scale is None or len(scale) != len(letters):
         return None
-    keep = [i for i, name in enumerate(names) if name.lower() != "c"]
+    keep = [i for i, letter in enumerate(letters) if letter != "C"]  # the labels have no channel axis
     unit = next((u for u in units if u), "micrometer")
-    return Calibration("".join(names[i].upper() for i in keep), tuple(float(scale[i]) for i in keep),
+    return Calibration("".join(letters[i] for i in keep), tuple(float(scale[i]) for i in keep),
                        "µm" if unit == "micrometer" else unit)
 
 

@@ -104,7 +104,10 @@ MAX_OBJECT_ID = 2**32 - 1
 
 
 def _object_id(value) -> int:
-    number = float(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan  # missing, empty or not a number: refused below, naming the value
     if not number.is_integer() or not 1 <= number <= MAX_OBJECT_ID:
         raise ValueError(f"object must be a whole number from 1 to {MAX_OBJECT_ID} (labels are uint32), got "
                          f"{value!r}")
@@ -176,7 +179,7 @@ def _read_json(text: str) -> list[tuple[str, dict]]:
 def _from_feature(feature: dict) -> dict:
     properties, geometry = feature.get("properties") or {}, feature.get("geometry") or {}
     entry = {"image": properties.get("image"), "object": properties.get("object"), "plane": properties.get("plane")}
-    if entry["image"] is None:
+    if entry["image"] is None or entry["object"] is None:
         raise ValueError("a feature needs the properties image and object")
     if geometry.get("type") == "Point":
         x, y = geometry["coordinates"][:2]

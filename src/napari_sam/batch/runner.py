@@ -61,9 +61,6 @@ class RunSummary:
         """0 when every image was done or skipped, 1 when any failed."""
         return 1 if self.failures else 0
 
-    def count(self, status: str) -> int:
-        return sum(1 for image in self.values["images"] if image["status"] == status)
-
 
 def check_model(name: str, what: str = "model") -> None:
     """Refuse, within a second, a checkpoint that is neither bundled, nor a folder with a config, nor on the hub
@@ -136,12 +133,13 @@ def run_batch(inputs: list[str], output: str | None, config: RunConfig | None = 
               stack: bool = False, scheduler: str | None = None, workers: int | None = None,
               overwrite: bool = False, store: str | None = None, store_gb: float = DEFAULT_STORE_GB,
               progress: bool = True, log=print) -> RunSummary:
-    """Run ``config`` over every image of ``inputs`` and write the outputs into the folder ``output``.
+    """Run ``config`` over every image of ``inputs`` and write the outputs into the folder ``output`` (mode ``embed``:
+    fill the embedding store, and keep the run's records in ``output`` when one is given).
 
     Args:
         inputs: files, folders or globs (see :func:`~napari_sam.batch.files.find_inputs`); with ``stack`` each
             folder is one stack of its files.
-        output: the output folder (created; not inside an input folder).
+        output: the output folder (created; not inside an input folder); None only in mode ``embed``.
         config: the run's settings (None: the defaults, segment everything).
         prompts: a prompts file (CSV, JSON or GeoJSON; see :mod:`~napari_sam.batch.prompts_file`), needed by the
             modes ``prompts`` and ``propagate``.
@@ -152,10 +150,12 @@ def run_batch(inputs: list[str], output: str | None, config: RunConfig | None = 
             read); ``store_gb`` its size cap.
         progress: show a progress bar; log: where messages go.
 
-    Returns a :class:`RunSummary`, also written to ``output``/napari-sam-run.json.
+    Returns a :class:`RunSummary`, also written to ``output``/napari-sam-run.json when there is an output folder.
 
     Raises:
-        ValueError: bad inputs, output folder, settings or prompts file, or an unreachable scheduler.
+        ValueError: bad inputs, output folder, settings or prompts file, an unreachable scheduler, or another run
+            writing into ``output``.
+        PermissionError: a store folder that cannot be written.
         ModelLoadError: a checkpoint that does not exist.
     """
     config = config or RunConfig()

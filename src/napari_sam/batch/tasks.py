@@ -22,19 +22,20 @@ import torch
 from distributed import WorkerPlugin
 
 from ..core.embeddings import EmbeddingStore
-from ..core.image import PlaneWriter, is_rgb, napari_contrast_limits, plane_of, planes
+from ..core.image import ArrayView, PlaneWriter, is_rgb, napari_contrast_limits, plane_of, planes
 from ..core.memory import reuse_freed_memory
 from ..core.model import load_video_model
 from ..core.predictor import Predictor
-from ..core.workflows import predict_objects
-from ..core.workflows.everything import (
+from ..core.workflows import (
     frame_count,
+    frame_stability,
     merge_frames,
+    predict_objects,
+    propagate,
+    propagate_video,
     recover_cut_objects,
     segment_frames,
-    stability_score,
 )
-from ..core.workflows.propagation import propagate, propagate_video
 from .config import RunConfig
 from .files import ImageInput, open_input, write_atomically
 from .outputs import (
@@ -222,14 +223,17 @@ def segment_part(job: Job, prepared: Prepared, plane: tuple[int, ...], frames: t
 def embed_part(job: Job, prepared: Prepared, plane: tuple[int, ...], frames: tuple[int, ...],
                data=None) -> tuple[int, int, str | None]:
     """Embed some frames of one plane into the store (runs on a worker; ``data``: the image when it is open).
-    Returns ``(how many ran the encoder, how many the store holds now, the store's last write error or None)``."""
+    Returns ``(how many ran the encoder, how many the store holds now, the error of a write of these frames that
+    failed, or None)``."""
     data = _open(job)[0] if data is None else data
     predictor = _plugin().predictor()
     plan = predictor.plan(plane_of(data, plane), prepared.contrast_limits, prepared.rgb)
     all_frames = predictor.frames(plan=plan)
     mine = [all_frames[i] for i in frames]
+    failed_before = predictor.store_failures[0]
     computed = predictor.embed_frames(mine, plan)
-    return computed, predictor.stored_frames(mine, plan), predictor.store_error
+    failed, error = predictor.store_failures
+    return computed, predictor.stored_frames(mine, plan), error if failed > failed_before else None
 
 
 def _labels_output(job: Job, shape: tuple[int, ...], calibration) -> LabelsOutput:
@@ -305,14 +309,14 @@ def _paint(writer, mask: np.ndarray, row0: int, col0: int, label: int) -> tuple[
     return tuple(int(v) for v in box)
 
 
-class AxisView:
+class AxisView(ArrayView):
     """The slices of ``data`` along leading axis ``axis`` with the other leading indices of ``plane`` fixed:
     shape (n, H, W[, C]); ``view[i]`` reads one slice."""
 
     def __init__(self, data, plane: tuple[int, ...], axis: int):
         self.data, self.plane, self.axis = data, plane, axis
         self.shape = (int(data.shape[axis]), *(int(n) for n in data.shape[len(plane):]))
-        self.ndim, self.dtype = len(self.shape), np.dtype(data.dtype)
+        self.dtype = np.dtype(data.dtype)
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
@@ -349,14 +353,14 @@ def segment_prompted(job: Job) -> dict:
         for prompt, result in zip(prompts, results):
             frame = result.frame
             if propagating:
-                first = np.zeros(predictor.image_size, dtype=bool)
+                first = np.zeros(shape[n_leading: n_leading + 2], dtype=bool)  # the plane's (H, W)
                 first[frame.row0: frame.row1, frame.col0: frame.col1] = result.masks[0]
                 rows += _propagated(job, predictor, data, plane, axis, first, limits, rgb, labels, prompt.object_id)
                 continue
             writer = PlaneWriter(labels.array, plane)
             box = _paint(writer, result.masks[0], frame.row0, frame.col0, prompt.object_id)
-            stability = float(stability_score(torch.from_numpy(result.logits[:1]), 0.0,
-                                              job.config.everything.stability_score_offset)[0])
+            stability = float(frame_stability(torch.from_numpy(result.logits[:1]), predictor.geometry, frame,
+                                              job.config.everything.stability_score_offset)[1][0])
             rows += object_rows(writer, plane, [(prompt.object_id, box, result.scores[0], stability)])
     return _finish(job, labels, rows, n_leading, started)
 

@@ -211,6 +211,34 @@ def replace_plane_objects(labels_layer, image_layer, planes) -> bool:
     return edit.apply()
 
 
+def extend_objects(labels_layer, image_layer, planes, ids, overwrite: bool = False) -> bool:
+    """Write objects that keep their ids through several planes, all or nothing, in one undo step.
+
+    Args:
+        planes: ``[(plane_index, new_plane), ...]``: on each plane of the image, the pixels of objects ``ids`` are
+            cleared, then every labelled pixel of ``new_plane`` ((H, W) integer labels on the image plane, 0 where
+            none) is written: only into label 0 (or the cleared pixels), unless ``overwrite``.
+        ids: the objects being written, whose old pixels on these planes go.
+
+    Returns whether anything changed. Raises as :func:`commit_masks`.
+    """
+    matrix = grid_matrix(labels_layer, image_layer)
+    shape = labels_layer.data.shape
+    ids = [int(i) for i in ids]
+    steps = []
+    for plane_index, new_plane in planes:
+        plane_index, new_plane = tuple(plane_index), np.asarray(new_plane)
+        labelled = new_plane != 0
+        _mapped(labels_layer, image_layer, [(plane_index, labelled)])  # checks that it fits
+        covered, rows, cols = plane_coverage(labelled, plane_index, matrix, shape)
+        whole = plane_indices(np.ones(new_plane.shape, dtype=bool), plane_index, matrix, shape)
+        steps += [_Write(0, whole, ids), _Write(new_plane[rows, cols], covered, None if overwrite else 0)]
+    edit = _Edit(labels_layer, [step.indices for step in steps])
+    for step in steps:
+        edit.write(step)
+    return edit.apply()
+
+
 def object_under(labels_layer, image_layer, plane_index: tuple[int, ...], mask: np.ndarray,
                  min_fraction: float = 0.5) -> int | None:
     """The object a corrected prompt belongs to: the label id on the plane at ``plane_index`` (of the image)

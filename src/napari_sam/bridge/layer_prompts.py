@@ -1,8 +1,10 @@
 """Reading prompts from napari Points and Shapes layers, in the image's data pixels of the shown plane.
 
 Points carry a boolean ``positive`` feature (missing means positive). Rectangles are boxes; polygons and
-ellipses are a mask prompt plus their bounding box. Lines and paths are ignored. Prompts that lie on another
-slice of an nD image than the shown plane are ignored.
+ellipses (a freehand lasso is a polygon) are a mask prompt plus their bounding box. Paths and lines are scribbles:
+points spread along them (:func:`scribble_points`), positive or negative as the shape's ``positive`` feature says
+(missing means positive), which join the clicks. Prompts that lie on another slice of an nD image than the shown
+plane are ignored.
 
 The prompts of a plane are then grouped into objects (:func:`group_objects`): each box (rectangle, or a
 polygon/ellipse with its mask) is one object. With one box, every point refines it; with several, a point refines
@@ -117,19 +119,81 @@ def _ellipse_mask(corners: np.ndarray, shape: tuple[int, int]) -> MaskObject:
     return _cropped(low, high, (local**2).sum(axis=-1) <= 1.0)
 
 
-def _plane_shapes(shapes_layer, image_layer, plane_index, world_point=None):
-    """(shape index, type, (n, 2) (row, col) corners in image data pixels) of each rectangle, polygon and ellipse
-    of the shown plane (a shape still being drawn, with no area, is left out)."""
+#: Shape types that are regions (a box, and a mask prompt for polygons and ellipses) and scribbles (points).
+REGION_SHAPES, SCRIBBLE_SHAPES = ("rectangle", "polygon", "ellipse"), ("path", "line")
+#: Points spread along a scribble: one per this many pixels of its length, at least 1 and at most
+#: :data:`SCRIBBLE_POINTS`.
+SCRIBBLE_SPACING, SCRIBBLE_POINTS = 12.0, 6
+
+
+def _plane_shapes(shapes_layer, image_layer, plane_index, world_point=None, kinds=REGION_SHAPES):
+    """(shape index, type, (n, 2) (row, col) vertices in image data pixels) of each shape of ``kinds`` on the shown
+    plane (a region still being drawn, with no area, is left out)."""
     for number, (vertices, kind) in enumerate(zip(shapes_layer.data, shapes_layer.shape_type)):
-        if kind not in ("rectangle", "polygon", "ellipse"):
+        if kind not in kinds:
             continue
         positions = to_target_data(shapes_layer, image_layer, vertices, world_point)
         if not _on_plane(positions, plane_index).all():
             continue
         corners = positions[:, -2:]
-        if (corners.max(axis=0) <= corners.min(axis=0)).any():
+        if kind in REGION_SHAPES and (corners.max(axis=0) <= corners.min(axis=0)).any():
             continue
         yield number, kind, corners
+
+
+def scribble_points(vertices: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(k, 2) (row, col) points spread evenly along the polyline of (n, 2) ``vertices``: one per
+    :data:`SCRIBBLE_SPACING` pixels of its length inside an image of ``shape`` (1 to :data:`SCRIBBLE_POINTS`), each
+    in the middle of its share of the line, so none sits on the stroke's ends.
+
+    Raises:
+        ValueError: a scribble with no length, or none of it inside the image.
+    """
+    vertices = np.asarray(vertices, dtype=np.float64).reshape(-1, 2)
+    height, width = shape
+    lengths = np.hypot(*np.diff(vertices, axis=0).T) if len(vertices) > 1 else np.zeros(0)
+    if not lengths.sum() > 0:
+        raise ValueError("a scribble has no length (a click in a path mode): drag to draw it, or use a point.")
+    dense = np.concatenate([np.linspace(a, b, max(2, int(np.ceil(n)) + 1))[:-1]
+                            for a, b, n in zip(vertices[:-1], vertices[1:], lengths)] + [vertices[-1:]])
+    inside = dense[(dense[:, 0] >= -0.5) & (dense[:, 0] <= height - 0.5) & (dense[:, 1] >= -0.5)
+                   & (dense[:, 1] <= width - 0.5)]
+    if len(inside) < 2:
+        raise ValueError(f"a scribble lies outside the {height}x{width} image: draw it over the object.")
+    steps = np.hypot(*np.diff(inside, axis=0).T)
+    along = np.concatenate([[0.0], np.cumsum(steps)])
+    count = int(np.clip(round(along[-1] / SCRIBBLE_SPACING), 1, SCRIBBLE_POINTS))
+    wanted = (np.arange(count) + 0.5) / count * along[-1]
+    return np.stack([np.interp(wanted, along, inside[:, 0]), np.interp(wanted, along, inside[:, 1])], axis=1)
+
+
+def shape_flags(shapes_layer) -> np.ndarray:
+    """(n,) bool: the ``positive`` feature of each shape (True where the layer has no such feature)."""
+    features = shapes_layer.features
+    flags = np.ones(len(shapes_layer.data), dtype=bool)
+    if "positive" in features:
+        given = features["positive"].to_numpy(dtype=bool)
+        flags[: len(given)] = given[: len(flags)]
+    return flags
+
+
+def read_scribbles(shapes_layer, image_layer, plane_index, plane_shape: tuple[int, int],
+                   world_point=None) -> tuple[np.ndarray, np.ndarray]:
+    """(points (n, 2) (row, col), labels (n,)) spread along the scribbles (paths and lines) on the shown plane,
+    labelled by each shape's ``positive`` feature; see :func:`scribble_points`, whose ValueError names a scribble
+    that cannot be read."""
+    points, labels = [np.zeros((0, 2))], [np.zeros(0, dtype=np.int64)]
+    if shapes_layer is None:
+        return points[0], labels[0]
+    flags = shape_flags(shapes_layer)
+    for number, _, vertices in _plane_shapes(shapes_layer, image_layer, plane_index, world_point, SCRIBBLE_SHAPES):
+        try:
+            spread = scribble_points(vertices, plane_shape)
+        except ValueError as error:
+            raise ValueError(f"shape {number}: {error}") from None
+        points.append(spread)
+        labels.append(np.full(len(spread), int(flags[number]), dtype=np.int64))
+    return np.concatenate(points), np.concatenate(labels)
 
 
 def read_shapes(shapes_layer, image_layer, plane_index, plane_shape: tuple[int, int],
@@ -157,22 +221,23 @@ def read_exemplars(shapes_layer, image_layer, plane_index, world_point=None) -> 
     SAM3 exemplars: a shape whose ``positive`` feature is False is a counter-example."""
     if shapes_layer is None:
         return np.zeros((0, 4)), np.zeros(0, dtype=np.int64)
-    features = shapes_layer.features
-    positive = (features["positive"].to_numpy(dtype=bool) if "positive" in features
-                else np.ones(len(shapes_layer.data), dtype=bool))
+    positive = shape_flags(shapes_layer)
     boxes, labels = [], []
     for number, _, corners in _plane_shapes(shapes_layer, image_layer, plane_index, world_point):
         boxes.append([*corners.min(axis=0), *corners.max(axis=0)])
-        labels.append(int(positive[number]) if number < len(positive) else 1)
+        labels.append(int(positive[number]))
     return np.asarray(boxes, dtype=float).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
 
 
 def read_prompts(image_layer, plane_index, plane_shape, points_layer=None, shapes_layer=None,
                  world_point=None) -> DrawnPrompts:
-    """All prompts of the shown plane from a Points and a Shapes layer (either may be None)."""
+    """All prompts of the shown plane from a Points and a Shapes layer (either may be None): the clicks and the
+    scribbles' points, the boxes and the masks of regions."""
     points, labels = read_points(points_layer, image_layer, plane_index, world_point)
+    scribbled, scribble_labels = read_scribbles(shapes_layer, image_layer, plane_index, plane_shape, world_point)
     boxes, masks = read_shapes(shapes_layer, image_layer, plane_index, plane_shape, world_point)
-    return DrawnPrompts(points=points, labels=labels, boxes=boxes, masks=masks)
+    return DrawnPrompts(points=np.concatenate([points, scribbled]), labels=np.concatenate([labels, scribble_labels]),
+                        boxes=boxes, masks=masks)
 
 
 def group_objects(prompts: DrawnPrompts) -> list[ObjectPrompt]:

@@ -86,7 +86,7 @@ def add_segment_command(commands) -> None:
     for key, kind in RUN_SECTIONS.items():
         group = parser.add_argument_group(titles[key])
         choices = {"mode": [mode for mode in MODES if mode != "embed"]} if kind is BatchSettings else None
-        add_settings(group, kind, PREFIXES[key], given_only=True, default_note=notes.get(key, ""),
+        add_settings(group, kind, PREFIXES[key], default_note=notes.get(key, ""),
                      choices=choices)  # embedding runs are napari-sam embed's
     parser.set_defaults(run=_segment)
 
@@ -99,10 +99,8 @@ def add_embed_command(commands) -> None:
         epilog=EMBED_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_arguments(parser, "the store's folder (default: the per-user store the docks read)")
     parser.add_argument("--out", help="a folder for the run's summary and records (default: none)")
-    add_settings(parser.add_argument_group("run"), BatchSettings, PREFIXES["batch"], given_only=True,
-                 only=EMBED_SETTINGS)
-    add_settings(parser.add_argument_group("tiling of large images"), TilingSettings, PREFIXES["tiling"],
-                 given_only=True)
+    add_settings(parser.add_argument_group("run"), BatchSettings, PREFIXES["batch"], only=EMBED_SETTINGS)
+    add_settings(parser.add_argument_group("tiling of large images"), TilingSettings, PREFIXES["tiling"])
     parser.set_defaults(run=_embed)
 
 

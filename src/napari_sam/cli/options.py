@@ -7,12 +7,12 @@ import argparse
 import dataclasses
 
 
-def add_settings(parser, settings_class, prefix: str = "", given_only: bool = False, default_note: str = "",
-                 only: tuple[str, ...] | None = None, choices: dict | None = None) -> None:
+def add_settings(parser, settings_class, prefix: str, default_note: str = "", only: tuple[str, ...] | None = None,
+                 choices: dict | None = None) -> None:
     """One ``--option`` per field of ``settings_class`` (into ``dest`` ``prefix`` + its name), with its type,
-    default, limits and help. ``given_only``: options left out of the command line are left out of the namespace
-    (see :func:`given_settings`); ``default_note`` replaces "default X" in the help; ``only``: these fields alone;
-    ``choices``: fewer choices for some fields, by name."""
+    limits and help; an option left out of the command line is left out of the namespace, so that a settings file
+    or the checkpoint's recommendations fill it (see :func:`given_settings`). ``default_note`` replaces "default X"
+    in the help; ``only``: these fields alone; ``choices``: fewer choices for some fields, by name."""
     for info in settings_class.fields():
         if only is not None and info.name not in only:
             continue
@@ -20,8 +20,9 @@ def add_settings(parser, settings_class, prefix: str = "", given_only: bool = Fa
             info = dataclasses.replace(info, choices=tuple(choices[info.name]))
         flag, dest = info.flag, prefix + info.name
         limits = f" [{info.low}..{info.high}]" if info.low is not None else ""
-        default = argparse.SUPPRESS if given_only else info.default
+        default = argparse.SUPPRESS
         shown = default_note or (f"default {info.default!r}" if info.kind is str else f"default {info.default}")
+        info = dataclasses.replace(info, help=info.help.replace("%", "%%"))  # argparse formats help with %
         if info.kind is bool:
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default,
                                 help=f"{info.help} ({shown})")
@@ -34,6 +35,6 @@ def add_settings(parser, settings_class, prefix: str = "", given_only: bool = Fa
 
 
 def given_settings(args: argparse.Namespace, settings_class, prefix: str = "") -> dict:
-    """The settings of ``settings_class`` given on the command line (added with ``given_only``), by name."""
+    """The settings of ``settings_class`` given on the command line (options of :func:`add_settings`), by name."""
     return {info.name: getattr(args, prefix + info.name) for info in settings_class.fields()
             if hasattr(args, prefix + info.name)}

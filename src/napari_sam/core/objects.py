@@ -33,6 +33,19 @@ class MaskObject:
         return out
 
 
+def mask_iou(a, b) -> float:
+    """Intersection over union of two boolean masks of one shape (0 when both are empty)."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 0.0
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(row_min, col_min, row_max, col_max), inclusive, of a non-empty (H, W) bool mask."""
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
+
+
 def cropped(mask: np.ndarray, row0: int = 0, col0: int = 0) -> MaskObject | None:
     """The (h, w) bool ``mask`` (whose top-left pixel is image pixel (row0, col0)) cropped to its box, or None when
     it is empty."""
@@ -77,14 +90,13 @@ def cleaned(obj: MaskObject, min_area: int, image_size: tuple[int, int]) -> tupl
     return cropped(np.isin(islands, keep), obj.rows.start - top, obj.cols.start - left), True
 
 
-def paint_labels(objects: list[MaskObject], image_size: tuple[int, int], out=None, dtype=np.uint32,
-                 first_id: int = 1):
+def paint_labels(objects: list[MaskObject], image_size: tuple[int, int], out=None, first_id: int = 1):
     """Label ``first_id + k`` for ``objects[k]``, painted from the largest object to the smallest so that small
     objects stay visible, into ``out`` (an (H, W) array-like such as a zarr array, written region by region) or a
-    new array.
+    new uint32 array.
 
     Returns the labels array (``out`` when given)."""
-    labels = np.zeros(image_size, dtype=dtype) if out is None else out
+    labels = np.zeros(image_size, dtype=np.uint32) if out is None else out
     if out is not None and tuple(out.shape) != tuple(image_size):
         raise ValueError(f"The labels output has shape {tuple(out.shape)}, the image {tuple(image_size)}.")
     for index in sorted(range(len(objects)), key=lambda i: -objects[i].area):

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from .decoding import FrameDecoder, Prediction, PromptBatch, check_prompts, upscale_logits
+from .decoding import FrameDecoder, Prediction, PromptBatch, check_prompts
 from .embeddings import CachedEmbedding, EmbeddingCache, FrameEmbeddings
 from .errors import EncoderNeeded
 from .image import ImagePlan, open_image
@@ -45,7 +45,7 @@ from .model import (
 )
 from .settings import TilingSettings
 
-__all__ = ["ImagePlan", "Prediction", "Predictor", "upscale_logits"]
+__all__ = ["Predictor"]
 
 #: How many times a prompt's frame grows around an object that reaches its inner border.
 MAX_GROWTH = 2
@@ -192,11 +192,6 @@ class Predictor:
             self._plan = plan
         return plan
 
-    def reset_image(self) -> None:
-        """Forget the current image (embeddings stay cached)."""
-        with self._lock:
-            self._plan = None
-
     def _require_image(self, caller: str) -> ImagePlan:
         if self._plan is None:
             raise RuntimeError(f"No image set: call set_image(image) before {caller}().")
@@ -240,10 +235,12 @@ class Predictor:
         yield from self._embeddings.embedding_steps([(frame, source) for frame in frames], self._lock)
 
     def prefetch(self, planes, contrast_limits=None, rgb: bool | None = None,
-                 region: tuple[int, int, int, int] | None = None, max_frames: int | None = None) -> int:
+                 region: tuple[int, int, int, int] | None = None, max_frames: int | None = None,
+                 cancel: Callable[[], bool] | None = None) -> int:
         """Embed other images' frames covering ``region`` into the cache, in encoder batches across them, without
         making any the current image (for the planes next to the shown one). ``planes``: one image or a list of
-        images; one that needs more than ``max_frames`` frames is left out. Returns how many ran the encoder."""
+        images; one that needs more than ``max_frames`` frames is left out. ``cancel`` is checked before each
+        batch, as in :meth:`embed_frames`. Returns how many ran the encoder."""
         planes = list(planes) if isinstance(planes, (list, tuple)) else [planes]
         items = []
         for plane in planes:
@@ -251,7 +248,7 @@ class Predictor:
             frames = self.frames(region, plan)
             if max_frames is None or len(frames) <= max_frames:
                 items += [(frame, plan.source) for frame in frames]
-        return self._embeddings.embed_batches(items, self._lock)
+        return self._embeddings.embed_batches(items, self._lock, cancel=cancel)
 
     def frame_embedding(self, frame: Frame, plan: ImagePlan | None = None) -> tuple[CachedEmbedding, bool]:
         """The embedding of ``frame`` of an image (default: the current one) and whether the encoder ran for it:
@@ -267,10 +264,10 @@ class Predictor:
             return sum(self._embeddings.stored(frame, source) for frame in frames)
 
     @property
-    def store_error(self) -> str | None:
-        """The store's latest failed write, or None: embeddings the store could not keep are still served from
-        memory, so only runs that fill the store need to know."""
-        return self._embeddings.store_error
+    def store_failures(self) -> tuple[int, str | None]:
+        """(how many writes to the store failed, the latest one's error or None): embeddings the store could not
+        keep are still served from memory, so only runs that fill the store need to know."""
+        return self._embeddings.store_failures
 
     @property
     def store(self):
@@ -333,17 +330,18 @@ class Predictor:
                     rows, cols = np.array([0, masks.shape[1] - 1]), np.array([0, masks.shape[2] - 1])
                 box = np.array([[rows.min(), cols.min(), rows.max(), cols.max()]], dtype=float) + np.tile(offset, 2)
                 frame = self._frame_for(plan, PromptBatch(None, None, box, None))
-        return self._decoder.mask_input(masks, offset, frame, eps)
+        return self._decoder.mask_logits(masks, frame, offset, eps)
 
     def predict(self, points=None, point_labels=None, boxes=None, mask_input=None, multimask: bool = True,
                 frame: Frame | None = None, grow: bool = True) -> Prediction:
         """Predict masks for the current image.
 
         Args:
-            points: (n, 2) (row, col) data pixels for one object, or None.
-            point_labels: (n,) 1 positive / 0 negative; None makes every point positive.
+            points: (n, 2) (row, col) data pixels for one object; or (m, n, 2), each of m objects' own points
+                (with m boxes, one each, or none), predicted in one batched call; or None.
+            point_labels: (n,) (or (m, n)) 1 positive / 0 negative; None makes every point positive.
             boxes: (m, 4) (row_min, col_min, row_max, col_max): m objects, predicted in one batched call. With
-                points, at most one box (box and points describe one object).
+                (n, 2) points, at most one box (box and points describe one object).
             mask_input: (objects, m, m) or (m, m) low-res logits from a previous prediction
                 (``Prediction.best_logits()``) or :meth:`mask_logits`, m being ``geometry.mask_size``; on a
                 tiled image, pass the ``frame`` they belong to (``prediction.frame``) with them.
@@ -399,8 +397,9 @@ class Predictor:
     def point_grid_logits(self, points_rc: np.ndarray, min_score: float | None = None, frame: Frame | None = None):
         """Decode each of ``points_rc`` as a one-point positive prompt of its own, without upsampling.
 
-        Uses :class:`~napari_sam.core.decoding.grid_decoder.GridDecoder`: the same function as the model's mask decoder,
-        sharing the prompt-independent work across the points.
+        SAM and SAM-HQ decode through :class:`~napari_sam.core.decoding.grid_decoder.GridDecoder` (the same function
+        as the model's mask decoder, sharing the prompt-independent work across the points); the other families
+        through their own decoder (the family's ``grid_logits``).
 
         Args:
             points_rc: (b, 2) (row, col) in pixels of ``frame`` (its top-left pixel is (0, 0)).

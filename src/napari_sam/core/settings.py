@@ -179,10 +179,12 @@ class EverythingSettings(Settings):
 
 @dataclass(frozen=True)
 class PropagationSettings(Settings):
-    """Propagating one object through a stack, with a SAM checkpoint or a SAM2-family video checkpoint.
+    """Propagating objects through a stack, with a SAM checkpoint or a SAM2-family video checkpoint.
 
-    A direction stops at the first slice whose score, overlap with the previous slice or area falls below these;
-    the start slice's mask is kept whatever its size.
+    A direction stops at the first slice where a stop rule fires: the score, the overlap with the previous slice or
+    the area falls below these, the area grows again after the object had been shrinking (a neighbour that starts
+    where the object ends took over), or the mask's centre jumps; the start slice's mask is kept whatever its size.
+    A value of 0 turns a rule off.
     """
 
     score_threshold: float = setting(
@@ -194,9 +196,23 @@ class PropagationSettings(Settings):
     min_area: int = setting(
         10, 0, 1 << 30, "Stop at the first slice whose mask has fewer pixels: the object has ended.",
         label="min area (px)")
+    max_regrowth: float = setting(
+        1.3, 0.0, 100.0, "Stop at the first slice whose area exceeds this many times the smallest area since the "
+        "object's widest slice, once it had shrunk below 0.85 of that widest slice: an object's sections widen and "
+        "narrow once, so widening again means a neighbour that starts where the object ends took over.",
+        label="max regrowth", step=0.05)
+    max_shift: float = setting(
+        0.3, 0.0, 100.0, "Stop at the first slice whose mask's centre moves further than this many times the "
+        "previous mask's radius (the radius of a disc of its area): the prompt jumped to a neighbour.",
+        label="max centre shift", step=0.05)
     n_points: int = setting(
         3, 0, 16, "SAM: positive points placed deep inside the previous slice's mask, with its box, as the next "
         "slice's prompt.", advanced=True, label="points per slice")
+    zoom: float = setting(
+        6.0, 0.0, 100.0, "SAM, one object at a time: segment each slice in a window this many times the previous "
+        "mask's size, magnified into the model's input (at most 4 times), when that window is smaller than the "
+        "image: small objects get many more of the model's pixels. 0: the image's own frames.", advanced=True,
+        label="zoom window (x object)", step=0.5)
     use_mask_input: bool = setting(
         False, help="SAM: also prompt each slice with the previous slice's mask (helps checkpoints trained with "
         "mask prompts, such as Meta's SAM).", advanced=True, label="previous mask as prompt")

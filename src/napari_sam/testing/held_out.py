@@ -8,19 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.objects import mask_iou
 from ..core.settings import EverythingSettings
-from ..core.workflows import segment_everything
-from ..core.workflows.propagation import propagate
+from ..core.workflows import propagate, segment_everything
 from .synthetic_microscopy import LOOKS, synthetic_scene, synthetic_stack
 
 #: The first held-out seed.
 HELD_OUT = 2**31
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two bool arrays."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
 def best_mask(prediction) -> np.ndarray:
@@ -59,9 +53,9 @@ def scene_figures(predictor, look: str, scenes: int, rng, everything: bool = Tru
             if len(rows) < 12:  # a few pixels at the border
                 continue
             pick = rng.integers(len(rows))
-            clicks.append(iou(best_mask(predictor.predict(points=[[rows[pick], cols[pick]]])), target))
+            clicks.append(mask_iou(best_mask(predictor.predict(points=[[rows[pick], cols[pick]]])), target))
             box = [rows.min(), cols.min(), rows.max(), cols.max()]
-            boxes.append(iou(best_mask(predictor.predict(boxes=[box])), target))
+            boxes.append(mask_iou(best_mask(predictor.predict(boxes=[box])), target))
         if everything:
             for prefix, settings in runs.items():
                 totals[prefix] += matched(labels, np.asarray(segment_everything(predictor, image, settings).labels))
@@ -92,6 +86,6 @@ def stack_figures(predictor, look, stacks: int, rng, objects_per_stack: int = 6)
             first = best_mask(predictor.predict(points=[[rows[depth], cols[depth]]]))
             for store, mask_input in ((with_mask, True), (without, False)):
                 result = propagate(predictor, volume, middle, 0, first, use_mask_input=mask_input)
-                store.append(iou(np.asarray(result.masks), target))
+                store.append(mask_iou(np.asarray(result.masks), target))
     return {"objects": len(with_mask), "median_3d_iou_mask_input": round(float(np.median(with_mask)), 3),
             "median_3d_iou_without_mask_input": round(float(np.median(without)), 3)}

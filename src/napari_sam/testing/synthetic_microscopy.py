@@ -279,23 +279,37 @@ def synthetic_scene(shape=(512, 512), look: str | Look = "random", seed: int = 0
     return _as_dtype(rng, noisy, dtype), labels, name
 
 
-def synthetic_stack(shape=(24, 256, 256), look: str | Look = "nuclei", seed: int = 0, dtype=None):
+def synthetic_stack(shape=(24, 256, 256), look: str | Look = "nuclei", seed: int = 0, dtype=None, layers: int = 0):
     """A z-stack of ellipsoidal objects of ``look`` (their cross-sections grow and shrink from slice to slice) and
     its 3D instance labels, for held-out propagation checks.
 
-    Each object spans 25–70% of the slices around a random centre; its cross-section on a slice is its outline
-    scaled by ``sqrt(1 - dz²)``. Texture, light and camera stay the same through the stack; the noise is new on
-    every slice. Returns ``(image (Z, H, W) of dtype, labels (Z, H, W) uint16, look name)``.
+    Each object's cross-section on a slice is its outline scaled by ``sqrt(1 - dz²)``. With ``layers`` 0 (sparse),
+    each object spans 25–70% of the slices around a random centre, and objects never overlap in (row, col). With
+    ``layers`` n ≥ 1 (dense, as nuclei packed in tissue), the stack is n bands of slices, each with its own objects
+    placed over the whole field: an object spans its band (and a little of the next ones), so where it ends, the
+    objects of the next band that overlap it in (row, col) begin. Texture, light and camera stay the same through
+    the stack; the noise is new on every slice. Returns ``(image (Z, H, W) of dtype, labels (Z, H, W) uint16, look
+    name)``; where two objects meet on a slice, the one drawn later owns the pixels.
     """
     rng = np.random.default_rng(seed)
     name, spec = _look(rng, look)
     depth, height, width = (int(s) for s in shape)
     plane = (height, width)
     scale = max(plane) / 512
-    objects, _ = _place(rng, spec, plane, scale)
-    for obj in objects:
-        obj["z"], obj["half"] = rng.uniform(0.15, 0.85) * depth, rng.uniform(0.12, 0.35) * depth
-        obj["seed"] = int(rng.integers(2**31))
+    if layers <= 0:
+        objects, _ = _place(rng, spec, plane, scale)
+        for obj in objects:
+            obj["z"], obj["half"] = rng.uniform(0.15, 0.85) * depth, rng.uniform(0.12, 0.35) * depth
+            obj["seed"] = int(rng.integers(2**31))
+    else:
+        band, objects = depth / layers, []
+        for layer in range(layers):
+            placed, _ = _place(rng, spec, plane, scale)
+            for obj in placed:
+                obj["z"] = (layer + 0.5 + rng.uniform(-0.1, 0.1)) * band
+                obj["half"] = rng.uniform(0.5, 0.65) * band  # neighbours in z meet or overlap by a slice or two
+                obj["seed"] = int(rng.integers(2**31))
+            objects += placed
     fine = smooth_noise(rng, plane, _draw(rng, (1.2, 3.0)) * scale)
     optics = _optics(rng, spec, plane, scale)
     optics["read_noise"] = _draw(rng, spec.read_noise)

@@ -37,6 +37,11 @@ class CancellableTask:
         cancel_button.enabled = False
         cancel_button.changed.connect(self.cancelled.set)
 
+    def close(self) -> None:
+        """The dock goes away: a run in progress is cancelled at its next step, and nothing is shown after."""
+        self.closed = True
+        self.cancelled.set()
+
     def run(self, work: Callable, on_result: Callable, on_failure: Callable | None = None) -> None:
         """Run ``work(report, cancelled)``; its result goes to ``on_result``, and ``on_failure()`` is called after a
         cancelled or failed run (to clean up)."""
@@ -67,10 +72,14 @@ class CancellableTask:
         def returned(result) -> None:
             if not self.closed:
                 on_result(result)
+            elif on_failure is not None:
+                on_failure()  # finished after its dock went away: nothing shows the result, so it is cleaned up
 
         def failed(error: Exception) -> None:
             if on_failure is not None:
                 on_failure()
+            if self.closed:
+                return
             if isinstance(error, SegmentationCancelled):
                 self.show_status(f"{self.description} cancelled: nothing was changed.")
             else:

@@ -25,9 +25,14 @@ from .cancellable_task import CancellableTask
 from .dock import Dock
 from .labels_target import LabelsTarget
 from .layout import Fold, column, narrow, row
-from .prompt_layers import add_shapes_layer, selection_kept, unwrapped
-
-POSITIVE, NEGATIVE = "lime", "red"
+from .prompt_layers import (
+    add_shapes_layer,
+    colour_shapes,
+    flip_selected_shapes,
+    selection_kept,
+    shape_polarity,
+    unwrapped,
+)
 
 
 class ConceptWidget(Dock):
@@ -62,7 +67,7 @@ class ConceptWidget(Dock):
         self.exemplars_picker.changed.connect(self._watch_exemplars)
 
     def closing(self) -> None:
-        self.task.closed = True
+        self.task.close()
 
     # --- exemplars ---------------------------------------------------------------------------------------------
 
@@ -102,33 +107,16 @@ class ConceptWidget(Dock):
     def _on_shapes(self, layer, event) -> None:
         if str(getattr(event, "action", "")).split(".")[-1].lower() != "added":
             return
-        features = layer.features
-        if "positive" not in features or len(features) != len(layer.data):
-            positive = np.ones(len(layer.data), dtype=bool)
-            if "positive" in features:
-                positive[: len(features)] = features["positive"].to_numpy(dtype=bool)[: len(layer.data)]
-            layer.features = pd.DataFrame({"positive": positive})
-        if self._alt:
-            values = layer.features["positive"].to_numpy(dtype=bool, copy=True)
+        values = shape_polarity(layer)
+        if self._alt and len(values):
+            values = values.copy()
             values[-1] = False
             layer.features = pd.DataFrame({"positive": values})
-        self._colour(layer)
+        colour_shapes(layer)
 
     def flip_selected(self, layer) -> None:
         """Turn the selected exemplars into counter-examples and back."""
-        if not layer.selected_data:
-            return
-        values = (layer.features["positive"].to_numpy(dtype=bool, copy=True) if "positive" in layer.features
-                  else np.ones(len(layer.data), dtype=bool))
-        for index in layer.selected_data:
-            values[index] = not values[index]
-        layer.features = pd.DataFrame({"positive": values})
-        self._colour(layer)
-
-    @staticmethod
-    def _colour(layer) -> None:
-        if "positive" in layer.features and len(layer.data):
-            layer.edge_color = [POSITIVE if value else NEGATIVE for value in layer.features["positive"]]
+        flip_selected_shapes(layer)
 
     # --- find and commit ---------------------------------------------------------------------------------------
 

@@ -1,5 +1,9 @@
 """The "Segment everything" dock: every object of the shown plane (or of every plane) as a new Labels layer.
 
+With every plane of a stack, "as 3D objects" links each plane's objects with those of the planes before it by
+overlap (:func:`~napari_sam.core.workflows.link_stacks`), so that an object has one id through the planes it spans;
+unticked, each plane's objects have ids of their own. The features table then has one row per 3D object.
+
 The settings are generated from :class:`~napari_sam.core.settings.EverythingSettings`: the basic ones shown, the
 advanced ones folded. Loading a checkpoint puts the settings it recommends into effect (the bundled tiny-cells
 recommends its own; others get Meta's defaults), and a line says which settings are in effect. The generator runs
@@ -20,7 +24,7 @@ from napari.utils.notifications import show_info
 from ..bridge.slicing import plane_view, planes_to_run
 from ..core.image import PlaneWriter
 from ..core.settings import EverythingSettings
-from ..core.workflows import explain_empty, segment_everything
+from ..core.workflows import explain_empty, link_stacks, segment_everything
 from .batch_export import BatchExport
 from .cancellable_task import CancellableTask, plane_progress
 from .dock import Dock
@@ -42,13 +46,18 @@ class EverythingWidget(Dock):
         self.reset_button = PushButton(text="Reset", tooltip="Back to the settings the loaded checkpoint recommends.")
         self.whole_stack = CheckBox(text="every plane of a stack", value=False,
                                     tooltip="Segment every 2D plane of an nD image, not only the shown one.")
+        self.as_3d = CheckBox(text="as 3D objects", value=True,
+                              tooltip="With every plane: link each plane's objects with the overlapping ones of the "
+                                      "planes before it, so that an object keeps one id through the stack. "
+                                      "Unticked: new ids on every plane.")
         self.run_button = PushButton(text="Segment everything")
         self.cancel_button = PushButton(text="Cancel")
         self.task = CancellableTask("Segment everything", self.run_button, self.cancel_button, self.start_worker,
                                     self.model.show)
         self.batch_export = BatchExport(self)
         self.extend([*self.model.widgets, *self.form.widgets, row(self.in_effect, self.reset_button),
-                     self.whole_stack, row(self.run_button, self.cancel_button), self.batch_export.button])
+                     self.whole_stack, self.as_3d, row(self.run_button, self.cancel_button),
+                     self.batch_export.button])
         self.result_layer = None
         self._show_in_effect(edited=False)
 
@@ -60,7 +69,7 @@ class EverythingWidget(Dock):
             self._model_ready()
 
     def closing(self) -> None:
-        self.task.closed = True
+        self.task.close()
 
     def _model_ready(self) -> None:
         predictor = self.session.predictor
@@ -96,6 +105,7 @@ class EverythingWidget(Dock):
         if settings is None:
             return
         indices = planes_to_run(image, self.viewer.dims.point, self.whole_stack.value)
+        link = self.whole_stack.value and self.as_3d.value and len(spatial_shape(image)) > 2
         limits, rgb = tuple(image.contrast_limits), image.rgb
         labels, folder = labels_array(spatial_shape(image), f"{image.name} everything")
 
@@ -113,6 +123,9 @@ class EverythingWidget(Dock):
                 tables.append(table)
                 stats.append(found.stats)
                 next_id += len(table)  # each plane is painted straight into the labels: no masks are kept
+            if link and next_id > 1:
+                mappings = link_stacks(labels, progress=report)  # the bar runs again while the planes are linked
+                tables = [_as_3d(pd.concat(tables, ignore_index=True), mappings)]
             return tables, stats
 
         def finished(result) -> None:
@@ -136,6 +149,22 @@ class EverythingWidget(Dock):
                                                                  features=table, **image_transforms(image)))
         where = f" (kept on disk in {folder})" if folder is not None else ""
         self.model.show(f"Found {count} objects{where}.")
+
+
+def _as_3d(table: pd.DataFrame, mappings: list[dict[int, int]]) -> pd.DataFrame:
+    """One row per 3D object from the planes' rows: the linked label, its total area, mean score and stability, its
+    first and last plane and its box over all of them."""
+    mapping = {old: new for part in mappings for old, new in part.items()}
+    table = table.assign(label=table["label"].map(mapping))
+    plane = table["plane"].map(lambda index: index[-1]) if "plane" in table else 0
+    table = table.assign(plane=plane)
+    grouped = table.groupby("label", sort=True)
+    columns = {"label": grouped.size().index.to_numpy(), "area": grouped["area"].sum().to_numpy()}
+    columns |= {name: grouped[name].mean().to_numpy() for name in ("score", "stability")}
+    columns |= {"first_plane": grouped["plane"].min().to_numpy(), "last_plane": grouped["plane"].max().to_numpy()}
+    columns |= {name: grouped[name].min().to_numpy() for name in ("box_row_min", "box_col_min")}
+    columns |= {name: grouped[name].max().to_numpy() for name in ("box_row_max", "box_col_max")}
+    return pd.DataFrame(columns)
 
 
 def _discard(folder) -> None:

@@ -11,9 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_info
 
+from ..bridge.layer_prompts import shape_flags
 from ..bridge.slicing import full_resolution
 
 POSITIVE_COLOUR = (0.0, 0.85, 0.2, 1.0)
@@ -69,11 +71,43 @@ def colour_points(points_layer) -> None:
 
 
 def add_shapes_layer(viewer, image_layer, name: str = "SAM boxes"):
-    """A Shapes layer for box (rectangle), polygon and ellipse prompts, ready to draw rectangles."""
+    """A Shapes layer for box (rectangle), polygon, ellipse and lasso prompts and for scribbles (paths), ready to
+    draw rectangles, with a boolean ``positive`` feature (scribbles: positive or negative)."""
     layer = viewer.add_shapes(ndim=image_layer.ndim, name=name, edge_color="yellow", edge_width=2,
-                              face_color="transparent", **image_transforms(image_layer))
+                              face_color="transparent", features={"positive": np.zeros(0, dtype=bool)},
+                              **image_transforms(image_layer))
+    layer.feature_defaults["positive"] = True
     layer.mode = "add_rectangle"
     return unwrapped(layer)
+
+
+def shape_polarity(shapes_layer) -> np.ndarray:
+    """(n,) bool: each shape's ``positive`` feature, True where missing; the layer's features are made to hold it."""
+    features, values = shapes_layer.features, shape_flags(shapes_layer)
+    if "positive" not in features or len(features) != len(values):
+        shapes_layer.features = pd.DataFrame({"positive": values})
+    return values
+
+
+def colour_shapes(shapes_layer) -> None:
+    """Colour each shape's edge by its ``positive`` feature: green positive, red negative."""
+    values = shape_polarity(shapes_layer)
+    if len(values):
+        colours = np.where(values[:, None], POSITIVE_COLOUR, NEGATIVE_COLOUR)
+        if not np.array_equal(np.asarray(shapes_layer.edge_color), colours):
+            shapes_layer.edge_color = colours
+
+
+def flip_selected_shapes(shapes_layer) -> bool:
+    """Turn the selected shapes from positive to negative and back; whether any was selected."""
+    if not shapes_layer.selected_data:
+        return False
+    values = shape_polarity(shapes_layer).copy()
+    for index in shapes_layer.selected_data:
+        values[index] = not values[index]
+    shapes_layer.features = pd.DataFrame({"positive": values})
+    colour_shapes(shapes_layer)
+    return True
 
 
 def labels_array(shape: tuple[int, ...], name: str):

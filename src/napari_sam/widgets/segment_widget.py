@@ -25,11 +25,19 @@ from .dock import Dock
 from .labels_target import LabelsTarget
 from .layout import Fold, column, narrow, row
 from .preview import PreviewController
-from .prompt_layers import add_points_layer, add_shapes_layer, colour_points, selection_kept
+from .prompt_layers import (
+    add_points_layer,
+    add_shapes_layer,
+    colour_points,
+    colour_shapes,
+    flip_selected_shapes,
+    selection_kept,
+)
 from .propagation_panel import PropagationPanel
 from .refine_panel import RefinePanel
 
-KEYS = {"c": "commit", "Shift-C": "clear_prompts", "n": "next_candidate", "p": "propagate", "r": "refine_under_cursor"}
+KEYS = {"c": "commit", "Shift-C": "clear_prompts", "n": "next_candidate", "p": "propagate", "r": "refine_under_cursor",
+        "e": "mark_end", "k": "fill_between_key_slices"}
 
 
 class SegmentWidget(Dock):
@@ -50,7 +58,7 @@ class SegmentWidget(Dock):
         self.clear_button = PushButton(text="Clear (⇧C)", tooltip="Remove the prompts of the shown plane.")
         self.layers_fold = Fold("Layers", column(self.points_picker, self.shapes_picker, self.labels.picker,
                                                  self.labels.overwrite))
-        self.propagation = PropagationPanel(self.session, self._image, self._previewed_object, self.labels,
+        self.propagation = PropagationPanel(viewer, self.session, self._image, self._previewed_object, self.labels,
                                             self.clear_prompts, self.start_worker, self.model.show)
         self.refine = RefinePanel(viewer, self.session, self._image, self.labels, self.start_worker, self.model.show)
         self.extend([*self.model.widgets, *self.layers_fold.widgets, row(self.commit_button, self.clear_button),
@@ -88,9 +96,6 @@ class SegmentWidget(Dock):
     def propagated_id(self, value) -> None:
         self.propagation.propagated_id = value
 
-    def update_preview(self, event=None) -> None:
-        self.preview_control.update()
-
     def shown_masks(self) -> np.ndarray:
         return self.preview_control.shown_masks()
 
@@ -99,6 +104,12 @@ class SegmentWidget(Dock):
 
     def propagate(self) -> None:
         self.propagation.propagate()
+
+    def mark_end(self) -> None:
+        self.propagation.mark_end()
+
+    def fill_between_key_slices(self) -> None:
+        self.propagation.fill_between_key_slices()
 
     def _image(self):
         return self.image_picker.value
@@ -119,7 +130,8 @@ class SegmentWidget(Dock):
 
     def closing(self) -> None:
         self.preview_control.closed = True
-        self.propagation.task.closed = self.refine.task.closed = True
+        self.propagation.task.close()
+        self.refine.task.close()
         self.viewer.dims.events.current_step.disconnect(self.preview_control.update)
         self.viewer.layers.events.inserted.disconnect(self._refresh_layers)
         self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
@@ -188,6 +200,9 @@ class SegmentWidget(Dock):
         if points is not None:
             points.mouse_drag_callbacks.insert(0, self._note_modifiers)
             points.bind_key("t", lambda _layer: self.toggle_polarity(), overwrite=True)
+        shapes = self.shapes_picker.value
+        if shapes is not None:
+            shapes.bind_key("t", lambda _layer: self.toggle_shape_polarity(), overwrite=True)
         self.preview_control.update()
 
     # --- prompts ------------------------------------------------------------------------------------------
@@ -206,6 +221,22 @@ class SegmentWidget(Dock):
     def _note_modifiers(self, layer, event) -> None:
         """Mouse press on the points layer: remember the modifiers held (the point is added on release)."""
         self._modifiers = set(event.modifiers)
+
+    def toggle_shape_polarity(self) -> bool:
+        """Turn the selected shapes (scribbles) from positive to negative and back, or, with none selected, switch
+        new shapes; returns the new shapes' polarity (True: positive)."""
+        shapes = self.shapes_picker.value
+        if shapes is None:
+            return True
+        defaults = shapes.feature_defaults
+        positive = bool(defaults["positive"].iloc[0]) if "positive" in defaults else True
+        if flip_selected_shapes(shapes):
+            self.model.show("The selected shapes' polarity was switched.")
+            self.preview_control.update()
+            return positive
+        shapes.feature_defaults["positive"] = not positive
+        self.model.show(f"New scribbles are {'negative' if positive else 'positive'}.")
+        return not positive
 
     def _on_prompt_data(self, event=None) -> None:
         action = str(getattr(event, "action", "")).split(".")[-1].lower()
@@ -226,6 +257,9 @@ class SegmentWidget(Dock):
                 points.features = features
             if "positive" in points.features:
                 colour_points(points)
+        shapes = self.shapes_picker.value
+        if shapes is not None and event is not None and event.source is shapes and action == "added":
+            colour_shapes(shapes)  # a scribble's colour says whether it is positive or negative
         self.preview_control.update()
 
     def _refine_clicked(self, points, added) -> None:

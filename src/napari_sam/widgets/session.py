@@ -223,7 +223,8 @@ class ModelSession:
         def done(ran_encoder: bool) -> None:
             if self._requests.get(caller) == request:
                 self.embedded.emit(layer, index, ran_encoder)
-                self._prefetch(predictor, prefetch, limits, rgb, region)
+                self._prefetch(predictor, prefetch, limits, rgb, region,
+                               stale=lambda: self._requests.get(caller) != request)
 
         def failed(error: Exception) -> None:
             if self._requests.get(caller) == request:
@@ -233,12 +234,15 @@ class ModelSession:
                                  _connect={"yielded": step, "returned": done, "errored": failed,
                                            "finished": bar.close}))
 
-    def _prefetch(self, predictor: Predictor, planes, limits, rgb, region) -> None:
+    def _prefetch(self, predictor: Predictor, planes, limits, rgb, region, stale) -> None:
+        """Embed ``planes`` (``[(index, view), ...]``) ahead on a worker, until ``stale()`` (a newer request of
+        their caller, or :meth:`stop`) ends it at the next encoder batch."""
         if not planes:
             return
 
         def work():  # the planes' frames in encoder batches (on a GPU, several planes at once)
-            predictor.prefetch([view() for _, view in planes], limits, rgb, region, max_frames=MAX_TILES_AHEAD)
+            predictor.prefetch([view() for _, view in planes], limits, rgb, region, max_frames=MAX_TILES_AHEAD,
+                               cancel=stale)
 
         self.start(create_worker(work, _start_thread=False,
                                  _connect={"errored": lambda error: None}))  # a failed prefetch costs nothing

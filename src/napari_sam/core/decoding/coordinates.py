@@ -29,16 +29,33 @@ def boxes_to_model(boxes_rc: np.ndarray, original_size: tuple[int, int],
     return points_to_model(corners, original_size, resized_size).reshape(*boxes_rc.shape[:-1], 4)
 
 
+def boxes_to_xyxy(boxes_rc: np.ndarray) -> np.ndarray:
+    """(..., 4) boxes (row_min, col_min, row_max, col_max) as (x_min, y_min, x_max, y_max) in the same pixels."""
+    return np.asarray(boxes_rc)[..., [1, 0, 3, 2]]
+
+
+def boxes_from_normalised(xyxy: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(n, 4) boxes (x_min, y_min, x_max, y_max) in fractions of a frame of ``size`` (H, W), as a detector gives
+    them, as (row_min, col_min, row_max, col_max) in that frame's pixels, float32."""
+    height, width = size
+    pixels = xyxy.detach().float().cpu().numpy().reshape(-1, 4) * np.array([width, height, width, height])
+    return pixels[:, [1, 0, 3, 2]].astype(np.float32)
+
+
 def decoder_inputs(prompts, offset: np.ndarray, frame_size: tuple[int, int], resized_size: tuple[int, int],
                    device, dtype: torch.dtype) -> dict:
     """The mask decoder's keyword inputs for checked ``prompts`` (an ``PromptBatch`` in image pixels) decoded in
     a frame of ``frame_size`` whose top-left pixel is ``offset`` (row, col) of the image: ``input_points``
-    (objects, 1, n, 2) and ``input_labels`` (objects, 1, n), the points shared by every object; ``input_boxes``
-    (objects, 1, 4), clipped to the frame; ``input_masks`` (objects, 1, m, m) in ``dtype``. Positions are (x, y) in
-    the resized model input."""
+    (objects, 1, n, 2) and ``input_labels`` (objects, 1, n), each object's own points or the single object's;
+    ``input_boxes`` (objects, 1, 4), clipped to the frame; ``input_masks`` (objects, 1, m, m) in ``dtype``.
+    Positions are (x, y) in the resized model input."""
     n_objects = prompts.n_objects
     inputs: dict = {}
-    if prompts.points is not None:
+    if prompts.points is not None and prompts.points.ndim == 3:  # each object's own points
+        xy = points_to_model(prompts.points - offset, frame_size, resized_size)
+        inputs["input_points"] = torch.tensor(xy, device=device)[:, None]
+        inputs["input_labels"] = torch.tensor(prompts.point_labels, device=device)[:, None]
+    elif prompts.points is not None:
         xy = points_to_model(prompts.points - offset, frame_size, resized_size)
         inputs["input_points"] = torch.tensor(xy, device=device)[None, None].expand(n_objects, 1, -1, -1)
         inputs["input_labels"] = torch.tensor(prompts.point_labels, device=device)[None, None].expand(

@@ -61,7 +61,8 @@ class FrameDecoder:
         return Prediction(masks=masks.numpy(), scores=scores.cpu().numpy(), logits=low_res.cpu().numpy(),
                           frame=frame, image_size=image_size)
 
-    def mask_input(self, masks: np.ndarray, offset: tuple[int, int], frame: Frame, eps: float = 1e-3) -> np.ndarray:
+    def mask_logits(self, masks: np.ndarray, frame: Frame, offset: tuple[int, int] = (0, 0),
+                    eps: float = 1e-3) -> np.ndarray:
         """(objects, m, m) float32 low-res logits in ``frame``'s model input of (objects, h, w) bool masks whose
         top-left pixel is ``offset`` (row, col) of the image (see ``Predictor.mask_logits``)."""
         return downscale_masks(place_in_frame(masks, offset, frame), self.geometry, frame, eps)
@@ -70,7 +71,7 @@ class FrameDecoder:
         """Low-res logits of ``frame`` redrawn as logits of the frame ``other``: the masks they make, placed there."""
         logits = torch.from_numpy(np.asarray(mask_input, dtype=np.float32))
         masks = (upscale_logits(logits, self.geometry, self.geometry.input_size(frame), frame.size) > 0).numpy()
-        return self.mask_input(masks, (frame.row0, frame.col0), other)
+        return self.mask_logits(masks, other, (frame.row0, frame.col0))
 
     def _prepare(self, current: CachedEmbedding) -> PreparedImage:
         assert self.grid is not None  # only SAM-1's decoder is prepared

@@ -29,8 +29,9 @@ class PromptBatch:
     """Prompts for ``n_objects`` objects, checked and clipped to the image.
 
     Attributes:
-        points: (n_points, 2) float64 (row, col), or None. Points belong to the single object.
-        point_labels: (n_points,) int64, 1 positive and 0 negative, or None.
+        points: (n_points, 2) float64 (row, col) of the single object, or (n_objects, n_points, 2), each object's
+            own; or None.
+        point_labels: (n_points,) or (n_objects, n_points) int64, 1 positive and 0 negative, or None.
         boxes: (n_objects, 4) float64 (row_min, col_min, row_max, col_max), clipped to the image, or None.
         mask_input: (n_objects, m, m) float32 low-resolution logits, or None.
     """
@@ -42,7 +43,13 @@ class PromptBatch:
 
     @property
     def n_objects(self) -> int:
-        return 1 if self.boxes is None else len(self.boxes)
+        if self.boxes is not None:
+            return len(self.boxes)
+        return len(self.points) if self.points is not None and self.points.ndim == 3 else 1
+
+    def all_points(self) -> np.ndarray:
+        """(n, 2) every point of every object (none: (0, 2))."""
+        return np.zeros((0, 2)) if self.points is None else self.points.reshape(-1, 2)
 
 
 def _finite_array(values, name: str, columns: int) -> np.ndarray:
@@ -148,6 +155,8 @@ def check_prompts(points, point_labels, boxes, mask_input, size: tuple[int, int]
     """
     has_points = points is not None and np.size(points) > 0
     has_boxes = boxes is not None and np.size(boxes) > 0
+    if has_points and np.ndim(points) == 3:
+        return _per_object(points, point_labels, boxes if has_boxes else None, mask_input, size, mask_size)
     if not has_points and not has_boxes:
         raise ValueError("Empty prompt: give at least one point or one box.")
     if not has_points and point_labels is not None and np.size(point_labels) > 0:
@@ -169,3 +178,29 @@ def check_prompts(points, point_labels, boxes, mask_input, size: tuple[int, int]
             raise ValueError("check_prompts needs the checkpoint's mask_size to check a mask_input.")
         checked_masks = _check_mask_input(mask_input, n_objects, mask_size)
     return PromptBatch(checked_points, checked_labels, checked_boxes, checked_masks)
+
+
+def _per_object(points, point_labels, boxes, mask_input, size: tuple[int, int],
+                mask_size: int | None) -> PromptBatch:
+    """:func:`check_prompts` for points given per object: (n_objects, n_points, 2), with one box per object or
+    none."""
+    array = np.asarray(points)
+    n_objects, per_object = array.shape[:2]
+    flat_labels = None if point_labels is None else np.asarray(point_labels).reshape(-1)
+    if point_labels is not None and np.shape(point_labels) != (n_objects, per_object):
+        raise ValueError(f"point_labels must have shape {(n_objects, per_object)} for points of shape "
+                         f"{array.shape}, got {np.shape(point_labels)}.")
+    flat, labels = _check_points(array.reshape(-1, array.shape[-1]), flat_labels, size)
+    checked_boxes = None
+    if boxes is not None:
+        checked_boxes = _check_boxes(boxes, size)
+        if len(checked_boxes) != n_objects:
+            raise ValueError(f"Points of {n_objects} objects need {n_objects} boxes (one each) or none, got "
+                             f"{len(checked_boxes)}.")
+    checked_masks = None
+    if mask_input is not None:
+        if mask_size is None:
+            raise ValueError("check_prompts needs the checkpoint's mask_size to check a mask_input.")
+        checked_masks = _check_mask_input(mask_input, n_objects, mask_size)
+    return PromptBatch(flat.reshape(n_objects, per_object, 2), labels.reshape(n_objects, per_object), checked_boxes,
+                       checked_masks)

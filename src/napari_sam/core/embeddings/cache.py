@@ -16,10 +16,11 @@ import torch
 
 @dataclass(frozen=True)
 class EmbeddingKey:
-    """What identifies one image embedding."""
+    """What identifies one image embedding: the model (its cache key), the content of the frame (its pixels'
+    digest and its model input size), and how its pixel values were mapped."""
 
     model: str
-    image: str
+    content: str
     contrast_limits: tuple[float, float] | None
     rgb: bool
 

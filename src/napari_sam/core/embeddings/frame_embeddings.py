@@ -38,14 +38,15 @@ class FrameEmbeddings:
 
     Args:
         model, family, geometry: the model, its :class:`~napari_sam.core.model.families.Family` and input geometry.
-        device: where the embeddings live; name: the model's name in cache keys.
+        device: where the embeddings live; cache_key: the model's part of the memory cache's keys
+            (:attr:`Predictor.cache_key <napari_sam.core.predictor.Predictor.cache_key>`).
         cache: the memory cache; checkpoint: the checkpoint's name or folder (names the model in the store).
     """
 
-    def __init__(self, model, family, geometry: ModelGeometry, device: torch.device, name: str,
+    def __init__(self, model, family, geometry: ModelGeometry, device: torch.device, cache_key: str,
                  cache: EmbeddingCache, checkpoint: str):
         self.model, self.family, self.geometry, self.device = model, family, geometry, device
-        self.name, self.cache, self.checkpoint = name, cache, checkpoint
+        self.cache_key, self.cache, self.checkpoint = cache_key, cache, checkpoint
         self._stored: StoredEmbeddings | None = None
         self._bytes_per_frame: dict = {}  # input size -> a GPU's peak memory for one frame
 
@@ -61,23 +62,24 @@ class FrameEmbeddings:
     def stored(self, frame: Frame, source: ImageSource) -> bool:
         """Whether the store (if any) holds the embedding of ``frame`` of ``source``."""
         kept = self._stored
-        return kept is not None and kept.holds(frame, source, self._key(frame, source).image, self.model.dtype)
+        return kept is not None and kept.holds(frame, source, self._key(frame, source).content, self.model.dtype)
 
     @property
-    def store_error(self) -> str | None:
-        """The store's latest failed write ("OSError: ..."), or None."""
-        return None if self._stored is None else self._stored.last_error
+    def store_failures(self) -> tuple[int, str | None]:
+        """(how many writes to the store failed, the latest one's error ("OSError: ...") or None)."""
+        kept = self._stored
+        return (0, None) if kept is None else (kept.failed_writes, kept.last_error)
 
     def _key(self, frame: Frame, source: ImageSource) -> EmbeddingKey:
         resized = self.geometry.input_size(frame)
-        return EmbeddingKey(self.name, source.digest(frame) + f"@{resized}", source.contrast_limits, source.rgb)
+        return EmbeddingKey(self.cache_key, source.digest(frame) + f"@{resized}", source.contrast_limits, source.rgb)
 
     def _found(self, frame: Frame, source: ImageSource, key: EmbeddingKey, memory_only: bool):
         cached = self.cache.get(key)
         if cached is not None or memory_only:
             return cached
         kept = self._stored  # the store may be changed meanwhile from another thread
-        stored = None if kept is None else kept.get(frame, source, key.image, self.device, self.model.dtype)
+        stored = None if kept is None else kept.get(frame, source, key.content, self.device, self.model.dtype)
         if stored is not None:
             self.cache.put(key, stored)
         return stored
@@ -163,6 +165,6 @@ class FrameEmbeddings:
                                     extras=tuple(own[1:]))
             self.cache.put(key, entry)
             if kept is not None:
-                kept.put(frame, source, key.image, entry)
+                kept.put(frame, source, key.content, entry)
             entries.append(entry)
         return entries

@@ -41,10 +41,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .signature import EntrySignature, weights_fingerprint
-from .store_entry import ATTRIBUTE, EntryInvalid, read_entry, stored_signature, to_numpy, write_entry
+from .signature import EntrySignature
+from .store_entry import EntryInvalid, read_entry, stored_signature, to_numpy, write_entry
 
-__all__ = ["ATTRIBUTE", "EmbeddingStore", "EntrySignature", "weights_fingerprint"]
+__all__ = ["DEFAULT_STORE_GB", "EmbeddingStore", "store_bytes"]
 
 TEMP_FOLDER = ".napari-sam-tmp"  # inside the root: writes in progress and entries being deleted
 STALE_AFTER_S = 3600.0  # a temporary folder older than this is a killed write's, and is removed
@@ -198,8 +198,10 @@ class EmbeddingStore:
                 found = read_entry(final, signature)
                 if {name: (tuple(t.shape), t.dtype) for name, t in found.items()} == shapes:
                     return  # another writer's good entry won; ours is discarded
-            except Exception:
-                pass
+            except EntryInvalid:
+                pass  # a damaged entry: replaced by ours
+            except (OSError, RuntimeError):
+                return  # it could not be read (I/O, shutdown): left alone, ours is discarded
             self._discard(final, inode)
         log.info("Gave up placing an embedding store entry that other writers keep replacing: %s", final)
 
@@ -275,8 +277,9 @@ class EmbeddingStore:
                     total -= sizes[path]
             self._estimate = (time.monotonic(), total)
 
-    def _clean_temp(self, stale_after_s: float = STALE_AFTER_S) -> None:
-        """Remove entries left half-deleted, and temporary folders older than ``stale_after_s`` (killed writes)."""
+    def _clean_temp(self) -> None:
+        """Remove entries left half-deleted, and temporary folders older than :data:`STALE_AFTER_S` (killed
+        writes)."""
         try:
             children = list(os.scandir(self._temp))
         except OSError:
@@ -284,7 +287,7 @@ class EmbeddingStore:
         now = time.time()
         for child in children:
             try:
-                stale = now - child.stat(follow_symlinks=False).st_mtime > stale_after_s
+                stale = now - child.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
                 if child.name.startswith("del-") or (stale and child.name.startswith(("put-", "probe-"))):
                     shutil.rmtree(child.path) if child.is_dir(follow_symlinks=False) else os.unlink(child.path)
             except OSError:

@@ -33,7 +33,8 @@ class StoredEmbeddings:
         self.store, self.model, self.geometry = store, model, geometry
         self.label = os.path.basename(os.path.normpath(checkpoint)) or checkpoint
         self._fingerprint: str | None = None
-        self.last_error: str | None = None  # the latest write that failed, for runs that must know
+        self.failed_writes = 0  # writes that failed, for runs that must know
+        self.last_error: str | None = None  # the latest of them
 
     def signature(self, frame: Frame, source: ImageSource, content: str, dtype: torch.dtype) -> EntrySignature:
         """Everything the embedding of ``frame`` (whose pixels digest to ``content``) depends on."""
@@ -61,13 +62,14 @@ class StoredEmbeddings:
                                resized_size=self.geometry.input_size(frame), extras=extras)
 
     def put(self, frame: Frame, source: ImageSource, content: str, entry: CachedEmbedding) -> None:
-        """Keep ``entry`` in the store; a full or read-only disk is logged and kept in :attr:`last_error`, not raised
-        (memory still serves the embedding)."""
+        """Keep ``entry`` in the store; a full or read-only disk is logged, counted in :attr:`failed_writes` and kept
+        in :attr:`last_error`, not raised (memory still serves the embedding)."""
         try:
             self.store.put(self.signature(frame, source, content, entry.embedding.dtype),
                            {"image_embeddings": entry.embedding.cpu(),
                             **{f"extra_{i}": extra.cpu() for i, extra in enumerate(entry.extras)}})
         except OSError as error:
+            self.failed_writes += 1
             self.last_error = f"{type(error).__name__}: {error}"
             _log.warning("Could not keep an embedding in the store %s: %s", self.store.root, error)
 

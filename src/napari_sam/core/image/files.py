@@ -1,4 +1,5 @@
-"""Reading images from files for the command line, lazily where the format allows it.
+"""Images read from files (for batch runs and the command line), lazily where the format allows it, their axes
+where the file names them, and the contrast limits napari would give them.
 
 TIFF (including multi-page and OME-TIFF) is read through tifffile's zarr view, so only the planes and tiles used
 are read; zarr and OME-zarr arrays are opened in place; PNG and JPEG are small enough to load.
@@ -129,24 +130,23 @@ def napari_contrast_limits(data, rgb: bool, in_memory: bool = True) -> tuple[flo
     return napari_data_range(data, rgb)
 
 
-def _finite_min(values) -> float:
-    """The smallest finite value (0 when there is none), as napari's ``_nanmin``."""
+def _finite(values, extreme, default: float) -> float:
+    """``extreme`` (``np.min`` or ``np.max``) of the finite ``values`` (``default`` when there is none), as napari's
+    ``_nanmin`` and ``_nanmax``."""
     values = np.asarray(values)
-    low = np.min(values)
-    if not np.isfinite(low):
+    found = extreme(values)
+    if not np.isfinite(found):
         finite = values[np.isfinite(values)]
-        low = np.min(finite) if finite.size else 0
-    return float(low)
+        found = extreme(finite) if finite.size else default
+    return float(found)
+
+
+def _finite_min(values) -> float:
+    return _finite(values, np.min, 0.0)
 
 
 def _finite_max(values) -> float:
-    """The largest finite value (1 when there is none), as napari's ``_nanmax``."""
-    values = np.asarray(values)
-    high = np.max(values)
-    if not np.isfinite(high):
-        finite = values[np.isfinite(values)]
-        high = np.max(finite) if finite.size else 1
-    return float(high)
+    return _finite(values, np.max, 1.0)
 
 
 def napari_data_range(data, rgb: bool) -> tuple[float, float]:

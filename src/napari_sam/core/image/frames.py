@@ -196,9 +196,9 @@ def prompt_extent(prompts, masks: np.ndarray | None = None, frame: Frame | None 
     """((row_min, row_max), (col_min, col_max)) of an ``PromptBatch``' points and boxes, and of ``masks``
     ((..., h, w) in ``frame``) when given, in image pixels."""
     rows, cols = [], []
-    if prompts.points is not None:
-        rows += list(prompts.points[:, 0])
-        cols += list(prompts.points[:, 1])
+    points = prompts.all_points()
+    rows += list(points[:, 0])
+    cols += list(points[:, 1])
     if prompts.boxes is not None:
         rows += list(prompts.boxes[:, [0, 2]].ravel())
         cols += list(prompts.boxes[:, [1, 3]].ravel())

@@ -160,6 +160,19 @@ def display_rgb(
     return colour.contiguous()
 
 
+def rounded_levels(values: torch.Tensor) -> torch.Tensor:
+    """Float pixel values in 8-bit units rounded to whole levels (half up, as an 8-bit image stores them) and kept
+    within 0..255, in place."""
+    return values.add_(0.5).floor_().clamp_(0.0, 255.0)
+
+
+def normalised(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(..., 3, H, W) float32 pixels normalised per channel: (pixels - mean) / std."""
+    mean_t = torch.tensor(mean, device=pixels.device, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, device=pixels.device, dtype=torch.float32).view(3, 1, 1)
+    return (pixels - mean_t) / std_t
+
+
 def resized_shape(original_size: tuple[int, int], longest_edge: int) -> tuple[int, int]:
     """(height, width) after scaling the longest side to ``longest_edge``, rounded like SAM's ResizeLongestSide
     (``int(side * scale + 0.5)``).
@@ -202,7 +215,7 @@ def model_input(rgb01: torch.Tensor, geometry: ModelGeometry, dtype: torch.dtype
             f"This checkpoint's preprocessor config sets do_pad to false, so its model takes only images that resize "
             f"to exactly {pad_h}x{pad_w} (square ones); this image is {height}x{width} (resized {new_h}x{new_w})."
         )
-    levels = (rgb01 * 255.0).add_(0.5).floor_().clamp_(0.0, 255.0).to(torch.uint8)
+    levels = rounded_levels(rgb01 * 255.0).to(torch.uint8)
     levels = pil_resize(levels, (new_h, new_w), geometry.resample)
     if geometry.do_rescale:  # in float64, then float32, as transformers rescales: one table lookup per level
         table = (np.arange(256, dtype=np.float64) * geometry.rescale_factor).astype(np.float32)
@@ -210,8 +223,6 @@ def model_input(rgb01: torch.Tensor, geometry: ModelGeometry, dtype: torch.dtype
     else:
         pixels = levels.to(torch.float32)
     if geometry.do_normalize:
-        mean = torch.tensor(geometry.mean, device=pixels.device, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(geometry.std, device=pixels.device, dtype=torch.float32).view(3, 1, 1)
-        pixels = (pixels - mean) / std
+        pixels = normalised(pixels, geometry.mean, geometry.std)
     padded = F.pad(pixels[None], (0, pad_w - new_w, 0, pad_h - new_h), value=0.0)
     return padded.to(dtype)

@@ -28,34 +28,52 @@ def content_signature(image: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-class LazyPlane:
-    """The plane at ``index`` of an array's leading axes, read only where it is indexed: ``shape`` (H, W[, C]),
-    ``ndim`` and ``dtype`` like an array, and ``plane[rows, cols]`` reads that region alone (from numpy, dask or
-    zarr data alike), so a tile of a huge plane is all that is read."""
+class ArrayView:
+    """An array-like that reads only what it is indexed with: a subclass sets ``shape`` and ``dtype`` and reads
+    ``view[key]``; ``ndim`` and ``size`` follow from the shape, and ``np.asarray(view)`` reads it whole."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __getitem__(self, key) -> np.ndarray:
+        raise NotImplementedError
+
+    def __array__(self, dtype=None, copy=None):
+        whole = np.asarray(self[(slice(None),) * self.ndim])
+        return whole if dtype is None else whole.astype(dtype)
+
+
+class LazyPlane(ArrayView):
+    """The plane at ``index`` of an array's leading axes, read only where it is indexed: ``shape`` (H, W[, C]) and
+    ``dtype`` like an array, and ``plane[rows, cols]`` reads that region alone (from numpy, dask or zarr data
+    alike), so a tile of a huge plane is all that is read."""
 
     def __init__(self, data, index: tuple[int, ...]):
         self.data, self.index = data, tuple(index)
         self.shape = tuple(int(n) for n in data.shape[len(self.index):])
-        self.ndim = len(self.shape)
         self.dtype = np.dtype(data.dtype)
 
     def __getitem__(self, key) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
         return np.asarray(self.data[self.index + key])
 
-    def __array__(self, dtype=None, copy=None):
-        plane = self[...]
-        return plane if dtype is None else plane.astype(dtype)
 
-
-class PlaneWriter:
+class PlaneWriter(ArrayView):
     """The plane at ``index`` of an array (numpy or zarr), to read and write region by region: ``shape`` (H, W),
     ``writer[rows, cols]`` and ``writer[rows, cols] = values`` address that plane only."""
 
     def __init__(self, array, index: tuple[int, ...]):
         self.array, self.index = array, tuple(index)
-        self.shape = tuple(array.shape[len(self.index):])
-        self.dtype = array.dtype
+        self.shape = tuple(int(n) for n in array.shape[len(self.index):])
+        self.dtype = np.dtype(array.dtype)
 
     def __getitem__(self, key):
         return np.asarray(self.array[self.index + (key if isinstance(key, tuple) else (key,))])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-#: The devices the docks and the command line offer ("cuda:N" works too).
+#: The devices the docks offer ("cuda:N" works too, and on the command line any of them).
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: The precisions they offer: "auto" is bfloat16 where the device computes it fast (:func:`fast_bfloat16`).
 PRECISIONS = ("auto", "float32", "bfloat16")

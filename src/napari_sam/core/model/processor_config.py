@@ -61,8 +61,8 @@ _MKS = {6: "MKS2013", 7: "MKS2021"}
 
 @dataclass(frozen=True)
 class ImageSettings:
-    """How a checkpoint's images become model input (the fields of :class:`~napari_sam.core.model.loading.
-    ModelGeometry` that come from its preprocessor config).
+    """How a checkpoint's images become model input (the fields of
+    :class:`~napari_sam.core.model.geometry.ModelGeometry` that come from its preprocessor config).
 
     Attributes:
         longest_edge: the image's longest side is resized to this many pixels.

@@ -20,7 +20,7 @@ from .loading import (
     resolve_checkpoint,
     resolve_load_arguments,
 )
-from .processor_config import IMAGENET_MEAN, IMAGENET_STD
+from .processor_config import IMAGENET_MEAN, IMAGENET_STD, per_channel
 
 #: Checkpoint ``model_type`` -> the transformers video model that runs it. Image-only ``sam2``/``edgetam``
 #: checkpoints load into the video model too when they carry its memory weights (:func:`load_video_model` checks).
@@ -57,20 +57,28 @@ class VideoGeometry:
     std: tuple[float, float, float] = IMAGENET_STD
 
 
-def video_geometry(config, preprocessor: dict | None = None) -> VideoGeometry:
+def video_geometry(config, preprocessor: dict | None = None, source: str = "the preprocessor config") -> VideoGeometry:
     """The :class:`VideoGeometry` of a video model's ``config``, with mean/std from a preprocessor-config dict
-    (default: ImageNet's; SAM3's tracker: 0.5)."""
+    (default: ImageNet's; SAM3's tracker: 0.5).
+
+    Raises:
+        ModelLoadError: a mean or standard deviation that is not one number or three (standard deviations above
+            0), naming ``source``.
+    """
     size = config.image_size
     image_size = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
     preprocessor = preprocessor or {}
     half = getattr(config, "model_type", "") in HALF_NORMALISED
-    mean = tuple(float(v) for v in preprocessor.get("image_mean", (0.5,) * 3 if half else IMAGENET_MEAN))
-    std = tuple(float(v) for v in preprocessor.get("image_std", (0.5,) * 3 if half else IMAGENET_STD))
-    return VideoGeometry(image_size, mean, std)  # type: ignore[arg-type]
+    mean = per_channel(preprocessor.get("image_mean", (0.5,) * 3 if half else IMAGENET_MEAN), "image_mean", source)
+    std = per_channel(preprocessor.get("image_std", (0.5,) * 3 if half else IMAGENET_STD), "image_std", source,
+                      positive=True)
+    return VideoGeometry(image_size, mean, std)
 
 
 def is_video_checkpoint(config_or_path) -> bool:
-    """Whether a checkpoint is SAM2-family (for :func:`propagate_video`) rather than SAM-1 (for ``load_sam``).
+    """Whether a checkpoint runs in a SAM2-family video model (for ``propagate_video``): a video checkpoint, or an
+    image checkpoint of a family that has one (``sam2``, ``edgetam``, ``sam3_tracker``; :data:`VIDEO_MODEL_CLASSES`).
+    ``load_sam`` loads the image part of those too.
 
     Args:
         config_or_path: a transformers config, a ``config.json`` dict, or a bundled name, hub id or folder.
@@ -134,6 +142,7 @@ def load_video_model(name_or_path: str | os.PathLike, device: str | torch.device
                              "it is an image-only checkpoint. Use a video one such as facebook/sam2.1-hiera-tiny.")
     check_loading_info(name, model, info)  # unexpected or mis-shaped weights
     model.to(resolved_device).eval()
-    return model, video_geometry(model.config, _preprocessor_config(name)), resolved_device
+    return model, video_geometry(model.config, _preprocessor_config(name), f"{name}'s preprocessor config"), \
+        resolved_device
 
 

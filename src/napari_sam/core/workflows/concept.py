@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..boxes import box_near_crop_edge, nms
+from ..decoding import boxes_from_normalised, boxes_to_xyxy
 from ..image import Frame
 from ..model.concept_model import BOX_ONLY_TEXT, ConceptModel
 from ..objects import MaskObject, cropped, paint_labels
@@ -124,12 +125,10 @@ def _frame_instances(predictor, concept: ConceptModel, frame: Frame, phrase: str
         return [], np.zeros(0, np.float32), np.zeros((0, 4), np.float32)  # no exemplar here, no text
     current, _ = predictor.frame_embedding(frame)
     local = boxes[inside] - np.array([frame.row0, frame.col0] * 2)
-    xyxy = local[:, [1, 0, 3, 2]]  # (x1, y1, x2, y2), as prompt boxes reach every family
-    scores, logits, predicted = concept.detect(current.embedding, current.extras, frame.size, phrase, xyxy,
-                                               labels[inside])
+    scores, logits, predicted = concept.detect(current.embedding, current.extras, frame.size, phrase,
+                                               boxes_to_xyxy(local), labels[inside])
     keep = torch.nonzero(scores > threshold).flatten()
     objects, kept_scores, kept_boxes = [], [], []
-    height, width = frame.size
     for index in keep.tolist():
         probability = F.interpolate(logits[index][None, None].sigmoid(), size=frame.size, mode="bilinear",
                                     align_corners=False)[0, 0]
@@ -141,8 +140,7 @@ def _frame_instances(predictor, concept: ConceptModel, frame: Frame, phrase: str
             crop = [frame.row0, frame.col0, frame.row1, frame.col1]
             if bool(box_near_crop_edge(box, crop, [0, 0, *predictor.image_size], atol=TILE_EDGE_PIXELS)[0]):
                 continue
-        x1, y1, x2, y2 = (predicted[index] * torch.tensor([width, height, width, height])).tolist()
         objects.append(obj)
         kept_scores.append(float(scores[index]))
-        kept_boxes.append([y1 + frame.row0, x1 + frame.col0, y2 + frame.row0, x2 + frame.col0])
+        kept_boxes.append(boxes_from_normalised(predicted[index], frame.size)[0] + [frame.row0, frame.col0] * 2)
     return objects, np.asarray(kept_scores, np.float32), np.asarray(kept_boxes, np.float32).reshape(-1, 4)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,8 +44,9 @@ from ..settings import EverythingSettings
 #: Tiles decoded between two returns of freed memory to the system (each takes ~6 ms; a tile ~150 ms).
 TRIM_EVERY = 8
 
-__all__ = ["EverythingResult", "FrameObjects", "SegmentationCancelled", "explain_empty", "frame_count", "merge_frames",
-           "segment_everything", "segment_frames"]
+__all__ = ["CutCandidates", "EverythingResult", "FrameObjects", "explain_empty", "frame_count", "frame_stability",
+           "merge_frames", "recover_cut_objects", "segment_everything", "segment_frames", "stability_score",
+           "thresholds"]
 
 #: Survivors are upsampled this many full-resolution pixels at a time (bounds the float memory: 64 MiB).
 UPSAMPLE_PIXELS = 16 * 1024 * 1024
@@ -92,8 +94,31 @@ def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> to
     return intersections / unions.clamp(min=1)
 
 
+def thresholds(settings: EverythingSettings) -> tuple[float | None, float | None]:
+    """The (predicted-IoU, stability) thresholds of ``settings``; None for a filter that 0 turns off, as in Meta's
+    generator."""
+    return (settings.pred_iou_thresh if settings.pred_iou_thresh > 0 else None,
+            settings.stability_score_thresh if settings.stability_score_thresh > 0 else None)
+
+
+def frame_stability(logits: torch.Tensor, geometry, frame: Frame, offset: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A frame's low-resolution mask logits (n, m, m) upscaled to the frame's pixels, and their stability scores
+    there (SAM measures stability at full resolution)."""
+    full = upscale_logits(logits, geometry, geometry.input_size(frame), frame.size)
+    return full, stability_score(full, 0.0, offset)
+
+
+class _Rows:
+    """Candidates held as arrays of one row per candidate, ``scores`` among them."""
+
+    scores: Any
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
 @dataclass
-class Candidates:
+class Candidates(_Rows):
     """Candidate masks, one row each, all on one device.
 
     Attributes:
@@ -111,9 +136,6 @@ class Candidates:
     boxes: torch.Tensor
     points: torch.Tensor
     crops: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.scores)
 
     def __getitem__(self, keep) -> Candidates:
         """The candidates selected by ``keep`` (a bool mask or indices)."""
@@ -137,7 +159,7 @@ class Candidates:
 
 
 @dataclass
-class CutCandidates:
+class CutCandidates(_Rows):
     """Candidates of a tiled pass that passed the filters but were cut by a tile's inner border, as numpy arrays:
     ``points`` (n, 2) (row, col) image pixels of their grid points, ``candidate`` (n,) which of the point's masks,
     ``scores`` (n,) their predicted IoU, ``boxes`` (n, 4) inclusive (row_min, col_min, row_max, col_max) image
@@ -148,9 +170,6 @@ class CutCandidates:
     candidate: np.ndarray
     scores: np.ndarray
     boxes: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.scores)
 
     @classmethod
     def cat(cls, parts: list[CutCandidates]) -> CutCandidates:
@@ -250,7 +269,7 @@ class _Pass:
     image_size: tuple[int, int]
 
 
-def _plan(predictor: Predictor, image: ImagePlan, settings: EverythingSettings) -> _Pass:
+def _grid_pass(predictor: Predictor, image: ImagePlan, settings: EverythingSettings) -> _Pass:
     """The frames that segment everything decodes in ``image`` (the predictor's current image)."""
     size, input_size = image.size, predictor.geometry.longest_edge
     sides = settings.grid_sides()
@@ -267,20 +286,19 @@ def _plan(predictor: Predictor, image: ImagePlan, settings: EverythingSettings) 
     return _Pass(frames, grids, CROP_EDGE_PIXELS, False, size)
 
 
-def _decode_frame(predictor: Predictor, plan: _Pass, index: int, settings: EverythingSettings,
+def _decode_frame(predictor: Predictor, grid_pass: _Pass, index: int, settings: EverythingSettings,
                   steps: _Steps) -> tuple[Candidates, CutCandidates]:
     """Decode the point grid of frame ``index``: the candidates that pass, before NMS, and (in tiles) those that
     passed the filters but are cut by the tile's inner border."""
-    frame, points_rc = plan.frames[index], plan.grids[index]
+    frame, points_rc = grid_pass.frames[index], grid_pass.grids[index]
     geometry = predictor.geometry
-    iou_filter = settings.pred_iou_thresh if settings.pred_iou_thresh > 0 else None  # 0: off, as Meta's
-    stability_filter = settings.stability_score_thresh if settings.stability_score_thresh > 0 else None
+    iou_filter, stability_filter = thresholds(settings)
     offset_value = settings.stability_score_offset
     valid_rows = math.ceil(geometry.input_size(frame)[0] * geometry.mask_size / geometry.pad_size[0])
     valid_cols = math.ceil(geometry.input_size(frame)[1] * geometry.mask_size / geometry.pad_size[1])
     offset = torch.tensor([frame.row0, frame.col0] * 2, dtype=torch.float32, device=predictor.device)
     box = [frame.row0, frame.col0, frame.row1, frame.col1]
-    image_box = [0, 0, *plan.image_size]
+    image_box = [0, 0, *grid_pass.image_size]
     parts, cuts = [], []
     for start in range(0, len(points_rc), settings.points_per_batch):
         steps.check()
@@ -299,15 +317,14 @@ def _decode_frame(predictor: Predictor, plan: _Pass, index: int, settings: Every
         step = _chunk(*frame.size)
         for chunk in range(0, len(logits), step):
             part = logits[chunk: chunk + step]
-            full = upscale_logits(part, geometry, geometry.input_size(frame), frame.size)
-            stability = stability_score(full, 0.0, offset_value)
+            full, stability = frame_stability(part, geometry, frame, offset_value)
             passed = (full > 0).flatten(1).any(dim=1)
             if stability_filter is not None:
                 passed &= stability > stability_filter
             steps.stats["passed_both"] += int(passed.sum())
             boxes = masks_to_boxes(full > 0) + offset
-            cut = box_near_crop_edge(boxes, box, image_box, atol=plan.edge)
-            if plan.tiled:  # kept aside: an object that no tile holds whole is recovered from them
+            cut = box_near_crop_edge(boxes, box, image_box, atol=grid_pass.edge)
+            if grid_pass.tiled:  # kept aside: an object that no tile holds whole is recovered from them
                 rows = torch.nonzero(passed & cut).flatten()
                 cuts.append(CutCandidates((grid[point_index[chunk: chunk + step][rows]] + offset[:2]).cpu().numpy(),
                                           candidate[chunk: chunk + step][rows].cpu().numpy(),
@@ -391,7 +408,7 @@ def frame_count(predictor: Predictor, image, settings: EverythingSettings | None
     :func:`segment_frames` takes frame indices below this. Reads nothing when contrast limits are given."""
     with predictor.locked():
         plan = predictor.set_image(image, contrast_limits=contrast_limits, rgb=rgb)
-        return len(_plan(predictor, plan, settings or predictor.recommended.everything).frames)
+        return len(_grid_pass(predictor, plan, settings or predictor.recommended.everything).frames)
 
 
 def segment_frames(predictor: Predictor, image, settings: EverythingSettings, frames=None, *, contrast_limits=None,
@@ -400,26 +417,28 @@ def segment_frames(predictor: Predictor, image, settings: EverythingSettings, fr
     """Segment everything in the frames ``frames`` (indices; None: all) of ``image``, each frame's duplicates
     removed; the arguments are those of :func:`segment_everything`."""
     with predictor.locked():  # the image stays the current one for the whole run
-        plan = _plan(predictor, predictor.set_image(image, contrast_limits=contrast_limits, rgb=rgb), settings)
-        indices = range(len(plan.frames)) if frames is None else [int(i) for i in frames]
-        steps = _Steps(sum(math.ceil(len(plan.grids[i]) / settings.points_per_batch) for i in indices), progress,
-                       cancel)
+        image_plan = predictor.set_image(image, contrast_limits=contrast_limits, rgb=rgb)
+        grid_pass = _grid_pass(predictor, image_plan, settings)
+        indices = range(len(grid_pass.frames)) if frames is None else [int(i) for i in frames]
+        steps = _Steps(sum(math.ceil(len(grid_pass.grids[i]) / settings.points_per_batch) for i in indices),
+                       progress, cancel)
         kept, cuts = [], []
         for count, index in enumerate(indices):
-            found, cut = _decode_frame(predictor, plan, index, settings, steps)
+            found, cut = _decode_frame(predictor, grid_pass, index, settings, steps)
             cuts.append(cut)
             found = found[nms(found.boxes, found.scores, settings.box_nms_thresh)]
-            kept.append(_as_objects(predictor, plan, found))
-            if plan.tiled and count % TRIM_EVERY == TRIM_EVERY - 1:
+            kept.append(_as_objects(predictor, grid_pass, found))
+            if grid_pass.tiled and count % TRIM_EVERY == TRIM_EVERY - 1:
                 release_freed_memory()  # thousands of tiles would otherwise fragment the heap
     values = [np.concatenate([part[1][i] for part in kept]) if kept else np.zeros((0,)) for i in range(4)]
-    areas = box_area(torch.tensor([[f.row0, f.col0, f.row1, f.col1] for f in plan.frames], dtype=torch.float32))
+    areas = box_area(torch.tensor([[f.row0, f.col0, f.row1, f.col1] for f in grid_pass.frames],
+                                  dtype=torch.float32))
     return FrameObjects(
         objects=[obj for part in kept for obj in part[0]], scores=np.asarray(values[0], np.float32),
         stability=np.asarray(values[1], np.float32), boxes=np.asarray(values[2], np.float32).reshape(-1, 4),
         points=np.asarray(values[3], np.float32).reshape(-1, 2),
         frames=np.concatenate([part[2] for part in kept]) if kept else np.zeros(0, dtype=np.int64),
-        frame_areas=areas.numpy(), image_size=plan.image_size, tiled=plan.tiled, stats=steps.stats,
+        frame_areas=areas.numpy(), image_size=grid_pass.image_size, tiled=grid_pass.tiled, stats=steps.stats,
         cut=CutCandidates.cat(cuts))
 
 
@@ -441,9 +460,7 @@ def recover_cut_objects(predictor: Predictor, image, parts: list[FrameObjects], 
     first = parts[0]
     cut = CutCandidates.cat([part.cut for part in parts])
     held_boxes = np.array([obj.box for part in parts for obj in part.objects], dtype=np.float32).reshape(-1, 4)
-    geometry = predictor.geometry
-    iou_filter = settings.pred_iou_thresh if settings.pred_iou_thresh > 0 else None
-    stability_filter = settings.stability_score_thresh if settings.stability_score_thresh > 0 else None
+    iou_filter, stability_filter = thresholds(settings)
     found: list[MaskObject] = []
     rows: list[tuple[float, float, tuple[int, int, int, int], np.ndarray]] = []
     with predictor.locked():
@@ -462,8 +479,7 @@ def recover_cut_objects(predictor: Predictor, image, parts: list[FrameObjects], 
                 continue
             score = float(prediction.scores[0, candidate])
             logits = torch.from_numpy(prediction.logits[0, candidate: candidate + 1])
-            full = upscale_logits(logits, geometry, geometry.input_size(frame), frame.size)
-            stability = float(stability_score(full, 0.0, settings.stability_score_offset)[0])
+            stability = float(frame_stability(logits, predictor.geometry, frame, settings.stability_score_offset)[1][0])
             if (iou_filter is None or score > iou_filter) and (stability_filter is None
                                                                or stability > stability_filter):
                 found.append(obj)
@@ -524,11 +540,11 @@ def merge_frames(parts: list[FrameObjects], settings: EverythingSettings, *, out
                             image_size=first.image_size, stats=stats)
 
 
-def _as_objects(predictor: Predictor, plan: _Pass, found: Candidates):
+def _as_objects(predictor: Predictor, grid_pass: _Pass, found: Candidates):
     """The frame's kept candidates as cropped objects with their scores, stability, boxes, points and frame."""
     objects, rows = [], []
     if len(found):
-        frame = plan.frames[int(found.crops[0])]
+        frame = grid_pass.frames[int(found.crops[0])]
         step = _chunk(*frame.size)
         for chunk in range(0, len(found), step):
             part = found.logits[chunk: chunk + step].float()

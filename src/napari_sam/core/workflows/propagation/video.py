@@ -27,10 +27,10 @@ import torch.nn.functional as F
 
 from ...decoding import PromptBatch, check_prompts
 from ...decoding.coordinates import boxes_to_model, points_to_model
-from ...image import display_rgb
+from ...image import display_rgb, normalised, rounded_levels
 from ...model import VideoGeometry, video_geometry
 from ...settings import PropagationSettings
-from .driver import PropagationResult, Run, Segmented, drive, prepare_run
+from .driver import PropagationResult, Run, Segmented, prepare_run, propagate_one
 
 
 def slice_input(image: np.ndarray, geometry: VideoGeometry, contrast_limits: Sequence[float] | None = None,
@@ -41,12 +41,9 @@ def slice_input(image: np.ndarray, geometry: VideoGeometry, contrast_limits: Seq
     ``image`` is (H, W), (H, W, 3) or (H, W, 4) of any dtype; ``contrast_limits`` and ``rgb`` as for
     :func:`display_rgb`. Returns a tensor of shape (3, *geometry.image_size) and dtype ``dtype``, on ``device``.
     """
-    levels = (display_rgb(image, contrast_limits, rgb, device=device)[None] * 255.0).add_(0.5).floor_()
+    levels = rounded_levels(display_rgb(image, contrast_limits, rgb, device=device)[None] * 255.0)
     resized = F.interpolate(levels, size=geometry.image_size, mode="bilinear", align_corners=False, antialias=True)
-    resized = resized.add_(0.5).floor_().clamp_(0.0, 255.0) / 255.0
-    mean = torch.tensor(geometry.mean, device=resized.device).view(1, 3, 1, 1)
-    std = torch.tensor(geometry.std, device=resized.device).view(1, 3, 1, 1)
-    return ((resized - mean) / std)[0].to(dtype)
+    return normalised(rounded_levels(resized) / 255.0, geometry.mean, geometry.std)[0].to(dtype)
 
 
 def _prompt_inputs(prompts: PromptBatch, original_size: tuple[int, int], image_size: tuple[int, int]) -> dict:
@@ -146,7 +143,8 @@ class VideoStepper:
         return slice_input(plane, self.geometry, self.run.contrast_limits, self.run.has_channels, self.model.device,
                             self.model.dtype)
 
-    def segment(self, index: int, plane: np.ndarray, step: int, previous: Segmented | None) -> Segmented:
+    def segment(self, index: int, plane: np.ndarray, step: int,
+                previous: dict[int, Segmented] | None) -> dict[int, Segmented]:
         self._plane = (index, plane)
         try:
             with torch.inference_mode():
@@ -160,22 +158,23 @@ class VideoStepper:
         stale = index - step * self.lookback  # forget a slice once the model no longer looks back to it
         if abs(stale - self.run.start_index) > self.lookback:
             self.outputs.pop(stale, None)
-        return Segmented(self.mask if previous is None and self.mask is not None else found, score)
+        return {1: Segmented(self.mask if previous is None and self.mask is not None else found, score)}
 
 
 def propagate_video(model, volume, start_index: int, axis: int, *, points=None, point_labels=None, box=None,
                     mask: np.ndarray | None = None, geometry: VideoGeometry | None = None,
                     settings: PropagationSettings | None = None, contrast_limits=None, rgb: bool | None = None,
-                    directions: tuple[int, ...] = (1, -1), progress: Callable[[int, int], None] | None = None,
-                    cancel: Callable[[], bool] | None = None,
+                    directions: tuple[int, ...] = (1, -1), bounds: tuple[int | None, int | None] | None = None,
+                    progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
                     on_slice: Callable[[int, np.ndarray, float], None] | None = None,
                     **overrides) -> PropagationResult:
     """Segment the object prompted on slice ``start_index`` and track it through ``volume`` along ``axis``.
 
     Order: the start slice, then forward (+1) to the last slice, then backward (-1) from the start slice. Each
     direction stops at the first slice whose mask is empty, whose object score is below ``score_threshold``, whose
-    IoU with the previous slice's mask is below ``iou_threshold``, or whose area is below ``min_area``; the start
-    slice is kept whatever its score and size, and an object absent from it is not propagated.
+    IoU with the previous slice's mask is below ``iou_threshold``, whose area is below ``min_area``, whose area grows
+    again after narrowing (``max_regrowth``) or whose centre jumps (``max_shift``); the start slice is kept whatever
+    its score and size, and an object absent from it is not propagated.
 
     Args:
         model: a SAM2-family video model (``Sam2VideoModel``, ``EdgeTamVideoModel``) in eval mode; it runs on its
@@ -193,10 +192,12 @@ def propagate_video(model, volume, start_index: int, axis: int, *, points=None, 
         geometry: the checkpoint's :class:`VideoGeometry` (from :func:`load_video_model`); None: the model
             config's input size with ImageNet mean/std.
         settings: :class:`PropagationSettings` (None: the defaults); ``overrides`` are its field names applied on
-            top (``n_points`` and ``use_mask_input`` concern SAM-1 only).
+            top (``n_points``, ``zoom`` and ``use_mask_input`` concern SAM-1 only).
         contrast_limits, rgb: as for :func:`display_rgb`; the same limits serve every slice (None: the start
             slice's defaults).
         directions: 1 towards higher slice indices, -1 towards lower ones; both (forward first) by default.
+        bounds: (first, last): the slices the object may reach (either may be None: the stack's end); they must
+            hold ``start_index``.
         progress: ``progress(done, total)`` after each slice; cancel: checked before each slice, returning True
             raises :class:`~napari_sam.core.errors.SegmentationCancelled`; on_slice: ``on_slice(index, mask,
             score)`` for each slice kept, in processing order.
@@ -209,4 +210,4 @@ def propagate_video(model, volume, start_index: int, axis: int, *, points=None, 
                       settings=settings, overrides=overrides)
     prompt = _check_prompt(points, point_labels, box, mask, run.stack.size)
     stepper = VideoStepper(model, geometry or video_geometry(model.config), prompt, run)
-    return drive(stepper, run, progress=progress, cancel=cancel, on_slice=on_slice)
+    return propagate_one(stepper, run, bounds, progress, cancel, on_slice)
