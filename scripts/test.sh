@@ -7,4 +7,7 @@ bash scripts/system-deps.sh
 bash scripts/setup-venv.sh
 .venv/bin/lint-imports --no-cache
 .venv/bin/mypy
+site=$(mktemp -d)
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$site"
+rm -rf "$site"
 HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -ra --durations=15 "$@"
