@@ -10,7 +10,11 @@ stack), so a broken workflow fails here instead of giving a stale or empty pictu
 
 - ``demo.png``: the demo sample with two objects committed and a third click's mask previewed;
 - ``segment-everything.png``: the Segment everything dock's result on the demo sample;
-- ``stacks.png``: one click on a cell of the 3D sample, propagated through the stack (Propagate, P), shown in 3D.
+- ``stacks.png``: one click on a cell of the 3D sample, propagated through the stack (Propagate, P), shown in 3D;
+- ``scribbles.png``: brush scribbles on a plane of the 3D sample, one over a cell (label 1) and one over its
+  neighbour (label 2, the background), and the cell's mask previewed;
+- ``all-objects.png``: every cell segmented on the middle plane of the 3D sample (Segment everything), then carried
+  through the stack at once (All objects), shown in 3D.
 """
 
 from __future__ import annotations
@@ -146,6 +150,79 @@ def stacks(out: Path) -> None:
     viewer.close()
 
 
+def open_3d_sample(person: XInput, viewer, plane: int):
+    """The 3D sample on ``plane`` with the prompt dock and tiny-cells loaded: (image layer, dock, the sample's true
+    labels)."""
+    from napari_sam.demo import synthetic_cells
+    from napari_sam.widgets.segment_widget import SegmentWidget
+
+    viewer.open_sample("napari-sam", "synthetic-cells-3d")
+    _, truth = synthetic_cells((32, 256, 256), seed=2025, ndim=3)  # the 3D sample's cells
+    viewer.dims.set_current_step(0, plane)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sam", "Segment Anything")
+    assert isinstance(widget, SegmentWidget)
+    widget.model_picker.native.setCurrentText("tiny-cells")
+    widget.load_model()
+    person.wait_until(lambda: widget.predictor is not None and not widget.busy, "the model and the embedding")
+    person.fit()
+    return viewer.layers[0], widget, truth
+
+
+def scribbles(out: Path) -> None:
+    import napari
+
+    viewer = napari.Viewer(title="napari-sam", show=True)
+    person = XInput(viewer, WINDOW)
+    image, widget, truth = open_3d_sample(person, viewer, 12)
+    ids, areas = np.unique(truth[12][truth[12] > 0], return_counts=True)
+    cell, neighbour = (int(i) for i in ids[np.argsort(-areas)[:2]])
+    person.press(widget.brush_button)  # the brush layer, in paint mode with label 1
+    rows, cols = np.nonzero(truth[12] == cell)
+    person.drag(image, [(12, r, c) for r, c in zip(np.linspace(rows.min() + 5, rows.max() - 5, 14),
+                                                    np.linspace(cols.mean() - 4, cols.mean() + 4, 14))])
+    person.wait_until(lambda: widget.shown_masks().any() and not widget.busy, "the brush stroke's preview")
+    person.key("t")  # the background's label
+    rows, cols = np.nonzero(truth[12] == neighbour)
+    person.drag(image, [(12, r, cols.mean()) for r in np.linspace(rows.min() + 4, rows.max() - 4, 8)])
+    person.wait(2)
+    person.wait_until(lambda: not widget.busy, "the preview with both strokes")
+    mask = widget.shown_masks()
+    mask = mask if mask.ndim == 2 else mask.any(0)
+    true = truth[12] == cell
+    if (mask & true).sum() / (mask | true).sum() < 0.8 or (mask & (truth[12] == neighbour)).any():
+        raise RuntimeError("the brush scribbles' preview misses the cell")
+    shot(person, out / "scribbles.png")
+    viewer.close()
+
+
+def all_objects(out: Path) -> None:
+    import napari
+
+    viewer = napari.Viewer(title="napari-sam", show=True)
+    person = XInput(viewer, WINDOW)
+    image, widget, truth = open_3d_sample(person, viewer, 16)
+    dock, everything = viewer.window.add_plugin_dock_widget("napari-sam", "Segment everything")
+    dock.raise_()  # its tab in front of the prompt dock's
+    person.wait(0.5)
+    person.press(everything.run_button)
+    person.wait_until(lambda: everything.result_layer is not None and not everything.busy, "segment everything")
+    found = everything.result_layer
+    widget.labels_picker.value = found
+    dock.close()  # back to the prompt dock
+    person.wait(0.5)
+    person.press(widget.propagation.all_button)
+    person.wait_until(lambda: not widget.busy and "Propagated" in widget.status.value, "all objects", seconds=600)
+    depth = (np.asarray(found.data).reshape(len(found.data), -1) > 0).any(1).sum()
+    if depth < 10:
+        raise RuntimeError(f"the objects reach {depth} planes only")
+    viewer.dims.ndisplay = 3
+    image.opacity, image.gamma, found.opacity = 0.5, 0.7, 1.0
+    person.fit()
+    viewer.scene.camera.angles = (30, -40, 60)
+    shot(person, out / "all-objects.png")
+    viewer.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images", help="folder of the pictures")
@@ -159,6 +236,8 @@ def main(argv: list[str] | None = None) -> None:
             demo_and_everything(args.out)
         if args.only in (None, "stacks"):
             stacks(args.out)
+            scribbles(args.out)
+            all_objects(args.out)
     finally:
         if server is not None:
             server.terminate()

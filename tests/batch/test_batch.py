@@ -21,7 +21,7 @@ from napari_sam.cli import main
 from napari_sam.core.decoding import ObjectPrompt
 from napari_sam.core.image import napari_contrast_limits, read_image
 from napari_sam.core.settings import EverythingSettings, TilingSettings
-from napari_sam.core.workflows import predict_objects, propagate
+from napari_sam.core.workflows import predict_objects, propagate_objects
 from napari_sam.demo import synthetic_cells
 
 from helpers import FAST_EVERYTHING, batch_config
@@ -146,15 +146,17 @@ def test_a_stack_is_propagated_from_a_prompts_file(dask_cluster, tmp_path):
     limits = napari_contrast_limits(stack, False)
     recommended = predictor.recommended.propagation
     table = pd.read_csv(out / "stack_objects.csv")
-    taken = np.zeros(stack.shape, bool)
+    predictor.set_image(stack[6], contrast_limits=limits)
+    first = np.zeros(stack.shape[1:], np.uint32)
     for number, prompt in enumerate(PromptsFile(prompts).by_image["stack.tif"], start=1):
-        predictor.set_image(stack[6], contrast_limits=limits)
         found = predict_objects(predictor, [ObjectPrompt(prompt.prompt.points, prompt.prompt.labels)])[0]
-        expected = propagate(predictor, stack, 6, 0, found.masks[0], recommended, contrast_limits=limits)
-        assert expected.stop > expected.start  # it went through more than one plane
-        np.testing.assert_array_equal(labels == number, expected.masks & ~taken)  # earlier objects keep pixels
-        taken |= expected.masks
-        assert sorted(table[table["id"] == number]["plane"]) == list(range(expected.start, expected.stop + 1))
+        first[found.masks[0] & (first == 0)] = number  # earlier objects keep their pixels
+    expected = propagate_objects(predictor, stack, 6, 0, first, recommended, contrast_limits=limits)
+    np.testing.assert_array_equal(labels, expected.labels)  # the plane's objects went through together
+    for number in (1, 2):
+        start, stop = expected.extents[number]
+        assert stop > start  # it went through more than one plane
+        assert sorted(table[table["id"] == number]["plane"]) == list(range(start, stop + 1))
 
 
 def test_prompts_mode_matches_predictions_in_process(dask_cluster, batch_dataset, tmp_path):

@@ -264,6 +264,32 @@ def test_a_scribble_that_cannot_be_read_is_named(vertices, message):
         read_prompts(Image(np.zeros((60, 80))), (), (60, 80), shapes_layer=layer)
 
 
+def test_brush_strokes_become_points_along_their_centre_line():
+    """A 120 x 8 px positive stroke gives 6 points on its centre row, evenly along it; a dab one point; a negative
+    stroke negative points; strokes of other planes nothing; a scaled brush layer is read through its transform."""
+    from napari_sam.bridge.labels_grid import erase_plane
+
+    data = np.zeros((3, 60, 200), np.uint8)
+    data[1, 20:28, 40:160] = 1
+    data[1, 50, 180] = 1
+    data[1, 40:44, 10:34] = 2
+    data[2, 5:9, 5:50] = 1
+    stack = Image(np.zeros((3, 60, 200)))
+    prompts = read_prompts(stack, (1,), (60, 200), brush_layer=Labels(data))
+    assert prompts.labels.tolist() == [1] * 7 + [0, 0]  # 120 px: 6 points, the dab 1; 24 px: 2
+    long = prompts.points[:6]
+    assert set(long[:, 0]) <= {23.0, 24.0} and long[:, 1].min() < 60 and long[:, 1].max() > 140
+    assert np.diff(np.sort(long[:, 1])).min() > 15  # spread along it, none bunched
+    assert [50, 180] in prompts.points[:7].tolist()
+    scaled = Labels(data[:, ::2, ::2], scale=(1, 2, 2))  # the same strokes at half the resolution
+    coarse = read_prompts(stack, (1,), (60, 200), brush_layer=scaled)
+    assert (coarse.labels == 1).sum() >= 5 and (coarse.labels == 0).any()
+    assert erase_plane(scaled, stack, (1,), (60, 200)) and not scaled.data[1].any() and scaled.data[2].any()
+    data[1, 0, 0] = 3
+    with pytest.raises(ValueError, match=r"label 1 \(object\) or 2 \(background\).*\[3\]"):
+        read_prompts(stack, (1,), (60, 200), brush_layer=Labels(data))
+
+
 def test_objects_extended_through_planes_keep_their_ids_in_one_undo_step():
     from napari_sam.bridge.labels_writer import extend_objects
 

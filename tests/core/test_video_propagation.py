@@ -15,7 +15,8 @@ from napari_sam.core.errors import ModelLoadError, SegmentationCancelled
 from napari_sam.core.image import default_contrast_limits
 from napari_sam.core.model import VideoGeometry, is_video_checkpoint, load_video_model
 from napari_sam.core.objects import mask_iou
-from napari_sam.core.workflows.propagation.video import propagate_video, slice_input
+from napari_sam.core.workflows.propagation.video import propagate_video, propagate_video_objects, slice_input
+from napari_sam.demo import synthetic_cells
 from napari_sam.testing.random_weights import random_video_model, tiny_sam_config, tiny_video_config
 
 from helpers import OnePlaneVolume
@@ -203,6 +204,51 @@ def test_cancel(video_model, video_stack):
                         max_regrowth=0.0, max_shift=0.0,
                         cancel=lambda: asked.append(1) or len(asked) > 3, on_slice=lambda i, m, s: kept.append(i))
     assert kept == [5, 6, 7]
+
+
+OFF = {"score_threshold": 0.0, "iou_threshold": 0.0, "min_area": 0, "max_regrowth": 0.0, "max_shift": 0.0}
+
+
+def test_many_objects_share_one_session_one_encoder_run_per_slice(video_model):
+    """Every object of a labels plane is tracked in one session: each slice encoded once for all of them, each
+    object as it is alone, less the pixels another object holds (no pixel claimed twice)."""
+    volume, labels = synthetic_cells((12, 70, 90), seed=3, ndim=3, n_cells=4)
+    plane = labels[5].astype(np.uint32)
+    ids = [int(i) for i in np.unique(plane) if i]
+    assert len(ids) >= 3
+    encoded = []
+    hook = video_model.vision_encoder.register_forward_hook(lambda *args: encoded.append(1))
+    try:
+        result = propagate_video_objects(video_model, volume, 5, 0, plane, **OFF)
+    finally:
+        hook.remove()
+    assert len(encoded) == 12 and result.labels.shape == (12, 70, 90) and result.labels.dtype == np.uint32
+    assert np.array_equal(result.labels[5], plane)
+    assert set(result.extents) == set(ids) and set(np.unique(result.labels)) <= {0, *ids}
+    for object_id in ids:
+        alone = propagate_video(video_model, volume, 5, 0, mask=plane == object_id, **OFF)
+        together = result.labels == object_id
+        assert not (together & ~alone.masks).any(), object_id  # nothing beyond what the object finds alone
+        others = (result.labels > 0) & ~together
+        assert np.array_equal(together | (alone.masks & others), alone.masks), object_id  # the rest is another's
+        kept = np.isfinite(result.scores[object_id])  # an object whose every pixel another holds stops there
+        assert kept[5] and np.allclose(result.scores[object_id][kept], alone.scores[kept], atol=1e-5), object_id
+
+
+def test_many_objects_stop_on_their_own_with_their_bounds(video_model):
+    volume, labels = synthetic_cells((12, 70, 90), seed=3, ndim=3, n_cells=4)
+    plane = labels[5].astype(np.uint32)
+    first, second = [int(i) for i in np.unique(plane) if i][:2]
+    result = propagate_video_objects(video_model, volume, 5, 0, plane, ids=[first, second],
+                                     bounds={first: (4, 7)}, **OFF)
+    assert set(result.extents) == {first, second}
+    assert result.extents[first] == (4, 7) and result.extents[second] == (0, 11)
+    on = np.flatnonzero((result.labels == first).any(axis=(1, 2)))
+    assert on.min() >= 4 and on.max() <= 7
+    with pytest.raises(ValueError, match="shape"):
+        propagate_video_objects(video_model, volume, 5, 0, plane[:10])
+    with pytest.raises(ValueError, match="not on the start slice"):
+        propagate_video_objects(video_model, volume, 5, 0, plane, ids=[99])
 
 
 def test_box_mask_and_combined_prompts(video_model, video_stack):

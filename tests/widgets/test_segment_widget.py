@@ -481,6 +481,17 @@ def test_propagate_with_a_sam2_video_checkpoint(session, qtbot, tmp_path):
     assert len(planes) > 1  # the random model's object-score head is biased to "present"
     labels.undo()
     assert not labels.data.any()
+    # every object of the shown plane at once, in the video model's multi-object memory
+    ids = big_cells(truth[middle], 2)
+    start = np.where(np.isin(truth[middle], ids), truth[middle], 0).astype(labels.data.dtype)
+    labels.data[middle] = start
+    before = labels.data.copy()
+    widget.propagation.propagate_all()
+    qtbot.waitUntil(lambda: not widget.busy and "Propagated 2 object(s)" in widget.status.value, timeout=120_000)
+    assert np.array_equal(labels.data[middle], start) and set(np.unique(labels.data)) <= {0, *ids}
+    assert all(((labels.data == i).any(axis=(1, 2))).sum() > 1 for i in ids)
+    labels.undo()
+    assert np.array_equal(labels.data, before)
 
 
 def test_a_time_lapse_propagates_through_time_and_stop_options_apply(session, qtbot):
@@ -654,6 +665,36 @@ def test_an_empty_scribble_is_named(session, qtbot, cells, notifications):
     widget.shapes_picker.value.add(np.array([[20.0, 20.0], [20.0, 20.0]]), shape_type="path")
     settle(qtbot, widget)
     assert any("scribble has no length" in str(n.message) for n in notifications())
+
+
+def test_brush_strokes_on_a_plane_of_a_stack_are_scribbles(session, qtbot, notifications):
+    """Brush strokes (napari's own Labels brush) on the shown plane of a stack are prompts: label 1 the object,
+    label 2 (T) the background; commit writes the object and wipes the strokes of that plane only."""
+    stack, truth = synthetic_cells((5, 120, 150), seed=777_041, ndim=3)
+    viewer, _, widget = session(stack)
+    viewer.dims.set_current_step(0, 2)
+    cell = big_cells(truth[2], 1)[0]
+    rows, cols = np.nonzero(truth[2] == cell)
+    widget.brush()
+    brush = widget.brush_picker.value
+    assert brush is not None and viewer.layers.selection.active is brush and brush.mode == "paint"
+    assert brush not in widget.labels.picker.choices  # never the labels written into
+    brush.data[4, 10, 10] = 1  # a stroke on another plane is not a prompt of this one
+    centre_row = int(np.median(rows))
+    for col in range(int(np.percentile(cols, 25)), int(np.percentile(cols, 75))):
+        brush.paint((2, centre_row, col), 1, refresh=False)  # one stroke, as a drag paints it
+    settle(qtbot, widget)
+    assert mask_iou(widget.shown_masks()[0], truth[2] == cell) >= 0.8
+    assert widget.toggle_brush_polarity() is False and brush.selected_label == 2
+    widget.commit()
+    qtbot.waitUntil(lambda: widget.labels_picker.value is not None and widget.labels_picker.value.data[2].any(),
+                    timeout=60_000)
+    assert mask_iou(widget.labels_picker.value.data[2] > 0, truth[2] == cell) >= 0.8
+    assert not brush.data[2].any() and brush.data[4, 10, 10] == 1  # this plane's strokes were the prompts
+    brush.data[2, 5, 5] = 3
+    brush.events.paint()
+    settle(qtbot, widget)
+    assert any("label(s) [3]" in str(n.message) for n in notifications())
 
 
 def test_a_preview_on_another_plane_is_a_key_slice_of_the_object_it_continues(session, qtbot):

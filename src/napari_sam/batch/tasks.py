@@ -31,8 +31,8 @@ from ..core.workflows import (
     frame_stability,
     merge_frames,
     predict_objects,
-    propagate,
-    propagate_video,
+    propagate_objects,
+    propagate_video_objects,
     recover_cut_objects,
     segment_frames,
 )
@@ -350,14 +350,16 @@ def segment_prompted(job: Job) -> dict:
         with predictor.locked():
             predictor.set_image(plane_of(data, plane), contrast_limits=limits, rgb=rgb)
             results = predict_objects(predictor, [p.prompt for p in prompts])
+        if propagating:  # the plane's objects go through the stack together, in prompt order
+            first = np.zeros(shape[n_leading: n_leading + 2], dtype=np.uint32)  # the plane's (H, W)
+            for prompt, result in zip(prompts, results):
+                frame = result.frame
+                _paint(first, result.masks[0], frame.row0, frame.col0, prompt.object_id)
+            rows += _propagated(job, predictor, data, plane, axis, first, limits, rgb, labels)
+            continue
+        writer = PlaneWriter(labels.array, plane)
         for prompt, result in zip(prompts, results):
             frame = result.frame
-            if propagating:
-                first = np.zeros(shape[n_leading: n_leading + 2], dtype=bool)  # the plane's (H, W)
-                first[frame.row0: frame.row1, frame.col0: frame.col1] = result.masks[0]
-                rows += _propagated(job, predictor, data, plane, axis, first, limits, rgb, labels, prompt.object_id)
-                continue
-            writer = PlaneWriter(labels.array, plane)
             box = _paint(writer, result.masks[0], frame.row0, frame.col0, prompt.object_id)
             stability = float(frame_stability(torch.from_numpy(result.logits[:1]), predictor.geometry, frame,
                                               job.config.everything.stability_score_offset)[1][0])
@@ -380,20 +382,27 @@ def _propagation_axis(job: Job, n_leading: int) -> int:
     return axis % n_leading
 
 
-def _propagated(job, predictor, data, plane, axis, first, limits, rgb, labels, object_id) -> list[dict]:
-    """Propagate one object from ``plane`` along ``axis``; paints it and returns its rows (one per plane)."""
+def _propagated(job, predictor, data, plane, axis, first, limits, rgb, labels) -> list[dict]:
+    """Propagate every object of ``first`` (the labels of ``plane``) along ``axis`` at once; paints them and returns
+    their rows (one per object and plane)."""
     volume = AxisView(data, plane, axis)
     settings = job.config.propagation
+    options = dict(contrast_limits=limits, rgb=rgb)
     if job.config.batch.video_model:
         model, geometry = _plugin().video_model()
-        result = propagate_video(model, volume, plane[axis], 0, mask=first, geometry=geometry, settings=settings,
-                                 contrast_limits=limits, rgb=rgb)
+        result = propagate_video_objects(model, volume, plane[axis], 0, first, geometry=geometry, settings=settings,
+                                         **options)
     else:
-        result = propagate(predictor, volume, plane[axis], 0, first, settings, contrast_limits=limits, rgb=rgb)
+        result = propagate_objects(predictor, volume, plane[axis], 0, first, settings, **options)
     rows = []
-    for index in range(result.start, result.stop + 1):
+    for index in range(len(result.labels)):
+        found = [(object_id, scores[index]) for object_id, scores in result.scores.items()
+                 if np.isfinite(scores[index])]
+        if not found:
+            continue
         where = plane[:axis] + (index,) + plane[axis + 1:]
         writer = PlaneWriter(labels.array, where)
-        box = _paint(writer, result.masks[index], 0, 0, object_id)
-        rows += object_rows(writer, where, [(object_id, box, result.scores[index], float("nan"))])
+        objects = [(object_id, _paint(writer, result.labels[index] == object_id, 0, 0, object_id), score,
+                    float("nan")) for object_id, score in found]
+        rows += object_rows(writer, where, objects)
     return rows

@@ -98,6 +98,19 @@ def outside_labels(mask: np.ndarray, plane_index: tuple[int, ...], matrix: np.nd
     return bool(((corners < -0.5) | (corners > np.asarray(labels_shape) - 0.5)).any())
 
 
+def _plane_positions(labels_layer, image_layer, plane_index: tuple[int, ...], region: tuple[int, int, int, int]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(positions (n, D) of the labels' data under each pixel of ``region`` of the image plane, row by row;
+    inside (n,) bool: whether each lies in the labels array)."""
+    row0, col0, row1, col1 = region
+    rows, cols = np.mgrid[row0:row1, col0:col1]
+    lead = np.broadcast_to(np.asarray(plane_index, dtype=float), (rows.size, len(plane_index)))
+    matrix = grid_matrix(labels_layer, image_layer)
+    spots = np.column_stack([lead, rows.ravel(), cols.ravel()])
+    positions = np.rint(spots if matrix is None else apply(matrix, spots)).astype(np.intp)
+    return positions, ((positions >= 0) & (positions < np.asarray(labels_layer.data.shape))).all(axis=1)
+
+
 def labels_on_plane(labels_layer, image_layer, plane_index: tuple[int, ...], plane_shape: tuple[int, int],
                     region: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """The labels under the image plane at ``plane_index``, one value per image pixel.
@@ -111,8 +124,7 @@ def labels_on_plane(labels_layer, image_layer, plane_index: tuple[int, ...], pla
     """
     row0, col0, row1, col1 = region or (0, 0, *plane_shape)
     data = labels_layer.data
-    matrix = grid_matrix(labels_layer, image_layer)
-    if matrix is None:
+    if grid_matrix(labels_layer, image_layer) is None:
         out = np.zeros((row1 - row0, col1 - col0), dtype=data.dtype)
         height = max(0, min(row1, data.shape[-2]) - row0)
         width = max(0, min(col1, data.shape[-1]) - col0)
@@ -120,17 +132,33 @@ def labels_on_plane(labels_layer, image_layer, plane_index: tuple[int, ...], pla
             out[:height, :width] = np.asarray(data[tuple(plane_index) + (slice(row0, row0 + height),
                                                                         slice(col0, col0 + width))])
         return out
-    rows, cols = np.mgrid[row0:row1, col0:col1]
-    lead = np.broadcast_to(np.asarray(plane_index, dtype=float), (rows.size, len(plane_index)))
-    positions = np.rint(apply(matrix, np.column_stack([lead, rows.ravel(), cols.ravel()]))).astype(np.intp)
-    inside = ((positions >= 0) & (positions < np.asarray(data.shape))).all(axis=1)
-    values = np.zeros(rows.size, dtype=data.dtype)
+    positions, inside = _plane_positions(labels_layer, image_layer, plane_index, (row0, col0, row1, col1))
+    values = np.zeros(len(positions), dtype=data.dtype)
     if inside.any():
         hit = positions[inside]
         low, high = hit.min(axis=0), hit.max(axis=0) + 1
         block = np.asarray(data[tuple(slice(a, b) for a, b in zip(low, high))])
         values[inside] = block[tuple((hit - low).T)]
-    return values.reshape(rows.shape)
+    return values.reshape(row1 - row0, col1 - col0)
+
+
+def erase_plane(labels_layer, image_layer, plane_index: tuple[int, ...], plane_shape: tuple[int, int]) -> bool:
+    """Set to 0 the labels under the image plane at ``plane_index`` (prompt strokes, not committed objects: no
+    undo step); returns whether anything was erased."""
+    plane = labels_on_plane(labels_layer, image_layer, plane_index, plane_shape)
+    if not plane.any():
+        return False
+    rows, cols = np.nonzero(plane)
+    positions, inside = _plane_positions(labels_layer, image_layer, plane_index, (0, 0, *plane_shape))
+    flat = rows * plane_shape[1] + cols
+    hit = positions[flat[inside[flat]]]
+    low, high = hit.min(axis=0), hit.max(axis=0) + 1
+    window = tuple(slice(a, b) for a, b in zip(low, high))
+    block = np.array(labels_layer.data[window])  # read, erase, write back: numpy and zarr alike
+    block[tuple((hit - low).T)] = 0
+    labels_layer.data[window] = block
+    labels_layer.refresh()
+    return True
 
 
 def object_mask(labels_layer, image_layer, plane_index: tuple[int, ...], plane_shape: tuple[int, int],

@@ -3,8 +3,9 @@
 Points carry a boolean ``positive`` feature (missing means positive). Rectangles are boxes; polygons and
 ellipses (a freehand lasso is a polygon) are a mask prompt plus their bounding box. Paths and lines are scribbles:
 points spread along them (:func:`scribble_points`), positive or negative as the shape's ``positive`` feature says
-(missing means positive), which join the clicks. Prompts that lie on another slice of an nD image than the shown
-plane are ignored.
+(missing means positive), which join the clicks. Strokes painted with a Labels brush are scribbles too
+(:func:`read_brush_scribbles`): label 1 marks the object, label 2 the background. Prompts that lie on another slice
+of an nD image than the shown plane are ignored.
 
 The prompts of a plane are then grouped into objects (:func:`group_objects`): each box (rectangle, or a
 polygon/ellipse with its mask) is one object. With one box, every point refines it; with several, a point refines
@@ -19,6 +20,7 @@ import numpy as np
 
 from ..core.decoding import ObjectPrompt
 from ..core.objects import MaskObject
+from .labels_grid import labels_on_plane
 from .transforms import to_target_data
 
 #: How far (in data pixels of a non-displayed axis) a prompt may lie from the shown plane.
@@ -167,6 +169,70 @@ def scribble_points(vertices: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.stack([np.interp(wanted, along, inside[:, 0]), np.interp(wanted, along, inside[:, 1])], axis=1)
 
 
+#: The labels a brush scribble is painted with: the object, and the background.
+BRUSH_POSITIVE, BRUSH_NEGATIVE = 1, 2
+
+
+def stroke_points(stroke: np.ndarray) -> np.ndarray:
+    """(k, 2) (row, col) points spread along one painted brush stroke ((H, W) bool, one connected piece): one per
+    :data:`SCRIBBLE_SPACING` pixels of its length (its area over its width; 1 to :data:`SCRIBBLE_POINTS`), each in
+    the middle of its share of the stroke's centre line, as :func:`scribble_points` spreads them along a path.
+
+    The centre line is the stroke's pixels at least half as deep as its deepest; the points are the centres of
+    k-means on it (started from its farthest-apart pixels), each moved to the nearest centre-line pixel.
+    """
+    from scipy import ndimage
+
+    depth = ndimage.distance_transform_edt(np.pad(stroke, 1))[1:-1, 1:-1]
+    deepest = float(depth.max())
+    if deepest == 0:
+        raise ValueError("a brush stroke has no pixel.")
+    length = np.count_nonzero(stroke) / (2.0 * deepest)
+    count = int(np.clip(round(length / SCRIBBLE_SPACING), 1, SCRIBBLE_POINTS))
+    ridge = np.argwhere(depth >= 0.5 * deepest).astype(np.float64)
+    centres = [ridge[np.argmax(((ridge - ridge.mean(axis=0)) ** 2).sum(axis=1))]]
+    for _ in range(1, min(count, len(ridge))):
+        distance = np.min([((ridge - centre) ** 2).sum(axis=1) for centre in centres], axis=0)
+        centres.append(ridge[np.argmax(distance)])
+    spread = np.array(centres)
+    for _ in range(25):
+        nearest = np.argmin(((ridge[:, None] - spread[None]) ** 2).sum(axis=2), axis=1)
+        moved = np.array([ridge[nearest == i].mean(axis=0) if (nearest == i).any() else spread[i]
+                          for i in range(len(spread))])
+        if np.allclose(moved, spread):
+            break
+        spread = moved
+    return ridge[np.argmin(((ridge[:, None] - spread[None]) ** 2).sum(axis=2), axis=0)]
+
+
+def read_brush_scribbles(brush_layer, image_layer, plane_index, plane_shape: tuple[int, int]
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """(points (n, 2) (row, col), labels (n,)) spread along the brush strokes of a Labels layer on the shown
+    plane: each connected stroke of label :data:`BRUSH_POSITIVE` gives positive points, of :data:`BRUSH_NEGATIVE`
+    negative ones (:func:`stroke_points`).
+
+    Raises:
+        ValueError: the plane holds other labels than those two.
+    """
+    from scipy import ndimage
+
+    points, labels = [np.zeros((0, 2))], [np.zeros(0, dtype=np.int64)]
+    if brush_layer is None:
+        return points[0], labels[0]
+    plane = labels_on_plane(brush_layer, image_layer, tuple(plane_index), plane_shape)
+    others = sorted(int(v) for v in np.unique(plane) if v not in (0, BRUSH_POSITIVE, BRUSH_NEGATIVE))
+    if others:
+        raise ValueError(f"brush scribbles are painted with label {BRUSH_POSITIVE} (object) or {BRUSH_NEGATIVE} "
+                         f"(background); {brush_layer.name!r} holds label(s) {others} on this plane.")
+    for value, polarity in ((BRUSH_POSITIVE, 1), (BRUSH_NEGATIVE, 0)):
+        pieces, _ = ndimage.label(plane == value, structure=np.ones((3, 3)))
+        for number, window in enumerate(ndimage.find_objects(pieces), start=1):
+            spread = stroke_points(pieces[window] == number) + [window[0].start, window[1].start]
+            points.append(spread)
+            labels.append(np.full(len(spread), polarity, dtype=np.int64))
+    return np.concatenate(points), np.concatenate(labels)
+
+
 def shape_flags(shapes_layer) -> np.ndarray:
     """(n,) bool: the ``positive`` feature of each shape (True where the layer has no such feature)."""
     features = shapes_layer.features
@@ -230,14 +296,15 @@ def read_exemplars(shapes_layer, image_layer, plane_index, world_point=None) -> 
 
 
 def read_prompts(image_layer, plane_index, plane_shape, points_layer=None, shapes_layer=None,
-                 world_point=None) -> DrawnPrompts:
-    """All prompts of the shown plane from a Points and a Shapes layer (either may be None): the clicks and the
-    scribbles' points, the boxes and the masks of regions."""
+                 world_point=None, brush_layer=None) -> DrawnPrompts:
+    """All prompts of the shown plane from a Points, a Shapes and a brush (Labels) layer (any may be None): the
+    clicks and the scribbles' points, the boxes and the masks of regions."""
     points, labels = read_points(points_layer, image_layer, plane_index, world_point)
     scribbled, scribble_labels = read_scribbles(shapes_layer, image_layer, plane_index, plane_shape, world_point)
+    brushed, brush_labels = read_brush_scribbles(brush_layer, image_layer, plane_index, plane_shape)
     boxes, masks = read_shapes(shapes_layer, image_layer, plane_index, plane_shape, world_point)
-    return DrawnPrompts(points=np.concatenate([points, scribbled]), labels=np.concatenate([labels, scribble_labels]),
-                        boxes=boxes, masks=masks)
+    return DrawnPrompts(points=np.concatenate([points, scribbled, brushed]),
+                        labels=np.concatenate([labels, scribble_labels, brush_labels]), boxes=boxes, masks=masks)
 
 
 def group_objects(prompts: DrawnPrompts) -> list[ObjectPrompt]:

@@ -136,13 +136,13 @@ class PreviewController:
 
     def update(self, event=None) -> None:
         """Re-predict the shown plane's prompts on a worker; no prompts clear the preview."""
-        image, points, shapes = self.layers()
+        image, points, shapes, brush = self.layers()
         predictor = self.session.predictor
         if self.closed or image is None or predictor is None:
             return
         index = current_index(image, self.viewer.dims.point)
         try:
-            prompts = read_prompts(image, index, plane_shape(image), points, shapes, self.viewer.dims.point)
+            prompts = read_prompts(image, index, plane_shape(image), points, shapes, self.viewer.dims.point, brush)
         except ValueError as error:
             show_error(f"Could not read the prompts: {error}")
             return
@@ -288,9 +288,10 @@ class PreviewController:
         where it can be, below the prompt layers (the clicks stay in sight)."""
         layers = self.viewer.layers
         mine = layers.index(self.layer)
-        labels_top = max((i for i, layer in enumerate(layers) if isinstance(layer, Labels) and layer is not self.layer),
-                         default=-1)
-        prompts = [layers.index(layer) for layer in self.layers()[1:] if layer is not None and layer in layers]
+        prompt_layers = [layer for layer in self.layers()[1:] if layer is not None and layer in layers]
+        labels_top = max((i for i, layer in enumerate(layers) if isinstance(layer, Labels) and layer is not self.layer
+                          and layer not in prompt_layers), default=-1)  # a brush layer is a prompt layer
+        prompts = [layers.index(layer) for layer in prompt_layers]
         lowest_prompt = min((i for i in prompts if i > labels_top), default=len(layers))
         if not labels_top < mine < lowest_prompt:
             layers.move(mine, lowest_prompt if lowest_prompt < len(layers) else labels_top + 1)

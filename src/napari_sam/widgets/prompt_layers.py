@@ -15,7 +15,7 @@ import pandas as pd
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_info
 
-from ..bridge.layer_prompts import shape_flags
+from ..bridge.layer_prompts import BRUSH_NEGATIVE, BRUSH_POSITIVE, shape_flags
 from ..bridge.slicing import full_resolution
 
 POSITIVE_COLOUR = (0.0, 0.85, 0.2, 1.0)
@@ -110,11 +110,12 @@ def flip_selected_shapes(shapes_layer) -> bool:
     return True
 
 
-def labels_array(shape: tuple[int, ...], name: str):
-    """An empty uint32 labels array of ``shape``: in memory, or for more than :data:`LARGE_LABELS_BYTES` a zarr
-    array on disk in the user's data folder (named after ``name``). Returns ``(array, its folder or None)``."""
-    if np.prod(shape, dtype=np.int64) * 4 <= LARGE_LABELS_BYTES:
-        return np.zeros(shape, dtype=np.uint32), None
+def labels_array(shape: tuple[int, ...], name: str, dtype=np.uint32):
+    """An empty labels array of ``shape`` and ``dtype``: in memory, or for more than :data:`LARGE_LABELS_BYTES` a
+    zarr array on disk in the user's data folder (named after ``name``). Returns ``(array, its folder or None)``."""
+    dtype = np.dtype(dtype)
+    if np.prod(shape, dtype=np.int64) * dtype.itemsize <= LARGE_LABELS_BYTES:
+        return np.zeros(shape, dtype=dtype), None
     import time
 
     import zarr
@@ -122,7 +123,7 @@ def labels_array(shape: tuple[int, ...], name: str):
 
     folder = Path(user_data_dir("napari-sam")) / "labels" / f"{_safe(name)}-{time.strftime('%Y%m%d-%H%M%S')}.zarr"
     chunks = (1,) * (len(shape) - 2) + tuple(min(1024, side) for side in shape[-2:])
-    return zarr.create_array(folder, shape=shape, chunks=chunks, dtype="uint32", fill_value=0), folder
+    return zarr.create_array(folder, shape=shape, chunks=chunks, dtype=dtype.name, fill_value=0), folder
 
 
 def _safe(name: str) -> str:
@@ -136,6 +137,20 @@ def add_labels_layer(viewer, image_layer, name: str = "SAM labels"):
     if folder is not None:
         show_info(f"The labels of {image_layer.name!r} are too large for memory: they are kept on disk in {folder}.")
     return unwrapped(viewer.add_labels(data, name=name, **image_transforms(image_layer)))
+
+
+def add_brush_layer(viewer, image_layer, name: str = "SAM scribbles"):
+    """A uint8 Labels layer over the whole image for brush scribbles, with the image's transforms, in paint mode:
+    label 1 (green) marks the object, label 2 (red) the background."""
+    data, _ = labels_array(spatial_shape(image_layer), f"{image_layer.name} {name}", np.uint8)
+    colours = DirectLabelColormap(color_dict={None: (0.0, 0.0, 0.0, 0.0), 0: (0.0, 0.0, 0.0, 0.0),
+                                              BRUSH_POSITIVE: POSITIVE_COLOUR, BRUSH_NEGATIVE: NEGATIVE_COLOUR})
+    layer = unwrapped(viewer.add_labels(data, name=name, opacity=0.8, colormap=colours,
+                                        **image_transforms(image_layer)))
+    layer.brush_size = 5
+    layer.selected_label = BRUSH_POSITIVE
+    layer.mode = "paint"
+    return layer
 
 
 def add_preview_layer(viewer, data: np.ndarray, affine: np.ndarray, name: str = "SAM preview"):

@@ -32,7 +32,7 @@ from ..bridge.labels_writer import commit_object, extend_objects, object_under, 
 from ..bridge.slicing import StackAxis, current_index, leading_shape, plane_shape
 from ..core.model import VIDEO_CHECKPOINTS
 from ..core.settings import PropagationSettings
-from ..core.workflows import interpolate, propagate, propagate_objects, propagate_video
+from ..core.workflows import interpolate, propagate, propagate_objects, propagate_video, propagate_video_objects
 from .cancellable_task import CancellableTask
 from .layout import Fold, column, narrow, row
 from .settings_form import SettingsForm
@@ -113,11 +113,10 @@ class PropagationPanel:
         options = dict(contrast_limits=tuple(image.contrast_limits), rgb=image.rgb, directions=directions,
                        bounds=self._bounds(index, axis))
         self.ends.clear()
-        video_name = self.video_model_picker.native.currentText().strip()
-        session = self.session
+        video_name, session = self._video_name(), self.session
 
         def work(report, cancelled):
-            if not video_name or video_name == PROMPT_MODEL:
+            if video_name is None:
                 return propagate(predictor, volume, index[axis], 0, first, settings, progress=report,
                                  cancel=cancelled, **options)
             model, geometry = session.video_model(video_name, predictor.device)
@@ -125,6 +124,11 @@ class PropagationPanel:
                                    progress=report, cancel=cancelled, **options)
 
         self.task.run(work, lambda result: self._commit(image, index, axis, result, target, directions))
+
+    def _video_name(self) -> str | None:
+        """The video checkpoint chosen in "propagate with", or None for the prompt model."""
+        name = self.video_model_picker.native.currentText().strip()
+        return None if not name or name == PROMPT_MODEL else name
 
     def _correction_target(self, image, index, axis, mask) -> tuple[int | None, tuple[int, ...]]:
         """(the object id to re-propagate into or None for a new object, the directions to propagate)."""
@@ -220,11 +224,16 @@ class PropagationPanel:
             return
         axis = len(index) - 1
         volume = StackAxis(image, index, axis)
-        limits, rgb = tuple(image.contrast_limits), image.rgb
+        options = dict(contrast_limits=tuple(image.contrast_limits), rgb=image.rgb)
+        video_name, session = self._video_name(), self.session
 
         def work(report, cancelled):
-            return propagate_objects(predictor, volume, index[axis], 0, plane, settings, contrast_limits=limits,
-                                     rgb=rgb, progress=report, cancel=cancelled)
+            if video_name is None:
+                return propagate_objects(predictor, volume, index[axis], 0, plane, settings, progress=report,
+                                         cancel=cancelled, **options)
+            model, geometry = session.video_model(video_name, predictor.device)
+            return propagate_video_objects(model, volume, index[axis], 0, plane, geometry=geometry,
+                                           settings=settings, progress=report, cancel=cancelled, **options)
 
         self.task.run(work, lambda result: self._write_all(image, labels, index, axis, result))
 

@@ -1,11 +1,13 @@
 """The "Segment Anything" dock: prompts in, live mask preview, undoable commits to a Labels layer.
 
-Clicks in a Points layer (positive or negative) and rectangles, polygons or ellipses in a Shapes layer are read
-in world coordinates and mapped into the image's data pixels of the shown plane. Every change re-predicts on a
+Clicks in a Points layer (positive or negative), rectangles, polygons, ellipses and scribbles (paths) in a Shapes
+layer, and brush strokes in a scribbles Labels layer ("Brush": label 1 the object, 2 the background) are read in
+world coordinates and mapped into the image's data pixels of the shown plane. Every change re-predicts on a
 worker thread; a result that a newer change superseded is dropped. Keys on the prompt layers: ``C`` commits the
 previewed objects to the Labels layer (one undo step), ``Shift+C`` clears the prompts, ``N`` shows the next
 candidate mask, ``T`` toggles the polarity of new points, ``P`` propagates the previewed object through a stack,
-``R`` refines the object under the mouse. Alt+click adds a negative point; Ctrl+click refines the object under it.
+``R`` refines the object under the mouse (the brush layer keeps napari's ``E`` and ``P``, erase and paint). Alt+click
+adds a negative point; Ctrl+click refines the object under it.
 
 The dock is composed of parts, each given what it needs: the model panel (shared session), the labels target,
 the preview controller, the propagation panel and the refine panel.
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 from magicgui.widgets import PushButton, create_widget
-from napari.layers import Points, Shapes
+from napari.layers import Labels, Points, Shapes
 from napari.utils.notifications import show_info
 
+from ..bridge.labels_grid import erase_plane
 from ..bridge.labels_writer import commit_masks, replace_object
+from ..bridge.layer_prompts import BRUSH_NEGATIVE, BRUSH_POSITIVE
 from ..bridge.slicing import current_index, plane_shape
 from ..bridge.transforms import to_target_data
 from .dock import Dock
@@ -26,6 +30,7 @@ from .labels_target import LabelsTarget
 from .layout import Fold, column, narrow, row
 from .preview import PreviewController
 from .prompt_layers import (
+    add_brush_layer,
     add_points_layer,
     add_shapes_layer,
     colour_points,
@@ -38,6 +43,8 @@ from .refine_panel import RefinePanel
 
 KEYS = {"c": "commit", "Shift-C": "clear_prompts", "n": "next_candidate", "p": "propagate", "r": "refine_under_cursor",
         "e": "mark_end", "k": "fill_between_key_slices"}
+#: napari's keys that the brush layer keeps (erase and paint), rather than the dock's.
+BRUSH_KEEPS = {"e", "p"}
 
 
 class SegmentWidget(Dock):
@@ -48,21 +55,28 @@ class SegmentWidget(Dock):
         viewer = napari_viewer
         self.points_picker = create_widget(annotation=Points, label="points", options={"nullable": True})
         self.shapes_picker = create_widget(annotation=Shapes, label="boxes", options={"nullable": True})
-        for picker in (self.points_picker, self.shapes_picker):
+        self.brush_picker = create_widget(annotation=Labels, label="scribbles",
+                                          options={"nullable": True, "choices": self._brush_choices})
+        self.brush_picker.value = None
+        for picker in (self.points_picker, self.shapes_picker, self.brush_picker):
             narrow(picker)
+        self.brush_button = PushButton(text="Brush", tooltip="Paint scribbles: label 1 (green) marks the object, 2 "
+                                                             "(red) the background; T switches.")
         self.preview_control = PreviewController(viewer, self.session, self._prompt_layers, self.start_worker,
                                                  lambda: self.refine.settings.controls["use_mask_input"].value)
-        self.labels = LabelsTarget(viewer, lambda: [self.preview_control.layer])
+        self.labels = LabelsTarget(viewer, lambda: [self.preview_control.layer, self.brush_picker.value])
         self.commit_button = PushButton(text="Commit (C)", tooltip="Write the previewed objects into the labels "
                                                                    "layer; one Ctrl+Z undoes it.")
         self.clear_button = PushButton(text="Clear (⇧C)", tooltip="Remove the prompts of the shown plane.")
-        self.layers_fold = Fold("Layers", column(self.points_picker, self.shapes_picker, self.labels.picker,
+        self.layers_fold = Fold("Layers", column(self.points_picker, self.shapes_picker,
+                                                 self.brush_picker, self.labels.picker,
                                                  self.labels.overwrite))
         self.propagation = PropagationPanel(viewer, self.session, self._image, self._previewed_object, self.labels,
                                             self.clear_prompts, self.start_worker, self.model.show)
         self.refine = RefinePanel(viewer, self.session, self._image, self.labels, self.start_worker, self.model.show)
-        self.extend([*self.model.widgets, *self.layers_fold.widgets, row(self.commit_button, self.clear_button),
-                     *self.propagation.widgets, *self.refine.widgets])
+        self.extend([*self.model.widgets, *self.layers_fold.widgets,
+                     row(self.commit_button, self.clear_button, self.brush_button), *self.propagation.widgets,
+                     *self.refine.widgets])
 
         self._watched: list = []
         self._modifiers: set = set()  # modifiers held at the last press on the points layer
@@ -75,6 +89,9 @@ class SegmentWidget(Dock):
         self.model.ready.connect(self._on_model_ready)
         self.points_picker.changed.connect(self._watch_prompt_layers)
         self.shapes_picker.changed.connect(self._watch_prompt_layers)
+        self.brush_picker.changed.connect(self._watch_prompt_layers)
+        self.brush_picker.changed.connect(self.labels.picker.reset_choices)  # never offered as the labels target
+        self.brush_button.changed.connect(self.brush)
         viewer.dims.events.current_step.connect(self.preview_control.update)
         viewer.layers.events.inserted.connect(self._refresh_layers)
         viewer.layers.events.removed.connect(self._on_layer_removed)
@@ -115,7 +132,13 @@ class SegmentWidget(Dock):
         return self.image_picker.value
 
     def _prompt_layers(self):
-        return self.image_picker.value, self.points_picker.value, self.shapes_picker.value
+        return self.image_picker.value, self.points_picker.value, self.shapes_picker.value, self.brush_picker.value
+
+    def _brush_choices(self, widget=None):
+        """Labels layers that may hold brush scribbles: not the preview, not the labels being written."""
+        preview, labels = getattr(self, "preview_control", None), getattr(self, "labels", None)  # None while built
+        excluded = (preview and preview.layer, labels and labels.value)
+        return [layer for layer in self.viewer.layers if isinstance(layer, Labels) and layer not in excluded]
 
     def _previewed_object(self):
         """(plane index, (H, W) mask) of the single previewed object, or None."""
@@ -140,7 +163,7 @@ class SegmentWidget(Dock):
     # --- layers -------------------------------------------------------------------------------------------
 
     def _refresh_layers(self, event=None) -> None:
-        for picker in (self.points_picker, self.shapes_picker, self.labels.picker):
+        for picker in (self.points_picker, self.shapes_picker, self.brush_picker, self.labels.picker):
             picker.reset_choices()
 
     def _on_layer_removed(self, event=None) -> None:
@@ -185,16 +208,23 @@ class SegmentWidget(Dock):
     def _unwatch(self) -> None:
         for layer in self._watched:
             layer.events.data.disconnect(self._on_prompt_data)
+            if isinstance(layer, Labels):
+                layer.events.paint.disconnect(self._on_prompt_data)
             if self._note_modifiers in layer.mouse_drag_callbacks:
                 layer.mouse_drag_callbacks.remove(self._note_modifiers)
 
     def _watch_prompt_layers(self, event=None) -> None:
         """Listen to the chosen prompt layers' edits, and give them the dock's keys."""
         self._unwatch()
-        self._watched = [layer for layer in (self.points_picker.value, self.shapes_picker.value) if layer]
+        self._watched = [layer for layer in (self.points_picker.value, self.shapes_picker.value,
+                                             self.brush_picker.value) if layer]
         for layer in self._watched:
             layer.events.data.connect(self._on_prompt_data)
+            if isinstance(layer, Labels):  # a brush stroke, once finished
+                layer.events.paint.connect(self._on_prompt_data)
             for key, method in KEYS.items():
+                if isinstance(layer, Labels) and key in BRUSH_KEEPS:
+                    continue
                 layer.bind_key(key, lambda _layer, method=method: getattr(self, method)(), overwrite=True)
         points = self.points_picker.value
         if points is not None:
@@ -203,7 +233,37 @@ class SegmentWidget(Dock):
         shapes = self.shapes_picker.value
         if shapes is not None:
             shapes.bind_key("t", lambda _layer: self.toggle_shape_polarity(), overwrite=True)
+        brush = self.brush_picker.value
+        if brush is not None:
+            brush.bind_key("t", lambda _layer: self.toggle_brush_polarity(), overwrite=True)
         self.preview_control.update()
+
+    def brush(self) -> None:
+        """Paint scribbles: the brush layer (created over the image when none is chosen) becomes active, in paint
+        mode with the object's label."""
+        image = self.image_picker.value
+        if image is None:
+            show_info("Scribbles need an image: choose one under Model.")
+            return
+        layer = self.brush_picker.value
+        if layer is None or layer not in self.viewer.layers:
+            layer = add_brush_layer(self.viewer, image)
+            self.brush_picker.reset_choices()
+            self.brush_picker.value = layer
+        self.viewer.layers.selection.active = layer
+        layer.mode = "paint"
+        self.model.show("Paint over the object (label 1) or the background (label 2, T switches); each finished "
+                        "stroke updates the preview.")
+
+    def toggle_brush_polarity(self) -> bool:
+        """Switch the brush between the object's label and the background's; returns True for the object."""
+        brush = self.brush_picker.value
+        if brush is None:
+            return True
+        positive = brush.selected_label != BRUSH_POSITIVE
+        brush.selected_label = BRUSH_POSITIVE if positive else BRUSH_NEGATIVE
+        self.model.show(f"The brush paints {'the object' if positive else 'the background'}.")
+        return positive
 
     # --- prompts ------------------------------------------------------------------------------------------
 
@@ -344,5 +404,8 @@ class SegmentWidget(Dock):
             if on_plane.any():
                 layer.selected_data = set(np.nonzero(on_plane)[0].tolist())
                 layer.remove_selected()
+        brush = self.brush_picker.value
+        if brush is not None and brush in self.viewer.layers:
+            erase_plane(brush, image, index, plane_shape(image))
         self.preview_control.forget_logits()
         self.preview_control.update()

@@ -23,11 +23,12 @@ from .propagation import (
     propagate,
     propagate_objects,
     propagate_video,
+    propagate_video_objects,
 )
 from .refine import RefineResult, refine_objects
 
 __all__ = ["ConceptResult", "EverythingResult", "ObjectResult", "PropagatedObjects", "PropagationResult",
            "RefineResult", "explain_empty", "frame_count", "frame_stability", "interior_points", "interpolate",
            "link_planes", "link_stacks", "merge_frames", "predict_objects", "propagate", "propagate_objects",
-           "propagate_video", "recover_cut_objects", "refine_objects", "segment_concept", "segment_everything",
-           "segment_frames", "stability_score"]
+           "propagate_video", "propagate_video_objects", "recover_cut_objects", "refine_objects", "segment_concept",
+           "segment_everything", "segment_frames", "stability_score"]

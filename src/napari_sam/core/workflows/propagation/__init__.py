@@ -5,7 +5,7 @@ and filling the slices between key slices."""
 from .driver import PropagatedObjects, PropagationResult
 from .key_slices import interpolate
 from .sam import interior_points, propagate, propagate_objects
-from .video import propagate_video
+from .video import propagate_video, propagate_video_objects
 
 __all__ = ["PropagatedObjects", "PropagationResult", "interior_points", "interpolate", "propagate",
-           "propagate_objects", "propagate_video"]
+           "propagate_objects", "propagate_video", "propagate_video_objects"]

@@ -398,6 +398,30 @@ def propagate_one(stepper: SliceStepper, run: Run, bounds=None, progress=None, c
     return PropagationResult(masks=masks, scores=scores, start=start, stop=stop)
 
 
+def first_masks(labels_plane, size: tuple[int, int], ids=None) -> dict[int, np.ndarray]:
+    """The objects of a (H, W) labels plane by id (``ids``: those alone), each as a bool mask.
+
+    Raises:
+        ValueError: a plane of another shape than the slices, or not integer labels, ids not on it, or no object.
+    """
+    plane = np.asarray(labels_plane)
+    if plane.shape != size:
+        raise ValueError(f"labels_plane has shape {plane.shape}, the slices {size}: give the labels of the start "
+                         "slice alone.")
+    if not (np.issubdtype(plane.dtype, np.integer) or plane.dtype == bool):
+        raise ValueError(f"labels_plane must hold integer labels, got dtype {plane.dtype}.")
+    present = [int(i) for i in np.unique(plane) if i > 0]
+    if ids is not None:
+        wanted = [int(i) for i in ids]
+        missing = sorted(set(wanted) - set(present))
+        if missing:
+            raise ValueError(f"objects {missing} are not on the start slice's labels.")
+        present = [i for i in present if i in wanted]
+    if not present:
+        raise ValueError("labels_plane holds no object (every pixel is 0): segment or paint objects first.")
+    return {object_id: plane == object_id for object_id in present}
+
+
 def propagate_many(stepper: SliceStepper, run: Run, ids, bounds: dict | None = None, progress=None,
                    cancel=None) -> PropagatedObjects:
     """:func:`drive` the objects ``ids`` and gather them as :class:`PropagatedObjects` (``bounds`` by id, each as

@@ -19,7 +19,16 @@ from ...image import Frame
 from ...objects import mask_box
 from ...predictor import Predictor
 from ...settings import PropagationSettings
-from .driver import PropagatedObjects, PropagationResult, Run, Segmented, prepare_run, propagate_many, propagate_one
+from .driver import (
+    PropagatedObjects,
+    PropagationResult,
+    Run,
+    Segmented,
+    first_masks,
+    prepare_run,
+    propagate_many,
+    propagate_one,
+)
 
 __all__ = ["PropagatedObjects", "PropagationResult", "SamStepper", "interior_points", "propagate", "propagate_objects"]
 
@@ -211,30 +220,6 @@ def propagate(predictor: Predictor, volume, start_index: int, axis: int, first_m
     return propagate_one(SamStepper(predictor, {1: first_mask}, run), run, bounds, progress, cancel)
 
 
-def first_masks(labels_plane, size: tuple[int, int], ids=None) -> dict[int, np.ndarray]:
-    """The objects of a (H, W) labels plane by id (``ids``: those alone), each as a bool mask.
-
-    Raises:
-        ValueError: a plane of another shape than the slices, or not integer labels, ids not on it, or no object.
-    """
-    plane = np.asarray(labels_plane)
-    if plane.shape != size:
-        raise ValueError(f"labels_plane has shape {plane.shape}, the slices {size}: give the labels of the start "
-                         "slice alone.")
-    if not (np.issubdtype(plane.dtype, np.integer) or plane.dtype == bool):
-        raise ValueError(f"labels_plane must hold integer labels, got dtype {plane.dtype}.")
-    present = [int(i) for i in np.unique(plane) if i > 0]
-    if ids is not None:
-        wanted = [int(i) for i in ids]
-        missing = sorted(set(wanted) - set(present))
-        if missing:
-            raise ValueError(f"objects {missing} are not on the start slice's labels.")
-        present = [i for i in present if i in wanted]
-    if not present:
-        raise ValueError("labels_plane holds no object (every pixel is 0): segment or paint objects first.")
-    return {object_id: plane == object_id for object_id in present}
-
-
 def propagate_objects(predictor: Predictor, volume, start_index: int, axis: int, labels_plane,
                       settings: PropagationSettings | None = None, *, ids=None, contrast_limits=None,
                       rgb: bool | None = None, directions: tuple[int, ...] = (1, -1), bounds: dict | None = None,
@@ -246,9 +231,10 @@ def propagate_objects(predictor: Predictor, volume, start_index: int, axis: int,
     its id and its own stop rules (as :func:`propagate`'s), and no pixel is given to two objects (a contested pixel
     goes to the object that held it on the previous slice, else to the higher score).
 
+    ``predictor``, ``volume``, ``start_index``, ``axis``, ``settings``, ``contrast_limits``, ``rgb``,
+    ``directions``, ``progress``, ``cancel`` and ``overrides`` are as for :func:`propagate`.
+
     Args:
-        predictor, volume, start_index, axis, settings, contrast_limits, rgb, directions, progress, cancel,
-            overrides: as for :func:`propagate`.
         labels_plane: (H, W) integer labels of the start slice; each id > 0 is an object.
         ids: the objects to carry (default: every object of ``labels_plane``).
         bounds: by object id, (first, last) slices that object may reach, as :func:`propagate`'s ``bounds``.

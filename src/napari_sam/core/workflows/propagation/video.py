@@ -1,5 +1,5 @@
-"""Propagating one object through a z-stack or time-lapse with a SAM2-family video model (SAM2, EdgeTAM, SAM3's
-tracker).
+"""Propagating objects through a z-stack or time-lapse with a SAM2-family video model (SAM2, EdgeTAM, SAM3's
+tracker): one object prompted on a slice, or every object of a labels plane at once in the model's multi-object memory.
 
 The prompted slice is segmented from its prompt, every other one from its image and the model's memory of the
 slices already segmented: forward to the last slice, then backward from the prompted one to the first. The order,
@@ -30,7 +30,16 @@ from ...decoding.coordinates import boxes_to_model, points_to_model
 from ...image import display_rgb, normalised, rounded_levels
 from ...model import VideoGeometry, video_geometry
 from ...settings import PropagationSettings
-from .driver import PropagationResult, Run, Segmented, prepare_run, propagate_one
+from .driver import (
+    PropagatedObjects,
+    PropagationResult,
+    Run,
+    Segmented,
+    first_masks,
+    prepare_run,
+    propagate_many,
+    propagate_one,
+)
 
 
 def slice_input(image: np.ndarray, geometry: VideoGeometry, contrast_limits: Sequence[float] | None = None,
@@ -100,15 +109,17 @@ def _session_class(model) -> type:
 class VideoStepper:
     """Segments each slice with a SAM2-family video model and its memory of the slices already segmented.
 
-    The start slice is segmented from the prompt (a mask prompt is kept as that slice's result); every other slice
-    from its image and the memory, with ``reverse`` for the backward direction. Frames are prepared when the model
-    asks for them, from the plane the driver hands over, and memories the model can no longer look back to are
-    dropped (those near the start slice serve the backward direction).
+    Every object of ``prompts`` (by id: a checked :class:`PromptBatch`, or an (H, W) bool mask that is kept as the
+    start slice's result) is tracked in one inference session, the model's multi-object memory: each slice's image
+    is encoded once for all of them. The start slice is segmented from the prompts; every other slice from its image
+    and the memory, with ``reverse`` for the backward direction. Frames are prepared when the model asks for them,
+    from the plane the driver hands over, and memories the model can no longer look back to are dropped (those near
+    the start slice serve the backward direction).
     """
 
-    def __init__(self, model, geometry: VideoGeometry, prompt: PromptBatch | np.ndarray, run: Run):
+    def __init__(self, model, geometry: VideoGeometry, prompts: dict[int, PromptBatch | np.ndarray], run: Run):
         self.model, self.geometry, self.run = model, geometry, run
-        self.mask = prompt if isinstance(prompt, np.ndarray) else None
+        self.masks = {object_id: prompt for object_id, prompt in prompts.items() if isinstance(prompt, np.ndarray)}
         self._plane: tuple[int, np.ndarray] | None = None
         stepper, size, n_slices = self, run.stack.size, run.stack.n_slices
         device, dtype = model.device, model.dtype
@@ -124,18 +135,21 @@ class VideoStepper:
 
         self.session = VolumeSession(video_height=size[0], video_width=size[1], inference_device=device,
                                      inference_state_device=device, video_storage_device="cpu", dtype=dtype)
-        obj_idx = self.session.obj_id_to_idx(1)
-        if isinstance(prompt, np.ndarray):
-            resized = F.interpolate(torch.from_numpy(self.mask)[None, None].float(), size=geometry.image_size,
-                                    mode="bilinear", align_corners=False, antialias=True)
-            self.session.add_mask_inputs(obj_idx, run.start_index, (resized >= 0.5).float())
-        else:
-            self.session.add_point_inputs(obj_idx, run.start_index, _prompt_inputs(prompt, size, geometry.image_size))
-        self.session.obj_with_new_inputs = [1]
+        for object_id, prompt in prompts.items():
+            obj_idx = self.session.obj_id_to_idx(object_id)
+            if isinstance(prompt, np.ndarray):
+                resized = F.interpolate(torch.from_numpy(prompt)[None, None].float(), size=geometry.image_size,
+                                        mode="bilinear", align_corners=False, antialias=True)
+                self.session.add_mask_inputs(obj_idx, run.start_index, (resized >= 0.5).float())
+            else:
+                self.session.add_point_inputs(obj_idx, run.start_index,
+                                              _prompt_inputs(prompt, size, geometry.image_size))
+        self.session.obj_with_new_inputs = list(prompts)
         config = model.config
         self.lookback = max(getattr(config, "num_maskmem", n_slices),
                             getattr(config, "max_object_pointers_in_encoder", 0))
-        self.outputs = self.session.output_dict_per_obj[obj_idx]["non_cond_frame_outputs"]
+        self.outputs = [self.session.output_dict_per_obj[self.session.obj_id_to_idx(object_id)]
+                        ["non_cond_frame_outputs"] for object_id in prompts]
 
     def _input(self, index: int) -> torch.Tensor:
         """Slice ``index`` as the model's input (3, *image_size) on the model's device, in its dtype."""
@@ -145,20 +159,26 @@ class VideoStepper:
 
     def segment(self, index: int, plane: np.ndarray, step: int,
                 previous: dict[int, Segmented] | None) -> dict[int, Segmented]:
+        """Every object of the session is segmented (the model's memory of each needs every slice); those of
+        ``previous`` (all on the start slice) are returned."""
         self._plane = (index, plane)
         try:
             with torch.inference_mode():
                 output = self.model(self.session, frame_idx=index, reverse=step < 0)
-                logits = F.interpolate(output.pred_masks[:1, :1].float(), size=self.run.stack.size, mode="bilinear",
+                logits = F.interpolate(output.pred_masks[:, :1].float(), size=self.run.stack.size, mode="bilinear",
                                        align_corners=False)
-                score = float(torch.sigmoid(output.object_score_logits.float()).flatten()[0])
-                found = (logits[0, 0] > 0).cpu().numpy()
+                scores = torch.sigmoid(output.object_score_logits.float()).reshape(-1).tolist()
+                found = (logits[:, 0] > 0).cpu().numpy()
         finally:
             self._plane = None
         stale = index - step * self.lookback  # forget a slice once the model no longer looks back to it
         if abs(stale - self.run.start_index) > self.lookback:
-            self.outputs.pop(stale, None)
-        return {1: Segmented(self.mask if previous is None and self.mask is not None else found, score)}
+            for outputs in self.outputs:
+                outputs.pop(stale, None)
+        wanted = output.object_ids if previous is None else previous
+        return {object_id: Segmented(self.masks[object_id] if previous is None and object_id in self.masks
+                                     else found[row], scores[row])
+                for row, object_id in enumerate(output.object_ids) if object_id in wanted}
 
 
 def propagate_video(model, volume, start_index: int, axis: int, *, points=None, point_labels=None, box=None,
@@ -209,5 +229,35 @@ def propagate_video(model, volume, start_index: int, axis: int, *, points=None, 
     run = prepare_run(volume, start_index, axis, contrast_limits=contrast_limits, rgb=rgb, directions=directions,
                       settings=settings, overrides=overrides)
     prompt = _check_prompt(points, point_labels, box, mask, run.stack.size)
-    stepper = VideoStepper(model, geometry or video_geometry(model.config), prompt, run)
+    stepper = VideoStepper(model, geometry or video_geometry(model.config), {1: prompt}, run)
     return propagate_one(stepper, run, bounds, progress, cancel, on_slice)
+
+
+def propagate_video_objects(model, volume, start_index: int, axis: int, labels_plane, *, ids=None,
+                            geometry: VideoGeometry | None = None, settings: PropagationSettings | None = None,
+                            contrast_limits=None, rgb: bool | None = None, directions: tuple[int, ...] = (1, -1),
+                            bounds: dict | None = None, progress: Callable[[int, int], None] | None = None,
+                            cancel: Callable[[], bool] | None = None, **overrides) -> PropagatedObjects:
+    """Track every object of ``labels_plane`` (the labels of slice ``start_index``) through ``volume`` at once with
+    a SAM2-family video model's multi-object memory.
+
+    Each slice is encoded once for all the objects; each object keeps its id, its mask as the start slice's result
+    and its own stop rules (as :func:`propagate_video`'s), and no pixel is given to two objects (a contested pixel
+    goes to the object that held it on the previous slice, else to the higher object score).
+
+    ``model``, ``volume``, ``start_index``, ``axis``, ``geometry``, ``settings``, ``contrast_limits``, ``rgb``,
+    ``directions``, ``progress``, ``cancel`` and ``overrides`` are as for :func:`propagate_video`.
+
+    Args:
+        labels_plane: (H, W) integer labels of the start slice; each id > 0 is an object.
+        ids: the objects to carry (default: every object of ``labels_plane``).
+        bounds: by object id, (first, last) slices that object may reach, as :func:`propagate_video`'s ``bounds``.
+
+    Returns :class:`PropagatedObjects` (slices first whatever ``axis``). Raises ValueError for bad arguments, naming
+    the problem.
+    """
+    run = prepare_run(volume, start_index, axis, contrast_limits=contrast_limits, rgb=rgb, directions=directions,
+                      settings=settings, overrides=overrides)
+    masks = first_masks(labels_plane, run.stack.size, ids)
+    stepper = VideoStepper(model, geometry or video_geometry(model.config), dict(masks), run)
+    return propagate_many(stepper, run, list(masks), bounds, progress, cancel)
