@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs, through apt, what a fresh Debian/Ubuntu machine lacks to run napari-sam and its tests:
-# Python's venv module, a virtual X server (Xvfb) for the Qt tests, and the libraries Qt's xcb platform needs.
+# Python's venv module, a virtual X server (Xvfb) and xdotool (real input) for the Qt tests, and the libraries Qt's xcb platform needs.
 # Installs nothing when everything is present.
 set -euo pipefail
 
-wanted=(xvfb xauth libgl1 libegl1 libfontconfig1 libdbus-1-3 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0
+wanted=(xvfb xauth xdotool libgl1 libegl1 libfontconfig1 libdbus-1-3 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0
         libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libxcb-cursor0)
 python3 -c "import ensurepip, venv" 2>/dev/null || wanted+=("python3-venv")
 

@@ -283,8 +283,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused(batch_dataset, tmp_path, c
     other's outputs and summary; a run now holds its output folder, and a second one is refused at once."""
     from filelock import FileLock
 
-    from napari_sam.batch.runner import LOCK
-    from napari_sam.batch.tasks import RECORDS
+    from napari_sam.batch.output_lock import LOCK, RECORDS
 
     folder, _ = batch_dataset
     out = tmp_path / "out"
@@ -293,7 +292,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused(batch_dataset, tmp_path, c
         start = time.perf_counter()
         assert main(["segment", str(folder), "--out", str(out), "--model", MODEL, "--no-progress"]) == 2
         assert time.perf_counter() - start < 8
-    assert f"Another napari-sam run is writing into {out.resolve()}" in capsys.readouterr().err
+    assert f"{out.resolve()} is in use by another napari-sam run or annotation session" in capsys.readouterr().err
     assert not (out / "napari-sam-run.json").exists()
 
 

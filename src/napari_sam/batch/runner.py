@@ -21,20 +21,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from ..core.embeddings import DEFAULT_STORE_GB, EmbeddingStore, store_bytes
 from ..core.errors import ModelLoadError
 from ..core.model import KNOWN_CHECKPOINTS, read_checkpoint_json, require_config, resolve_checkpoint
 from . import tasks
 from .config import RunConfig
 from .files import check_output, check_readable, find_inputs, remove_partial, write_atomically
+from .output_lock import RECORDS, OutputLock
 from .outputs import check_table_format
 from .prompts_file import PromptsFile
-from .tasks import RECORDS, Job, ModelPlugin
-
-#: The lock file of a run in progress, in the output folder's records.
-LOCK = "run.lock"
+from .series import corrected_images
+from .tasks import Job, ModelPlugin
 
 #: Seconds to wait for an existing scheduler before giving up.
 CONNECT_TIMEOUT = 5
@@ -179,7 +176,7 @@ def run_batch(inputs: list[str], output: str | None, config: RunConfig | None = 
         store = str(EmbeddingStore().root)
     elif store is not None:
         EmbeddingStore(store, max_bytes=cap)  # a folder that cannot hold a store is refused now, not on the workers
-    with contextlib.nullcontext() if out is None else _output_lock(out):
+    with contextlib.nullcontext() if out is None else OutputLock(out, "a batch run"):
         images, jobs = _triage(items, out, config, prompt_file, overwrite)
         if prompt_file is not None:
             unused = set(prompt_file.by_image) - {name for item in items for name in (item.name, _file_name(item))}
@@ -187,8 +184,8 @@ def run_batch(inputs: list[str], output: str | None, config: RunConfig | None = 
                 log(f"The prompts file names images that are not inputs: {', '.join(sorted(unused))}.")
         cluster = {}
         if jobs:
-            log(f"{len(jobs)} image(s) to do; {len(items) - len(jobs)} finished before, without prompts or "
-                "unreadable.")
+            log(f"{len(jobs)} image(s) to do; {len(items) - len(jobs)} finished before, corrected by hand, without "
+                "prompts or unreadable.")
             with open_client(scheduler, workers) as (client, threads):
                 cluster = {"scheduler": client.scheduler.address, "workers": len(client.scheduler_info()["workers"]),
                            "threads_per_worker": threads, "dashboard": _dashboard(client)}
@@ -198,8 +195,8 @@ def run_batch(inputs: list[str], output: str | None, config: RunConfig | None = 
                 images.update(_run_jobs(client, jobs, batch.mode, batch.tiles_per_task, progress))
         else:
             kinds = [entry["status"] for entry in images.values()]
-            told = ", ".join(f"{kinds.count(status)} {status}" for status in ("skipped", "failed", "no prompts")
-                             if status in kinds)
+            told = ", ".join(f"{kinds.count(status)} {status}" for status in ("skipped", "kept", "failed",
+                                                                              "no prompts") if status in kinds)
             log(f"Nothing to do for the {len(items)} image(s): {told}.")
         entries = [images[item.name] for item in items]
         values = {"napari_sam_run": 1, "started": wall.isoformat(timespec="seconds"),
@@ -208,7 +205,7 @@ def run_batch(inputs: list[str], output: str | None, config: RunConfig | None = 
                   "settings": config.to_dict(), "prompts": prompts, "store": store, "cluster": cluster,
                   "versions": _versions(),
                   "counts": {status: sum(e["status"] == status for e in entries)
-                             for status in ("done", "skipped", "failed", "no prompts")},
+                             for status in ("done", "skipped", "kept", "failed", "no prompts")},
                   "images": entries}
         failures = [e for e in entries if e["status"] == "failed"]
         summary = None if out is None else write_atomically(out / SUMMARY,
@@ -217,15 +214,21 @@ def run_batch(inputs: list[str], output: str | None, config: RunConfig | None = 
 
 
 def _triage(items, out: Path | None, config: RunConfig, prompt_file: PromptsFile | None, overwrite: bool):
-    """``(entries of the images that need no task, by name; the jobs of the others)``: an unreadable file fails
-    here, before any worker starts; an image without prompts, or finished before with the same settings, is not
-    done again; another run's outputs are not replaced without ``overwrite``."""
+    """``(entries of the images that need no task, by name; the jobs of the others)``: an image a person corrected
+    in the image series is kept (whatever ``overwrite`` says); an unreadable file fails here, before any worker
+    starts; an image without prompts, or finished before with the same settings, is not done again; another run's
+    outputs are not replaced without ``overwrite``."""
+    corrected = set()
     if out is not None:
         remove_partial(out), remove_partial(out / RECORDS)
+        corrected = corrected_images(out)
     images, jobs = {}, []
     for item in items:
         mine = () if prompt_file is None else tuple(prompt_file.for_image(_file_name(item), item.name))
         job = Job(item, None if out is None else str(out), config, mine)
+        if item.name in corrected:  # whatever the options: a person's work is never overwritten
+            images[item.name] = _entry(job, "kept", reason="corrected by hand in the image series: kept as it is")
+            continue
         try:
             check_readable(item, config.batch.channel)
         except ValueError as error:
@@ -242,23 +245,6 @@ def _triage(items, out: Path | None, config: RunConfig, prompt_file: PromptsFile
         else:
             jobs.append(job)
     return images, jobs
-
-
-@contextlib.contextmanager
-def _output_lock(out: Path):
-    """Hold the output folder for this run: a second run into it is refused while this one runs (the lock goes with
-    the process, so a killed run leaves none behind)."""
-    (out / RECORDS).mkdir(parents=True, exist_ok=True)
-    lock = FileLock(out / RECORDS / LOCK)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise ValueError(f"Another napari-sam run is writing into {out}: wait for it to finish, or choose another "
-                         "output folder.") from None
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _file_name(item) -> str:

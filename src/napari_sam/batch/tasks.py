@@ -38,6 +38,7 @@ from ..core.workflows import (
 )
 from .config import RunConfig
 from .files import ImageInput, open_input, write_atomically
+from .output_lock import RECORDS
 from .outputs import (
     Calibration,
     LabelsOutput,
@@ -53,8 +54,6 @@ from .prompts_file import FilePrompt, PromptsFile
 
 #: The name the model plugin is registered under on every worker.
 PLUGIN = "napari-sam-model"
-#: Where the records of finished images are kept, inside the output folder.
-RECORDS = ".napari-sam"
 
 
 class ModelPlugin(WorkerPlugin):

@@ -138,6 +138,7 @@ def _segment(args: argparse.Namespace) -> int:
     counts = summary.values["counts"]
     print(f"{counts['done']} done, {counts['skipped']} skipped (finished before), {counts['failed']} failed"
           + (f", {counts['no prompts']} without prompts" if counts["no prompts"] else "")
+          + (f", {counts['kept']} kept (corrected by hand)" if counts["kept"] else "")
           + f" in {summary.values['seconds']:.1f} s. Summary: {summary.path}")
     return _report_failures(summary)
 
