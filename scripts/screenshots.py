@@ -14,7 +14,9 @@ stack), so a broken workflow fails here instead of giving a stale or empty pictu
 - ``scribbles.png``: brush scribbles on a plane of the 3D sample, one over a cell (label 1) and one over its
   neighbour (label 2, the background), and the cell's mask previewed;
 - ``all-objects.png``: every cell segmented on the middle plane of the 3D sample (Segment everything), then carried
-  through the stack at once (All objects), shown in 3D.
+  through the stack at once (All objects), shown in 3D;
+- ``series.png``: the Image series dock on four images: the first annotated with a click and ``C``, then ``PageDown``
+  and a click on the second, its mask previewed.
 """
 
 from __future__ import annotations
@@ -223,10 +225,52 @@ def all_objects(out: Path) -> None:
     viewer.close()
 
 
+def series(out: Path) -> None:
+    import tempfile
+
+    import napari
+    import tifffile
+
+    from napari_sam.demo import synthetic_cells
+    from napari_sam.widgets import open_series
+
+    with tempfile.TemporaryDirectory() as temporary:
+        here = Path.cwd()
+        os.chdir(temporary)  # the dock shows the folders as a person names them, relative to where they work
+        folder = Path("fields")
+        folder.mkdir()
+        truths = []
+        for index in range(4):
+            image, truth = synthetic_cells((256, 320), seed=996_000 + index, radius_range=(14.0, 20.0))
+            tifffile.imwrite(folder / f"field_{index + 1:02d}.tif", image)
+            truths.append(truth)
+        viewer = napari.Viewer(title="napari-sam", show=True)
+        person = XInput(viewer, WINDOW)
+        dock = open_series(viewer, [str(folder)], "annotations", model="tiny-cells")
+        for index in (0, 1):
+            person.wait_until(lambda i=index: dock.current == i and dock.segment.predictor is not None
+                              and not dock.segment.busy and dock.segment.points_picker.value is not None,
+                              f"image {index + 1}")
+            person.fit()
+            (row, col), = cell_centres(truths[index], 1)
+            person.click(dock.image_layer, (row, col))
+            person.wait_until(lambda: dock.segment.shown_masks().any() and not dock.segment.busy, "the preview")
+            if index == 0:
+                person.key("c")
+                person.wait_until(lambda: dock.series.images[0].objects, "the saved labels")
+                person.key("Next")
+        if not dock.series.images[0].corrected or dock.current != 1:
+            raise RuntimeError("the series did not save the first image or move on")
+        shot(person, out / "series.png")
+        viewer.close()
+        os.chdir(here)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images", help="folder of the pictures")
-    parser.add_argument("--only", choices=("demo", "stacks"), help="only the 2D pictures, or only the stack's")
+    parser.add_argument("--only", choices=("demo", "stacks", "series"),
+                        help="only the 2D pictures, the stack's or the image series'")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -238,6 +282,8 @@ def main(argv: list[str] | None = None) -> None:
             stacks(args.out)
             scribbles(args.out)
             all_objects(args.out)
+        if args.only in (None, "series"):
+            series(args.out)
     finally:
         if server is not None:
             server.terminate()

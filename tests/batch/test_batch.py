@@ -53,7 +53,7 @@ def test_outputs_match_the_api_and_a_rerun_does_no_work(dask_cluster, batch_data
     folder, images = batch_dataset
     out = tmp_path / "out"
     summary = run_batch([str(folder)], str(out), batch_config(), scheduler=scheduler, progress=False)
-    assert summary.values["counts"] == {"done": 7, "skipped": 0, "failed": 1, "no prompts": 0}
+    assert summary.values["counts"] == {"done": 7, "skipped": 0, "kept": 0, "failed": 1, "no prompts": 0}
     loads = client.run(lambda dask_worker: dask_worker.plugins["napari-sam-model"].loads)
     assert sorted(loads.values()) == [1, 1]  # both workers worked, each loaded the model once for 7 images
     assert [f["name"] for f in summary.failures] == ["corrupt"] and "corrupt.tif" in summary.failures[0]["error"]

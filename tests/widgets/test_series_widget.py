@@ -13,7 +13,15 @@ import pytest
 import tifffile
 
 from napari_sam.batch import run_batch
-from napari_sam.batch.series import DONE, FAILED, IN_PROGRESS, NOT_STARTED, SERIES_FILE
+from napari_sam.batch.series import (
+    DONE,
+    FAILED,
+    IN_PROGRESS,
+    NOT_STARTED,
+    SERIES_FILE,
+    labels_file,
+    read_labels,
+)
 from napari_sam.core.objects import mask_iou
 from napari_sam.demo import synthetic_cells
 from napari_sam.widgets import open_series
@@ -45,8 +53,9 @@ def ready(qtbot, dock, index):
 
 
 def saved_labels(out, name):
-    path = out / f"{name}_labels.ome.tif"
-    return tifffile.imread(path) if path.exists() else None
+    """The labels saved for image ``name`` (OME-TIFF or OME-zarr), or None."""
+    path = labels_file(out, name)
+    return None if path is None else np.asarray(read_labels(path)[...])
 
 
 #: The whole loop driven by a person (real X clicks and keys, xdotool) in a shown viewer, on its own X display: three
@@ -185,8 +194,7 @@ def test_a_batch_runs_results_corrected_in_the_dock_are_kept_by_the_next_run(das
     dock = open_series(make_napari_viewer(), [str(folder)], out)
     ready(qtbot, dock, 0)
     assert dock.segment.predictor.checkpoint == "tiny-cells"  # the batch run's model
-    assert [image.status for image in dock.series.images] == [NOT_STARTED] * 0 + [IN_PROGRESS, NOT_STARTED,
-                                                                                   NOT_STARTED]
+    assert [image.status for image in dock.series.images] == [IN_PROGRESS, NOT_STARTED, NOT_STARTED]
     dock.next()
     ready(qtbot, dock, 1)
     assert np.array_equal(dock.labels_layer.data, found)  # the batch run's labels, to correct
@@ -196,3 +204,42 @@ def test_a_batch_runs_results_corrected_in_the_dock_are_kept_by_the_next_run(das
     again = run_batch([str(folder)], str(out), batch_config(), scheduler=scheduler, overwrite=True, progress=False)
     assert {e["name"]: e["status"] for e in again.values["images"]}["field_1"] == "kept"
     assert (out / "field_1_labels.ome.tif").read_bytes() == before
+
+
+def test_a_stack_and_a_zarr_image_are_annotated_in_the_series(make_napari_viewer, qtbot, tmp_path):
+    """A z-stack (a 3D TIFF) and a zarr image, lazily read: a commit on a plane of the stack is saved as a 3D labels
+    file; the zarr image's labels are saved too."""
+    import zarr
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    stack, stack_truth = synthetic_cells((4, 96, 128), seed=991_100, ndim=3)
+    tifffile.imwrite(folder / "a_stack.tif", stack)
+    image, image_truth = synthetic_cells((96, 128), seed=991_101, radius_range=(12.0, 16.0), n_cells=5)
+    zarr.create_array(folder / "b_plain.zarr", shape=image.shape, chunks=(48, 64), dtype=image.dtype)[...] = image
+    out = tmp_path / "out"
+    dock = open_series(make_napari_viewer(), [str(folder)], out, model="tiny-cells")
+    ready(qtbot, dock, 0)
+    assert dock.image_layer.ndim == 3 and dock.labels_layer.data.shape == stack.shape
+    viewer, segment = dock.viewer, dock.segment
+    viewer.dims.set_current_step(0, 2)
+    cell = largest_cells(stack_truth[2], 1)[0]
+    row, col = np.argwhere(stack_truth[2] == cell).mean(axis=0)
+    segment.points_picker.value.add([2, row, col])
+    qtbot.waitUntil(lambda: segment.preview is not None and segment.preview_control.settled and not segment.busy,
+                    timeout=60_000)
+    segment.commit()
+    saved = saved_labels(out, "a_stack")
+    assert saved.shape == stack.shape and not saved[[0, 1, 3]].any()
+    assert mask_iou(saved[2] > 0, stack_truth[2] == cell) >= 0.8
+    dock.next()
+    ready(qtbot, dock, 1)
+    assert dock.image_layer.ndim == 2 and np.array_equal(np.asarray(dock.image_layer.data), image)
+    cell = largest_cells(image_truth, 1)[0]
+    row, col = np.argwhere(image_truth == cell).mean(axis=0)
+    segment.points_picker.value.add([row, col])
+    qtbot.waitUntil(lambda: segment.preview is not None and segment.preview_control.settled and not segment.busy,
+                    timeout=60_000)
+    segment.commit()
+    assert mask_iou(saved_labels(out, "b_plain") > 0, image_truth == cell) >= 0.8
+    dock.close_series()

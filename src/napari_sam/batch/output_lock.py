@@ -17,14 +17,10 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from .files import write_atomically
-
 #: The folder of an output folder that holds its records (the images finished, the series, the lock).
 RECORDS = ".napari-sam"
-#: The lock file, in the records.
+#: The lock file, in the records; it says who holds it (written once it is held).
 LOCK = "run.lock"
-#: Who holds the lock (written once it is held), in the records.
-HOLDER = "run.lock.holder"
 
 
 class FolderInUse(ValueError):
@@ -32,9 +28,9 @@ class FolderInUse(ValueError):
 
 
 def _holder(records: Path) -> str:
-    """Who holds the lock, in words, from the holder file ("" when unknown)."""
+    """Who holds the lock, in words, from the lock file ("" when unknown)."""
     try:
-        holder = json.loads((records / HOLDER).read_text())
+        holder = json.loads((records / LOCK).read_text())
         return (f" ({holder['what']}, process {holder['pid']} on {holder['host']}, since "
                 f"{holder['since']})")
     except (OSError, ValueError, KeyError, TypeError):
@@ -68,14 +64,12 @@ class OutputLock:
                 f"{out} is in use by another napari-sam run or annotation session{_holder(self.records)}: close it "
                 "there, or choose another output folder. If that session is gone and its lock stayed (a network "
                 "drive), take the folder with --break-lock (break_lock=True in Python).") from None
-        write_atomically(self.records / HOLDER, json.dumps({
-            "what": what, "pid": os.getpid(), "host": socket.gethostname(),
-            "since": datetime.now(UTC).isoformat(timespec="seconds")}).encode())
+        with open(self.records / LOCK, "w", encoding="utf-8") as handle:  # the file exists: the folder is unchanged
+            json.dump({"what": what, "pid": os.getpid(), "host": socket.gethostname(),
+                       "since": datetime.now(UTC).isoformat(timespec="seconds")}, handle)
 
     def release(self) -> None:
         if self._lock.is_locked:
-            with contextlib.suppress(OSError):
-                os.unlink(self.records / HOLDER)
             self._lock.release()
 
     def __enter__(self) -> OutputLock:

@@ -187,6 +187,15 @@ class SegmentWidget(Dock):
             self.ensure_prompt_layers()
         self.preview_control.update()
 
+    def image_replaced(self) -> None:
+        """The chosen image layer holds another image now (its data was replaced): forget what was previewed for
+        the last one and embed this one."""
+        self.preview_control.target = None
+        self.preview_control.drop_layer()
+        self.preview_control.forget_logits()
+        self.model.embed_current_plane()
+        self.preview_control.update()
+
     def ensure_prompt_layers(self) -> None:
         """Create the Points and Shapes layers if none is chosen (with the image's transforms); the points layer
         ends up active, in add mode."""

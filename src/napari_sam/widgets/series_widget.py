@@ -14,6 +14,7 @@ marked failed, with its error, and skipped.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import CheckBox, Container, LineEdit, PushButton
@@ -49,6 +50,18 @@ def _read(series: Series, index: int):
         data = np.asarray(data[...])
     rgb = is_rgb(shape)
     return data, rgb, napari_contrast_limits(data, rgb, in_memory=isinstance(data, np.ndarray))
+
+
+def _objects(count: int) -> str:
+    return f"{count} object" + ("" if count == 1 else "s")
+
+
+def _shown_path(path: Path) -> str:
+    """``path`` as the dock shows it: relative to the working folder when it lies inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 class SeriesWidget(Container):
@@ -119,7 +132,7 @@ class SeriesWidget(Container):
         default), from its first image not done."""
         self.close_series()
         self.series = series
-        self.inputs.value, self.out.value = "; ".join(series.inputs), str(series.out)
+        self.inputs.value, self.out.value = "; ".join(series.inputs), _shown_path(series.out)
         _, segment = self.viewer.window.add_plugin_dock_widget("napari-sam", "Segment Anything")
         if not isinstance(segment, SegmentWidget):
             raise TypeError("the Segment Anything dock could not be opened")
@@ -142,7 +155,7 @@ class SeriesWidget(Container):
             return
         self.list.clear()
         for image in self.series.images:
-            count = "" if image.objects is None else f" · {image.objects} objects"
+            count = "" if image.objects is None else f" · {_objects(image.objects)}"
             corrected = " · corrected" if image.corrected else ""
             self.list.addItem(f"{_marker(image.status)} {image.name} · {image.status}{count}{corrected}")
             if image.error:
@@ -190,7 +203,9 @@ class SeriesWidget(Container):
         if series is None or not 0 <= index < len(series):
             return
         started = time.perf_counter()
-        self.leave()
+        if self.current is not None:
+            self._timer.stop()
+            self.save()
         try:
             data, rgb, limits = self._ahead[1] if self._ahead and self._ahead[0] == index else _read(series, index)
         except ValueError as error:
@@ -219,25 +234,62 @@ class SeriesWidget(Container):
             if saved is not None:
                 for plane in np.ndindex(*spatial[:-2]):
                     labels[plane] = np.asarray(saved[plane])
-        viewer = self.viewer
-        self.image_layer = unwrapped(viewer.add_image(data, name=image.name, rgb=rgb, contrast_limits=limits))
-        self.labels_layer = unwrapped(viewer.add_labels(labels, name=f"{image.name} labels"))
-        self.current = index
         segment = self.segment
-        segment.image_picker.value = self.image_layer
-        segment.labels_picker.reset_choices()
-        segment.labels_picker.value = self.labels_layer
-        layers = viewer.layers  # the labels just above the image, below the prompts; the points take the clicks
-        layers.move(layers.index(self.labels_layer), layers.index(self.image_layer) + 1)
-        if segment.session.predictor is not None:
-            segment.ensure_prompt_layers()
-        self.labels_layer.events.paint.connect(self._on_paint)
-        self.labels_layer.events.set_data.connect(self._on_redraw)
+        if not self._swap_in(image.name, data, rgb, limits, labels):
+            self.leave()
+            viewer = self.viewer
+            self.image_layer = unwrapped(viewer.add_image(data, name=image.name, rgb=rgb, contrast_limits=limits))
+            self.labels_layer = unwrapped(viewer.add_labels(labels, name=f"{image.name} labels"))
+            segment.image_picker.value = self.image_layer
+            segment.labels_picker.reset_choices()
+            segment.labels_picker.value = self.labels_layer
+            layers = viewer.layers  # the labels just above the image, below the prompts; the points take the clicks
+            layers.move(layers.index(self.labels_layer), layers.index(self.image_layer) + 1)
+            if segment.session.predictor is not None:
+                segment.ensure_prompt_layers()
+            self.labels_layer.events.paint.connect(self._on_paint)
+            self.labels_layer.events.set_data.connect(self._on_redraw)
+        self.current = index
         self._saved_version = self._version()
         self.shown_seconds = time.perf_counter() - started  # from leaving the last image to showing this one
         self.refresh_list()
         self.status.value = (f"{index + 1} of {len(series)}: {image.name} ({image.status}"
-                             + (f", {image.objects} objects" if image.objects is not None else "") + ").")
+                             + (f", {_objects(image.objects)}" if image.objects is not None else "") + ").")
+
+    def _swap_in(self, name: str, data, rgb: bool, limits, labels) -> bool:
+        """Show the next image in the layers already shown, when it has as many dimensions (and colour) as the
+        last one: napari adds and removes layers slowly (a garbage collection for each removal). The prompts drawn
+        on the last image are cleared, the labels' undo history starts anew. Returns False when new layers are
+        needed."""
+        image_layer, labels_layer, segment = self.image_layer, self.labels_layer, self.segment
+        layers = self.viewer.layers
+        if (image_layer is None or labels_layer is None or image_layer not in layers or labels_layer not in layers
+                or bool(image_layer.rgb) != bool(rgb) or image_layer.data.ndim != len(data.shape)):
+            return False
+        segment.preview_control.drop_layer()
+        points, shapes, brush = (segment.points_picker.value, segment.shapes_picker.value,
+                                 segment.brush_picker.value)
+        if points is not None and len(points.data):
+            points.data = np.zeros((0, points.ndim))
+        if shapes is not None and len(shapes.data):
+            shapes.selected_data = set(range(len(shapes.data)))
+            shapes.remove_selected()
+        if brush is not None:
+            brush.data = labels_array(tuple(labels.shape), f"{name} scribbles", np.uint8)[0]
+        image_layer.contrast_limits_range = limits
+        image_layer.data = data
+        image_layer.contrast_limits = limits
+        image_layer.name = name
+        labels_layer.data = labels
+        labels_layer._undo_history.clear()  # napari keeps the history across a data change: not across images
+        labels_layer._redo_history.clear()
+        labels_layer.name = f"{name} labels"
+        for picker, layer in ((segment.image_picker, image_layer), (segment.labels_picker, labels_layer)):
+            if picker.value is not layer:  # a renamed layer may have left its picker
+                picker.reset_choices()
+                picker.value = layer
+        segment.image_replaced()
+        return True
 
     def leave(self) -> None:
         """Save the shown image and take its layers (and the prompts drawn on it) out of the viewer."""
@@ -338,7 +390,10 @@ class SeriesWidget(Container):
         if self.series is None:
             return
         if closing:
-            self._timer.stop()
+            try:
+                self._timer.stop()
+            except RuntimeError:  # Qt deleted the timer with the dock already
+                pass
             self.save()
             self.current = None
         else:
