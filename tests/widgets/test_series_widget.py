@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_sam.batch import run_batch
+from napari_sam.batch import Series, run_batch
 from napari_sam.batch.series import (
     DONE,
     FAILED,
@@ -134,17 +134,28 @@ def test_three_images_annotated_with_clicks_and_keys_then_moved_through_closed_a
         assert mask_iou(saved_labels(out, name) > 0, truth[name] == cell) >= 0.8, name
 
 
-def test_undo_and_a_brush_edit_are_saved(make_napari_viewer, qtbot, fields, tmp_path):
+def test_undo_and_a_brush_edit_are_saved_and_the_settings_file_applies(make_napari_viewer, qtbot, fields,
+                                                                         tmp_path):
+    from napari_sam.batch import RunConfig
+    from napari_sam.core.settings import PropagationSettings
+
     folder, truth = fields
     out = tmp_path / "out"
-    dock = open_series(make_napari_viewer(), [str(folder / "field_0.tif")], out, model="tiny-cells")
+    settings = RunConfig(propagation=PropagationSettings(min_area=77)).to_dict()
+    dock = open_series(make_napari_viewer(), [str(folder / "field_0.tif")], out, model="tiny-cells",
+                       settings=settings)
     ready(qtbot, dock, 0)
+    assert dock.segment.propagation.settings.controls["min_area"].value == 77  # not the checkpoint's own
+    assert dock.series.settings == settings
     labels = dock.labels_layer
     labels.paint((40, 40), 9)  # a dab of napari's own brush
     qtbot.waitUntil(lambda: (saved_labels(out, "field_0") == 9).any(), timeout=2_000)
     labels.undo()  # napari reports an undo only as a redraw: saved after a moment
     qtbot.waitUntil(lambda: not (saved_labels(out, "field_0") == 9).any(), timeout=5_000)
     assert dock.series.images[0].status == IN_PROGRESS and dock.series.images[0].objects == 0
+    dock.viewer.window.remove_dock_widget(dock.native)  # the dock closed, the viewer still open...
+    qtbot.waitUntil(lambda: dock.series is None, timeout=5_000)
+    Series([str(folder / "field_0.tif")], out).close()  # ...lets the folder go
 
 
 def test_a_session_killed_right_after_a_commit_keeps_the_commit(fields, tmp_path):

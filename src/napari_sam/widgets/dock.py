@@ -8,7 +8,7 @@ from qtpy.QtCore import QEvent, QObject
 from .model_panel import ModelPanel
 
 
-class _Undocking(QObject):
+class Undocking(QObject):
     """Calls ``undocked()`` when the watched widget loses its parent: napari's ``remove_dock_widget`` keeps the
     widget alive, parentless, so a removed dock would otherwise go on listening to its viewer."""
 
@@ -37,7 +37,7 @@ class Dock(Container):
         self._workers: set = set()
         self._closed = False
         self.native.destroyed.connect(self._on_destroyed)
-        self._undocking = _Undocking(self._on_destroyed)
+        self._undocking = Undocking(self._on_destroyed)
         self.native.installEventFilter(self._undocking)
 
     # the parts users and tests reach through any dock

@@ -23,8 +23,10 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication, QListWidget
 
+from ..batch.config import RunConfig
 from ..batch.series import DONE, FAILED, IN_PROGRESS, Series
 from ..core.image import is_rgb, napari_contrast_limits
+from .dock import Undocking
 from .layout import column, row, status_line
 from .prompt_layers import labels_array, unwrapped
 from .segment_widget import SegmentWidget
@@ -111,6 +113,8 @@ class SeriesWidget(Container):
         for key, method in KEYS.items():
             self.viewer.bind_key(key, lambda _viewer, method=method: getattr(self, method)(), overwrite=True)
         self.native.destroyed.connect(lambda *args: self.close_series(closing=True))
+        self._undocking = Undocking(lambda: self.close_series(closing=True))  # removed from the viewer: let go
+        self.native.installEventFilter(self._undocking)
 
     # --- opening ------------------------------------------------------------------------------------------------
 
@@ -145,14 +149,31 @@ class SeriesWidget(Container):
         elif predictor is None:
             segment.load_model()
         segment.session.embedded.connect(self._on_embedded)
+        segment.model.ready.connect(self._apply_settings)
+        if predictor is not None:
+            self._apply_settings()
         self.refresh_list()
         self.go(series.first_to_do())
+
+    def _apply_settings(self) -> None:
+        """The series' settings (a settings file, ``--settings``) in the Segment Anything dock: its tiling, and
+        its propagation settings over the ones the checkpoint recommends."""
+        series, segment = self.series, self.segment
+        if series is None or segment is None or not series.settings:
+            return
+        config = RunConfig.from_dict(series.settings)
+        segment.model.tiles_and_store.tiling.show(config.tiling)
+        segment.session.set_tiling(config.tiling)
+        if config.propagation is not None:
+            segment.propagation.settings.show(config.propagation)
 
     # --- moving through the series ----------------------------------------------------------------------------
 
     def refresh_list(self) -> None:
+        """Show every image's status and object count, and describe the one shown."""
         if self.series is None:
             return
+        self._describe()
         self.list.clear()
         for image in self.series.images:
             count = "" if image.objects is None else f" · {_objects(image.objects)}"
@@ -253,7 +274,13 @@ class SeriesWidget(Container):
         self._saved_version = self._version()
         self.shown_seconds = time.perf_counter() - started  # from leaving the last image to showing this one
         self.refresh_list()
-        self.status.value = (f"{index + 1} of {len(series)}: {image.name} ({image.status}"
+
+    def _describe(self) -> None:
+        """Say which image is shown, how far it is and how many objects it has."""
+        if self.series is None or self.current is None:
+            return
+        image = self.series.images[self.current]
+        self.status.value = (f"{self.current + 1} of {len(self.series)}: {image.name} ({image.status}"
                              + (f", {_objects(image.objects)}" if image.objects is not None else "") + ").")
 
     def _swap_in(self, name: str, data, rgb: bool, limits, labels) -> bool:
@@ -387,7 +414,7 @@ class SeriesWidget(Container):
     def close_series(self, closing: bool = False) -> None:
         """Save the shown image and let the output folder go (``closing``: the viewer is going away, its layers
         are left to it)."""
-        if self.series is None:
+        if getattr(self, "series", None) is None:  # none open, or the widget is being torn down
             return
         if closing:
             try:
@@ -399,10 +426,18 @@ class SeriesWidget(Container):
         else:
             self.leave()
         if self.segment is not None:
-            try:
-                self.segment.session.embedded.disconnect(self._on_embedded)
-            except (TypeError, ValueError, RuntimeError):
-                pass
+            for signal, slot in ((self.segment.session.embedded, self._on_embedded),
+                                 (self.segment.model.ready, self._apply_settings)):
+                try:
+                    signal.disconnect(slot)
+                except (TypeError, ValueError, RuntimeError):
+                    pass
+        if closing:
+            for key in KEYS:  # the viewer's keys go back to napari
+                try:
+                    self.viewer.bind_key(key, None)
+                except (KeyError, RuntimeError):
+                    pass
         self.series.close()
         self.series, self._ahead = None, None
 
