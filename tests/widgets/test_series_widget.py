@@ -176,11 +176,12 @@ def test_a_session_killed_right_after_a_commit_keeps_the_commit(fields, tmp_path
         wait(lambda: dock.segment.predictor is not None and dock.segment.points_picker.value is not None
              and not dock.segment.busy)
         dock.segment.points_picker.value.add([{row:.1f}, {col:.1f}])
-        wait(lambda: dock.segment.preview is not None and dock.segment.settled and not dock.segment.busy)
+        wait(lambda: dock.segment.preview is not None and dock.segment.preview_control.settled
+             and not dock.segment.busy)
         dock.segment.commit()
         print("committed", flush=True)
         time.sleep(60)
-    """).replace("dock.segment.settled", "dock.segment.preview_control.settled")
+    """)
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
