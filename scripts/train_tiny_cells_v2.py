@@ -37,16 +37,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from train_tiny_sam import (  # scripts/train_tiny_sam.py: v1's losses, schedule, step and saving
-    mask_losses,
-    optimizer_step,
-    save_checkpoint,
-    warmup_cosine,
-)
+from train_tiny_sam import save_checkpoint  # scripts/train_tiny_sam.py: v1's saving
 
 from napari_sam.core.image.preparation import default_contrast_limits, display_rgb, model_input, resized_shape
 from napari_sam.core.model import model_geometry
 from napari_sam.core.workflows import interior_points
+from napari_sam.core.workflows.training.recipe import mask_losses, optimizer_step, warmup_cosine
 from napari_sam.demo import CELL_RADIUS, synthetic_cells
 from napari_sam.testing.random_weights import random_sam, sam_config
 from napari_sam.testing.synthetic_microscopy import synthetic_scene, synthetic_stack
@@ -447,7 +443,7 @@ def train(args) -> dict:
     for step in range(args.steps):
         pool.refresh(args.new_scenes)
         loss, mean_iou = training_step(model, rng, pool, args, mask_size)
-        optimizer_step(model, optimizer, schedule, loss)
+        optimizer_step(model.parameters(), optimizer, schedule, loss)
         history.append(loss.item())
         iou_history.append(mean_iou)
         if step % args.log_every == 0 or step == args.steps - 1:

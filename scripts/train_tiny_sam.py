@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 from napari_sam.core.image.preparation import display_rgb, model_input, resized_shape
 from napari_sam.core.model import model_geometry
+from napari_sam.core.workflows.training.recipe import mask_losses, optimizer_step, warmup_cosine
 from napari_sam.demo import synthetic_cells
 from napari_sam.testing.random_weights import random_sam, sam_config
 
@@ -96,22 +96,6 @@ def sample_prompts(rng, frame: torch.Tensor, count: int):
         labels = np.array([1] * n_pos + [0] * n_neg)
         prompts.append((kind, points.astype(np.float32), labels, None, target))
     return prompts
-
-
-def mask_losses(logits: torch.Tensor, targets: torch.Tensor):
-    """Per-candidate focal and dice losses at the decoder's resolution.
-
-    logits (N, C, m, m); targets (N, m, m) in [0, 1] (the fraction of each low-res pixel inside the cell).
-    Returns (N, C) each."""
-    target = targets[:, None].expand_as(logits)
-    probability = logits.sigmoid()
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    p_t = probability * target + (1 - probability) * (1 - target)
-    alpha_t = 0.25 * target + 0.75 * (1 - target)
-    focal = (alpha_t * (1 - p_t) ** 2 * bce).mean(dim=(-2, -1))
-    intersection = (probability * target).sum(dim=(-2, -1))
-    dice = 1 - (2 * intersection + 1) / (probability.sum(dim=(-2, -1)) + target.sum(dim=(-2, -1)) + 1)
-    return focal, dice
 
 
 def true_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -207,7 +191,7 @@ def train(args) -> dict:
             single_iou_loss = F.mse_loss(single_iou, true_iou(single_logits.detach(), targets), reduction="none")[:, 0]
             loss = loss + (best + 0.5 * (20 * single_focal + single_dice)[:, 0] + iou_loss + single_iou_loss).sum()
         loss = loss / max(1, n_prompts)
-        optimizer_step(model, optimizer, schedule, loss)
+        optimizer_step(model.parameters(), optimizer, schedule, loss)
         history.append(loss.item())
         iou_history.append(torch.cat(step_ious).mean().item())
         if step % args.log_every == 0 or step == args.steps - 1:
@@ -225,25 +209,6 @@ def train(args) -> dict:
     summary.update(held_out_ious(out))
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def warmup_cosine(optimizer, steps: int):
-    """A learning-rate schedule over ``steps``: linear warm-up for the first 5%, then cosine decay to 0."""
-    warmup = max(1, steps // 20)
-
-    def rate(step: int) -> float:
-        return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
-
-
-def optimizer_step(model, optimizer, schedule, loss: torch.Tensor) -> None:
-    """Back-propagate ``loss``, clip the gradients' norm to 1, step the optimizer and the schedule."""
-    optimizer.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    schedule.step()
 
 
 def save_checkpoint(model, geometry, out: Path, image_size: int) -> None:

@@ -16,8 +16,10 @@ from .core.embeddings import EmbeddingCache, EmbeddingStore
 from .core.errors import ModelLoadError, SegmentationCancelled
 from .core.model import DEFAULT_CHECKPOINT, KNOWN_CHECKPOINTS
 from .core.predictor import Predictor
-from .core.settings import EverythingSettings, PropagationSettings, RefineSettings, TilingSettings
+from .core.settings import EverythingSettings, PropagationSettings, RefineSettings, TilingSettings, TrainingSettings
 from .core.workflows import (
+    annotated_planes,
+    finetune,
     interpolate,
     propagate,
     propagate_objects,
@@ -46,7 +48,10 @@ __all__ = [
     "RefineSettings",
     "SegmentationCancelled",
     "TilingSettings",
+    "TrainingSettings",
     "__version__",
+    "annotated_planes",
+    "finetune",
     "interpolate",
     "propagate",
     "propagate_objects",

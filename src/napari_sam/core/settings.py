@@ -298,3 +298,43 @@ class TilingSettings(Settings):
         if self.mode == "whole":
             return False
         return self.mode == "tiles" or max(image_size) > whole_limit * self.resolved(default_tile)[0]
+
+
+#: How much of the model ``napari-sam train`` changes (see :class:`TrainingSettings`).
+ENCODER_TRAINING = ("none", "lora", "full")
+
+
+@dataclass(frozen=True)
+class TrainingSettings(Settings):
+    """Fine-tuning a checkpoint on the user's own annotations (``napari-sam train``, the *Train* dock): what is
+    trained, for how long, and how it is validated."""
+
+    encoder: str = setting(
+        "none", help="What of the image encoder is trained: none (the mask decoder and prompt encoder only, on "
+        "embeddings computed once: practical on a CPU), lora (LoRA adapters on its attention, merged into the saved "
+        "weights) or full (the whole model).", choices=ENCODER_TRAINING, label="image encoder")
+    minutes: float = setting(
+        10.0, 0.05, 24 * 60.0, "Train for at most this many minutes (the validation and saving come after).",
+        label="minutes", step=1.0)
+    epochs: int = setting(
+        0, 0, 100_000, "Train for this many passes over the training objects instead of by time (0: by time; when set, "
+        "the minutes do not apply).",
+        label="epochs")
+    val_fraction: float = setting(
+        0.2, 0.05, 0.5, "Share of the images held out to validate on (of the objects, when there is one image).",
+        label="validation share", step=0.05)
+    learning_rate: float = setting(
+        3e-4, 1e-7, 1.0, "AdamW's learning rate (warm-up, then cosine decay).", advanced=True, label="learning rate",
+        step=1e-4)
+    objects_per_step: int = setting(
+        16, 1, 1024, "Objects prompted in each training step (from up to 4 images or tiles).", advanced=True,
+        label="objects per step")
+    patience: int = setting(
+        6, 1, 1000, "Stop early after this many validations without improvement (the best state is kept).",
+        advanced=True, label="patience")
+    keep_best: bool = setting(
+        True, help="Save the state that validated best (else the last one).", advanced=True, label="keep the best")
+    lora_rank: int = setting(8, 1, 256, "Rank of the LoRA adapters (--encoder lora).", advanced=True,
+                             label="LoRA rank")
+    seed: int = setting(0, 0, 2**31 - 1, "Seed of the split, the prompts and the order: the same seed, data and "
+                        "machine give the same model.", advanced=True)

@@ -11,6 +11,7 @@ import numpy as np
 from ..core.objects import mask_iou
 from ..core.settings import EverythingSettings
 from ..core.workflows import propagate, segment_everything
+from ..core.workflows.training import matched
 from .synthetic_microscopy import LOOKS, synthetic_scene, synthetic_stack
 
 #: The first held-out seed.
@@ -20,18 +21,6 @@ HELD_OUT = 2**31
 def best_mask(prediction) -> np.ndarray:
     """The first object's best-scoring mask, image-sized (whatever frame it was decoded in)."""
     return prediction.full_masks(prediction.best_masks())[0]
-
-
-def matched(labels: np.ndarray, found: np.ndarray, threshold: float = 0.5) -> tuple[int, int, int, int]:
-    """(objects, objects found at IoU >= threshold, segments, segments matching an object)."""
-    pairs = np.stack([labels.ravel(), found.ravel()], 1).astype(np.int64)
-    truth_area = np.bincount(labels.ravel())
-    found_area = np.bincount(found.ravel())
-    keys, counts = np.unique(pairs[(pairs[:, 0] > 0) & (pairs[:, 1] > 0)], axis=0, return_counts=True)
-    ious = counts / (truth_area[keys[:, 0]] + found_area[keys[:, 1]] - counts)
-    good = keys[ious >= threshold]
-    return (int((truth_area[1:] > 0).sum()), len(np.unique(good[:, 0])), int((found_area[1:] > 0).sum()),
-            len(np.unique(good[:, 1])))
 
 
 def scene_figures(predictor, look: str, scenes: int, rng, everything: bool = True) -> dict:

@@ -17,6 +17,8 @@ Model inputs are in the model's (x, y) input pixels, as the families' processors
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -55,12 +57,15 @@ class Family:
 
         return getattr(transformers, self.config_class), getattr(transformers, self.model_class)
 
-    def embed(self, model, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    def embed(self, model, pixels: torch.Tensor, grad: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """(main embedding (B, C, e, e), extras) of the model inputs ``pixels`` (B, 3, S, S): a batch of frames.
-        Extras hold one entry per frame along their first axis, or are shared (first axis of size 1)."""
-        with torch.inference_mode():
-            output = model.get_vision_features(pixel_values=pixels) if self.concept else model.get_image_embeddings(
-                pixels)
+        Extras hold one entry per frame along their first axis, or are shared (first axis of size 1). ``grad``:
+        gradients flow (training the encoder), instead of inference mode."""
+        method = model.get_vision_features if self.concept else model.get_image_embeddings
+        if grad:  # transformers decorates these with torch.no_grad: call what it wraps
+            method = functools.partial(inspect.unwrap(method.__func__), model)
+        with torch.inference_mode(not grad):
+            output = method(pixel_values=pixels)
         if self.name == "sam":
             return output, ()
         if self.name == "sam_hq":
@@ -72,10 +77,12 @@ class Family:
         return output[-1], tuple(output[:-1])  # SAM2 family: the high-resolution maps, then the embedding
 
     def decode(self, model, embedding: torch.Tensor, extras: tuple[torch.Tensor, ...], n_objects: int,
-               inputs: dict, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+               inputs: dict, multimask: bool, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode ``n_objects`` prompts (``inputs``: transformers' ``input_points`` (n, 1, k, 2),
         ``input_labels`` (n, 1, k), ``input_boxes`` (n, 1, 4), ``input_masks`` (n, 1, m, m), in model pixels) on
-        one image's features. Returns float32 ``(low-res logits (n, c, m, m), predicted IoUs (n, c))``."""
+        one image's features (first axis 1), or on each prompt's own (first axis n). Returns float32 ``(low-res
+        logits (n, c, m, m), predicted IoUs (n, c))``; ``grad``: gradients flow (training), instead of inference
+        mode."""
         if self.concept:
             raise ValueError("A SAM3 concept checkpoint finds instances of a text or of exemplar boxes (Segment "
                              "concept, or napari_sam.segment_concept); points and boxes need a SAM, SAM-HQ, SAM2.1 or "
@@ -88,7 +95,7 @@ class Family:
             arguments = {"image_embeddings": expand[-1], "intermediate_embeddings": expand[:-1]}
         else:  # the SAM2 family: the high-resolution maps, then the embedding
             arguments = {"image_embeddings": expand}
-        with torch.inference_mode():
+        with torch.inference_mode(not grad):
             output = model(multimask_output=multimask, **arguments, **inputs)
         return output.pred_masks[:, 0].float(), output.iou_scores[:, 0].float()
 

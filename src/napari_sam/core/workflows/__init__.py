@@ -1,5 +1,6 @@
 """What users do with a model: prompted objects, segment everything (and its objects linked through a stack),
-propagation through z and t, refinement of existing objects, and SAM3 concepts."""
+propagation through z and t, refinement of existing objects, SAM3 concepts, and fine-tuning a model on the user's
+annotations."""
 
 from .concept import ConceptResult, segment_concept
 from .everything import (
@@ -26,9 +27,11 @@ from .propagation import (
     propagate_video_objects,
 )
 from .refine import RefineResult, refine_objects
+from .training import AnnotatedImage, TrainingResult, annotated_planes, finetune
 
-__all__ = ["ConceptResult", "EverythingResult", "ObjectResult", "PropagatedObjects", "PropagationResult",
-           "RefineResult", "explain_empty", "frame_count", "frame_stability", "interior_points", "interpolate",
-           "link_planes", "link_stacks", "merge_frames", "predict_objects", "propagate", "propagate_objects",
-           "propagate_video", "propagate_video_objects", "recover_cut_objects", "refine_objects", "segment_concept",
+__all__ = ["AnnotatedImage", "ConceptResult", "EverythingResult", "ObjectResult", "PropagatedObjects",
+           "PropagationResult", "RefineResult", "TrainingResult", "annotated_planes", "explain_empty", "finetune",
+           "frame_count", "frame_stability", "interior_points", "interpolate", "link_planes", "link_stacks",
+           "merge_frames", "predict_objects", "propagate", "propagate_objects", "propagate_video",
+           "propagate_video_objects", "recover_cut_objects", "refine_objects", "segment_concept",
            "segment_everything", "segment_frames", "stability_score"]
