@@ -1,6 +1,6 @@
 """The ``napari-sam`` command line: ``demo``, ``models``, the batch runs ``segment`` and ``embed`` (see
-:mod:`napari_sam.cli.batch_runs`), and the image series' ``annotate`` and ``export`` (see
-:mod:`napari_sam.cli.series_commands`).
+:mod:`napari_sam.cli.batch_runs`), the image series' ``annotate`` and ``export`` (see
+:mod:`napari_sam.cli.series_commands`), and ``train`` (:mod:`napari_sam.cli.train_command`).
 
 Options of settings (``--tiling``, ``--points-per-side``, ...) are generated from the settings classes of
 :mod:`napari_sam.core.settings`, the same ones the docks are generated from (:mod:`napari_sam.cli.options`).
@@ -16,6 +16,7 @@ from ..core.model import DEFAULT_CHECKPOINT, KNOWN_CHECKPOINTS
 from ..demo import DEMO_MODEL, run_demo
 from .batch_runs import add_embed_command, add_segment_command
 from .series_commands import add_annotate_command, add_export_command
+from .train_command import add_train_command
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     add_segment_command(commands)
     add_annotate_command(commands)
     add_export_command(commands)
+    add_train_command(commands)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
