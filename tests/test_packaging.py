@@ -18,8 +18,8 @@ def test_manifest_is_valid_and_installed():
     assert manifest.name == "napari-sam"
     installed = npe2.PluginManifest.from_distribution("napari-sam")
     assert installed.name == "napari-sam"
-    assert [w.display_name for w in installed.contributions.widgets] == ["Segment Anything", "Segment everything",
-                                                                          "Segment concept (SAM3)", "Image series"]
+    assert [w.display_name for w in installed.contributions.widgets] == [
+        "Segment Anything", "Segment everything", "Segment concept (SAM3)", "Image series", "Train"]
     result = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-sam"], capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stdout + result.stderr

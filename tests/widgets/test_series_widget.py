@@ -255,3 +255,20 @@ def test_a_stack_and_a_zarr_image_are_annotated_in_the_series(make_napari_viewer
     segment.commit()
     assert mask_iou(saved_labels(out, "b_plain") > 0, image_truth == cell) >= 0.8
     dock.close_series()
+
+
+def test_the_train_dock_learns_from_the_open_series(fields, make_napari_viewer, qtbot, tmp_path):
+    """What a person corrected in the series is what the Train dock offers; closing the series takes it away."""
+    folder, truth = fields
+    out = tmp_path / "out"
+    dock = open_series(make_napari_viewer(), [str(folder)], out, model="tiny-cells")
+    ready(qtbot, dock, 1)  # the broken file first, skipped
+    dock.labels_layer.data = truth["field_0"].astype(dock.labels_layer.data.dtype)
+    dock.save(force=True)
+    _, train = dock.viewer.window.add_plugin_dock_widget("napari-sam", "Train")
+    train.source.value = "the image series"
+    examples = train.examples()
+    assert [e.name for e in examples] == ["field_0"] and np.array_equal(examples[0].labels, truth["field_0"])
+    dock.close_series()
+    with pytest.raises(ValueError, match="No image series is open"):
+        train.examples()

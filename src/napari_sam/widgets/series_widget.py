@@ -141,6 +141,7 @@ class SeriesWidget(Container):
         if not isinstance(segment, SegmentWidget):
             raise TypeError("the Segment Anything dock could not be opened")
         self.segment = segment
+        segment.session.series = series
         predictor = segment.session.predictor
         wanted = model or series.model or next((image.model for image in series.images if image.model), None)
         if wanted and (predictor is None or predictor.checkpoint != wanted):
@@ -426,6 +427,8 @@ class SeriesWidget(Container):
         else:
             self.leave()
         if self.segment is not None:
+            if self.segment.session.series is self.series:
+                self.segment.session.series = None
             for signal, slot in ((self.segment.session.embedded, self._on_embedded),
                                  (self.segment.model.ready, self._apply_settings)):
                 try:

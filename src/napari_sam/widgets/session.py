@@ -82,6 +82,7 @@ class ModelSession:
 
     Attributes:
         predictor: the loaded predictor, or None.
+        series: the :class:`~napari_sam.batch.series.Series` open in the viewer's Image series dock, or None.
         name: the checkpoint it was loaded from ("" before any).
         cache_bytes: the embedding cache's budget, applied to every predictor the session loads.
     """
@@ -109,6 +110,7 @@ class ModelSession:
         self._load_request = 0  # the number of the newest load
         self._video: tuple | None = None  # (name, device, model, geometry) of the loaded video checkpoint
         self._video_lock = threading.Lock()
+        self.series = None  # the image series open in the viewer (the Image series dock), for the Train dock
 
     def stop(self) -> None:
         """Stop the session's work at its next step: embeddings at their next batch, long runs (segment everything,
