@@ -17,11 +17,6 @@ stack), so a broken workflow fails here instead of giving a stale or empty pictu
   through the stack at once (All objects), shown in 3D;
 - ``series.png``: the Image series dock on four images: the first annotated with a click and ``C``, then ``PageDown``
   and a click on the second, its mask previewed.
-- ``training-before.png``, ``training-dock.png``, ``training-after.png``: segment everything with the bundled model on
-  dark nuclei on a bright background (a look it never saw); ten nuclei annotated with clicks (and correction clicks
-  where the preview is wrong) and ``C``; the Train dock after training on them (the whole model: tiny-cells'
-  encoder is small enough for a CPU); segment everything again with the new model loaded. The figures against the
-  image's true nuclei are printed.
 """
 
 from __future__ import annotations
@@ -271,127 +266,11 @@ def series(out: Path) -> None:
         os.chdir(here)
 
 
-def everything_figures(labels, truth) -> str:
-    from napari_sam.core.workflows.training import matched
-
-    objects, found, segments, right = matched(truth, np.asarray(labels))
-    return f"recall {found / max(1, objects):.2f}, precision {right / max(1, segments):.2f} ({segments} segments)"
-
-
-def training(out: Path) -> None:
-    import tempfile
-
-    import napari
-
-    from napari_sam.core.objects import mask_iou
-    from napari_sam.testing.synthetic_microscopy import synthetic_scene
-
-    image, truth, _ = synthetic_scene((384, 384), "nuclei", seed=7_700_001)
-    image = (image.max() - image).astype(image.dtype)  # dark nuclei on a bright background
-    viewer = napari.Viewer(title="napari-sam", show=True)
-    person = XInput(viewer, WINDOW)
-    layer = viewer.add_image(image, name="dark nuclei")
-    _, segment = viewer.window.add_plugin_dock_widget("napari-sam", "Segment Anything")
-    segment.model_picker.native.setCurrentText("tiny-cells")
-    segment.load_model()
-    person.wait_until(lambda: segment.predictor is not None and not segment.busy, "the model", seconds=300)
-    person.fit()
-    _, everything = viewer.window.add_plugin_dock_widget("napari-sam", "Segment everything")
-    everything.image_picker.value = layer
-
-    def press(button, action) -> None:
-        """A click on the button where it shows on the screen; three docks on one side may push it out of sight (then
-        what it does)."""
-        native = button.native
-        if native.isVisible() and not native.visibleRegion().isEmpty():
-            person.press(button)
-        else:
-            action()
-
-    def run_everything(what: str):
-        """Run segment everything; its labels (empty when it found nothing: the dock then says why)."""
-        before = everything.result_layer
-        press(everything.run_button, everything.run)
-        person.wait_until(lambda: everything.busy, f"{what} to start", seconds=10)
-        person.wait_until(lambda: not everything.busy, what, seconds=300)
-        found = everything.result_layer
-        return None if found is before else found
-
-    found = run_everything("segment everything with the bundled model")
-    print("bundled model:", everything_figures(np.zeros_like(truth) if found is None else found.data, truth))
-    shot(person, out / "training-before.png")
-    if found is not None:
-        found.visible = False
-
-    from scipy import ndimage
-
-    def highest_label() -> int:
-        labels = segment.labels_picker.value
-        return 0 if labels is None else int(np.asarray(labels.data).max())
-
-    ids, areas = np.unique(truth[truth > 0], return_counts=True)
-    chosen: list[int] = []
-    for cell in (int(i) for i in ids[np.argsort(-areas)]):
-        if len(chosen) == 10:
-            break
-        target = truth == cell
-        rows, cols = np.nonzero(target)
-        centre = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
-        person.click(layer, (rows[centre], cols[centre]))
-        for _ in range(4):  # correction clicks where the preview is wrong, as a person adds them
-            person.wait_until(lambda: not segment.busy and segment.shown_request == segment.predict_request,
-                              f"the preview of object {len(chosen) + 1}")
-            mask = np.zeros_like(target)
-            preview = segment.preview_control.preview
-            if preview is not None and preview.masks:  # the masks cover the preview's window
-                row0, col0, row1, col1 = preview.window
-                mask[row0:row1, col0:col1] = segment.shown_masks()[0]
-            if mask_iou(mask, target) >= 0.85:
-                break
-            missed, spilled = target & ~mask, mask & ~target
-            region, modifiers = (missed, "") if missed.sum() >= spilled.sum() else (spilled, "alt")
-            depth = ndimage.distance_transform_edt(region)
-            person.click(layer, np.unravel_index(int(np.argmax(depth)), depth.shape), modifiers)
-        if mask_iou(mask, target) < 0.7:  # still wrong: a person would leave this one for now
-            person.key("shift+c")
-            continue
-        person.key("c")
-        number = len(chosen) + 1
-        person.wait_until(lambda n=number: highest_label() == n, f"commit {number}")
-        chosen.append(cell)
-    labels = segment.labels_picker.value
-    print("annotated (IoU with the true nuclei):",
-          [round(mask_iou(np.asarray(labels.data) == value, truth == cell), 2) for value, cell in
-           zip(range(1, len(chosen) + 1), chosen)])
-
-    _, train = viewer.window.add_plugin_dock_widget("napari-sam", "Train")
-    train.layers.value = [labels.name]
-    with tempfile.TemporaryDirectory() as folder:
-        train.out.value = str(Path(folder) / "dark-nuclei")
-        train.form.controls["minutes"].value = 3.0
-        train.form.controls["encoder"].value = "full"  # tiny-cells' encoder is small enough for a CPU
-        press(train.train_button, train.train)
-        person.wait_until(lambda: not train.train_button.enabled, "training to start", seconds=10)
-        person.wait_until(lambda: train.train_button.enabled, "training", seconds=900)
-        if train.result is None:
-            raise RuntimeError(f"training saved nothing: {train.status.value}")
-        shot(person, out / "training-dock.png")
-        press(train.load_button, train.load_trained)
-        person.wait_until(lambda: segment.session.name == train.out.value and not segment.busy, "the new model")
-        labels.visible = False
-        found = run_everything("segment everything with the new model")
-        if found is None:
-            raise RuntimeError("the fine-tuned model found nothing")
-        print("fine-tuned:", everything_figures(found.data, truth), "|", train.status.value)
-        shot(person, out / "training-after.png")
-    viewer.close()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images", help="folder of the pictures")
-    parser.add_argument("--only", choices=("demo", "stacks", "series", "training"),
-                        help="only the 2D pictures, the stack's, the image series' or fine-tuning's")
+    parser.add_argument("--only", choices=("demo", "stacks", "series"),
+                        help="only the 2D pictures, the stack's or the image series'")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -405,8 +284,6 @@ def main(argv: list[str] | None = None) -> None:
             all_objects(args.out)
         if args.only in (None, "series"):
             series(args.out)
-        if args.only in (None, "training"):
-            training(args.out)
     finally:
         if server is not None:
             server.terminate()
