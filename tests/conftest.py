@@ -328,6 +328,7 @@ def everything_dock(make_napari_viewer, qtbot):
         widget.model_picker.native.setCurrentText("tiny-cells")
         widget.load_model()
         qtbot.waitUntil(lambda: widget.predictor is not None and not widget.busy, timeout=60_000)
+        widget.settings["method"].value = "grid"  # the dock's grid runs (tiny-cells recommends its instance head)
         widget.settings["points_per_side"].value = 16
         widget.settings["pred_iou_thresh"].value = 0.8
         widget.settings["stability_score_thresh"].value = 0.9

@@ -47,6 +47,19 @@ def test_train_from_pairs(pairs, tiny_checkpoint, tmp_path, capsys):
     Predictor.from_pretrained(out, device="cpu")
 
 
+def test_train_an_instance_head_from_pairs(pairs, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "head"
+    assert main(["train", "--images", *pairs[0], "--labels", *pairs[1], "--model", str(tiny_checkpoint), "--out",
+                 str(out), "--device", "cpu", "--instances", "--epochs", "2", "--allow-worse"]) == 0
+    assert f"saved {out}" in capsys.readouterr().out
+    assert record(out)["settings"]["instances"] and (out / "instance_head.safetensors").is_file()
+    predictor = Predictor.from_pretrained(out, device="cpu")
+    assert predictor.recommended.everything.method == "instances" and predictor.instance_head() is not None
+    assert main(["train", "--images", *pairs[0], "--labels", *pairs[1], "--model", str(tiny_checkpoint), "--out",
+                 str(tmp_path / "no"), "--instances", "--encoder", "lora"]) == 2
+    assert "encoder 'none' with instances" in capsys.readouterr().err
+
+
 def test_train_from_a_series_and_a_batch_run(tmp_path, tiny_checkpoint):
     images = tmp_path / "images"
     images.mkdir()

@@ -56,6 +56,24 @@ def test_train_on_a_labels_layer_then_load_the_new_model(session, qtbot, tmp_pat
     assert segment.predictor.recommended.everything == result.after.everything
 
 
+def test_an_instance_head_trained_in_the_dock_runs_segment_everything(session, qtbot, tmp_path):
+    viewer, segment, dock = annotated(session)
+    dock.form.controls["instances"].value = True
+    dock.form.controls["epochs"].value = 4
+    dock.allow_worse.value = True
+    dock.out.value = str(tmp_path / "head")
+    train(qtbot, dock)
+    assert dock.result is not None and (tmp_path / "head" / "instance_head.safetensors").is_file()
+    assert dock.result.after.everything.method == "instances"
+    dock.load_button.clicked.emit()
+    qtbot.waitUntil(lambda: segment.session.name == str(tmp_path / "head") and not segment.busy, timeout=60_000)
+    _, everything = viewer.window.add_plugin_dock_widget("napari-sam", "Segment everything")
+    assert "method: instances" in everything.in_effect.value
+    everything.run()
+    qtbot.waitUntil(lambda: not everything.busy, timeout=60_000)
+    assert everything.result_layer is not None and everything.result_layer.data.max() >= 1
+
+
 def test_cancel_saves_the_best_so_far(session, qtbot, tmp_path):
     viewer, segment, dock = annotated(session)
     dock.form.controls["minutes"].value = 30.0

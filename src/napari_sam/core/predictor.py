@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from .decoding import FrameDecoder, Prediction, PromptBatch, check_prompts
+from .decoding import FrameDecoder, InstanceHead, Prediction, PromptBatch, check_prompts, load_head
 from .embeddings import CachedEmbedding, EmbeddingCache, FrameEmbeddings
 from .errors import EncoderNeeded
-from .image import ImagePlan, open_image
+from .image import ImagePlan, display_rgb, model_input, open_image
 from .image.frames import Frame, Tiling, prompt_extent, tiling_for, touches_inner_edge, whole_frame
 from .model import (
     DEFAULT_CHECKPOINT,
@@ -80,6 +80,7 @@ class Predictor:
         self._plan: ImagePlan | None = None
         self._decoder = FrameDecoder(model, self.family, geometry)
         self.concept: ConceptModel | None = None  # a SAM3 concept checkpoint's (see workflows.concept)
+        self._head: InstanceHead | None = None
         self._lock = threading.RLock()
         self._memory_only = threading.local()  # set in this thread within from_memory()
 
@@ -100,6 +101,43 @@ class Predictor:
         if family.concept:
             predictor.concept = ConceptModel(model, load_tokenizer(resolve_checkpoint(name_or_path)))
         return predictor
+
+    @property
+    def has_head(self) -> bool:
+        """Whether the checkpoint has an instance head (see :meth:`instance_head`)."""
+        return self._head is not None or self.recommended.instances is not None
+
+    def instance_head(self) -> InstanceHead:
+        """The checkpoint's instance head (:mod:`~napari_sam.core.decoding.instance_head`), loaded on first use.
+
+        Raises:
+            ValueError: the checkpoint has none (naming how to train one).
+            ModelLoadError: its file is missing or corrupt, or it was trained on another encoder.
+        """
+        with self._lock:
+            if self._head is None:
+                section = self.recommended.instances
+                if section is None:
+                    raise ValueError(
+                        f"{self.checkpoint} has no instance head, so segment everything cannot use the method "
+                        "'instances': train one on annotated images (napari-sam train DATA --instances --model "
+                        f"{self.checkpoint} --out FOLDER, or the Train dock's 'instance head'), or use the method "
+                        "'grid'.")
+                folder = resolve_checkpoint(self.checkpoint)
+                self._head = load_head(folder, section, self.model, self.checkpoint, self.device)
+            return self._head
+
+    def use_head(self, head: InstanceHead | None) -> None:
+        """Use ``head`` as this model's instance head (one just trained; None: the checkpoint's again)."""
+        with self._lock:
+            self._head = head.to(self.device).eval() if head is not None else None
+
+    def frame_input(self, frame: Frame, plan: ImagePlan | None = None) -> torch.Tensor:
+        """The model input (1, 3, S, S) float32 of ``frame`` of an image (default: the current one), as the encoder
+        sees it."""
+        plan = plan or self._require_image("frame_input")
+        rgb = display_rgb(plan.source.read(frame), plan.source.contrast_limits, plan.source.rgb)
+        return model_input(rgb, self.geometry, resized=self.geometry.input_size(frame))
 
     @property
     def dtype(self) -> torch.dtype:

@@ -121,10 +121,28 @@ class Settings:
         return dataclasses.asdict(self)
 
 
+#: How segment everything finds objects: SAM's point grid, a trained instance head alone, or the head's objects as
+#: prompts to SAM's decoder.
+EVERYTHING_METHODS = ("grid", "instances", "instances+sam")
+
+
+#: The settings only SAM's grid reads, and those only the instance methods read.
+_GRID_ONLY = frozenset({"points_per_side", "pred_iou_thresh", "stability_score_thresh", "points_per_batch",
+                        "stability_score_offset", "box_nms_thresh", "crop_n_points_downscale_factor"})
+_INSTANCES_ONLY = frozenset({"foreground_thresh", "center_distance_thresh", "boundary_distance_thresh",
+                             "min_seed_area", "min_instance_area"})
+
+
 @dataclass(frozen=True)
 class EverythingSettings(Settings):
-    """Segment everything (SAM's automatic mask generator); defaults are Meta's."""
+    """Segment everything: SAM's automatic mask generator (the ``grid`` method; defaults are Meta's), or a trained
+    instance head (``instances``; alone, or its objects refined by SAM's decoder: ``instances+sam``)."""
 
+    method: str = setting(
+        "grid", help="grid: SAM's generator (a grid of point prompts, every one decoded, then filtered); instances: "
+        "the checkpoint's instance head (foreground and distance maps split by watershed: much faster; the "
+        "checkpoint needs a head, see napari-sam train --instances); instances+sam: the head's objects as box and "
+        "point prompts to SAM, which redraws and scores them.", choices=EVERYTHING_METHODS, label="method")
     points_per_side: int = setting(
         32, 1, 256, "Grid of one-point prompts: points per side² per image (and per crop). More finds smaller "
         "objects, and takes longer.", label="points per side")
@@ -163,6 +181,24 @@ class EverythingSettings(Settings):
         "unticked, keep the higher predicted IoU, as transformers' pipeline does.", advanced=True,
         label="prefer smaller crops")
 
+    foreground_thresh: float = setting(
+        0.5, 0.0, 1.0, "instances: pixels whose foreground probability is above this belong to objects.",
+        advanced=True, label="foreground (instances)", step=0.05)
+    center_distance_thresh: float = setting(
+        0.5, 0.0, 1.0, "instances: objects grow from seeds, pixels whose predicted distance to their object's centre "
+        "(0 at the centre, 1 at its farthest pixel) is below this.", advanced=True,
+        label="centre distance (instances)", step=0.05)
+    boundary_distance_thresh: float = setting(
+        0.5, 0.0, 1.0, "instances: seeds also need a predicted distance to the boundary (1 deepest inside, 0 at the "
+        "edge) above this; higher values split touching objects more.", advanced=True,
+        label="boundary distance (instances)", step=0.05)
+    min_seed_area: int = setting(
+        4, 0, 1 << 20, "instances: seeds smaller than this many pixels are dropped (their pixels go to the "
+        "neighbouring objects): fewer objects split in two.", advanced=True, label="min seed (px, instances)", step=1)
+    min_instance_area: int = setting(
+        8, 0, 1 << 30, "instances: objects smaller than this many pixels are dropped.", advanced=True,
+        label="min object (px, instances)", step=2)
+
     def _check(self) -> None:
         for layer in range(self.crop_n_layers + 1):
             if self.points_per_side // self.crop_n_points_downscale_factor**layer < 1:
@@ -170,6 +206,17 @@ class EverythingSettings(Settings):
                     f"crop layer {layer} would have no points: points_per_side ({self.points_per_side}) divided "
                     f"by crop_n_points_downscale_factor^{layer} ({self.crop_n_points_downscale_factor**layer}) "
                     "is below 1. Lower the factor or the crop layers, or raise points_per_side.")
+
+    def applies(self, name: str, method: str | None = None) -> bool:
+        """Whether the setting ``name`` matters with ``method`` (default: this one's): the grid's settings do not
+        for the instance methods, nor the instance thresholds for the grid; the others (the merge across tiles and
+        crops, the small-region clean-up) matter for all."""
+        method = method or self.method
+        if name in _GRID_ONLY:
+            return method == "grid"
+        if name in _INSTANCES_ONLY:
+            return method != "grid"
+        return True
 
     def grid_sides(self) -> list[int]:
         """Points per side of each crop layer's grid."""
@@ -313,6 +360,10 @@ class TrainingSettings(Settings):
         "none", help="What of the image encoder is trained: none (the mask decoder and prompt encoder only, on "
         "embeddings computed once: practical on a CPU), lora (LoRA adapters on its attention, merged into the saved "
         "weights) or full (the whole model).", choices=ENCODER_TRAINING, label="image encoder")
+    instances: bool = setting(
+        False, help="Train an instance head instead of the model: a small network on the frozen encoder's embeddings "
+        "that segment everything's fast 'instances' method uses (the model's own weights are kept as they are).",
+        label="instance head")
     minutes: float = setting(
         10.0, 0.05, 24 * 60.0, "Train for at most this many minutes (the validation and saving come after).",
         label="minutes", step=1.0)
@@ -338,3 +389,8 @@ class TrainingSettings(Settings):
                              label="LoRA rank")
     seed: int = setting(0, 0, 2**31 - 1, "Seed of the split, the prompts and the order: the same seed, data and "
                         "machine give the same model.", advanced=True)
+
+    def _check(self) -> None:
+        if self.instances and self.encoder != "none":
+            raise ValueError(f"An instance head is trained on the frozen encoder's embeddings: use encoder 'none' "
+                             f"with instances, not {self.encoder!r}.")

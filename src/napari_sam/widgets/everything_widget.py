@@ -32,6 +32,10 @@ from .layout import row, status_line
 from .prompt_layers import image_transforms, labels_array, selection_kept, spatial_shape, unwrapped
 from .settings_form import SettingsForm
 
+#: What the dock's status line calls each method.
+METHOD_NAMES = {"grid": "grid (SAM's point grid)", "instances": "instances (the checkpoint's instance head)",
+                "instances+sam": "instances+sam (the instance head's objects, redrawn by SAM)"}
+
 
 class EverythingWidget(Dock):
     """Image and model, the generator's settings, Run and Cancel."""
@@ -85,7 +89,10 @@ class EverythingWidget(Dock):
         self._show_in_effect(edited=False)
 
     def _show_in_effect(self, edited: bool) -> None:
-        self.in_effect.value = f"Settings: {'edited' if edited else self.source}."
+        method = self.settings["method"].value
+        for name, control in self.settings.items():  # what the chosen method does not read is greyed out
+            control.enabled = self.recommended.applies(name, method)
+        self.in_effect.value = f"Settings: {'edited' if edited else self.source}; method: {METHOD_NAMES[method]}."
         self.in_effect.tooltip = "\n".join(f"{k}: {v}" for k, v in self.recommended.to_dict().items())
 
     def values(self) -> dict:
@@ -103,6 +110,11 @@ class EverythingWidget(Dock):
             return
         settings = self.form.checked("settings")
         if settings is None:
+            return
+        if settings.method != "grid" and not predictor.has_head:
+            show_info(f"{self.session.name} has no instance head, so the method '{settings.method}' cannot run: "
+                      "train one in the Train dock (tick 'instance head') or with napari-sam train --instances, or "
+                      "choose the method 'grid'.")
             return
         indices = planes_to_run(image, self.viewer.dims.point, self.whole_stack.value)
         link = self.whole_stack.value and self.as_3d.value and len(spatial_shape(image)) > 2

@@ -12,6 +12,8 @@ from .loading import read_checkpoint_json
 #: The file in a checkpoint folder that holds the settings it recommends.
 RECOMMENDATIONS_FILE = "napari_sam.json"
 
+#: The section that describes a checkpoint's instance head (see :mod:`~napari_sam.core.decoding.instance_head`).
+HEAD_SECTION = "instances"
 #: The settings classes by their key in a checkpoint's ``napari_sam.json``.
 RECOMMENDATION_SECTIONS: dict[str, type[Settings]] = {
     "segment_everything": EverythingSettings, "propagation": PropagationSettings, "refine": RefineSettings,
@@ -25,6 +27,8 @@ class Recommendations:
     Attributes:
         everything, propagation, refine: the settings in effect for that checkpoint.
         image: how a whole image is fitted into the model's input (the file's ``"image"`` section).
+        instances: the checkpoint's instance head, as the file's ``"instances"`` section describes it (checked when
+            the head is loaded: :func:`~napari_sam.core.decoding.instance_head.load_head`); None when it has none.
         source: where they come from: the recommendations file's checkpoint, or ``"defaults"``.
     """
 
@@ -33,16 +37,20 @@ class Recommendations:
     refine: RefineSettings = field(default_factory=RefineSettings)
     image: FramingSettings = field(default_factory=FramingSettings)
     source: str = "defaults"
+    instances: dict | None = None
 
     @classmethod
     def from_dict(cls, values: dict, source: str) -> Recommendations:
         """Recommendations from a ``napari_sam.json`` dict: sections named as in :data:`RECOMMENDATION_SECTIONS`."""
         if not isinstance(values, dict):
             raise ValueError(f"must hold a JSON object with the sections {sorted(RECOMMENDATION_SECTIONS)}.")
-        unknown = set(values) - set(RECOMMENDATION_SECTIONS)
+        unknown = set(values) - set(RECOMMENDATION_SECTIONS) - {HEAD_SECTION}
         if unknown:
             raise ValueError(f"unknown section(s) {sorted(unknown)}; the sections are "
-                             f"{sorted(RECOMMENDATION_SECTIONS)}.")
+                             f"{sorted([*RECOMMENDATION_SECTIONS, HEAD_SECTION])}.")
+        head = values.get(HEAD_SECTION)
+        if head is not None and not isinstance(head, dict):
+            raise ValueError(f'the "{HEAD_SECTION}" section must be a JSON object describing the instance head.')
         parts = {}
         for key, kind in RECOMMENDATION_SECTIONS.items():
             section = values.get(key, {})
@@ -53,7 +61,7 @@ class Recommendations:
             except ValueError as error:
                 raise ValueError(f'the "{key}" section: {error}') from error
         return cls(everything=parts["segment_everything"], propagation=parts["propagation"],
-                   refine=parts["refine"], image=parts["image"], source=source)
+                   refine=parts["refine"], image=parts["image"], source=source, instances=head)
 
 
 def read_recommendations(folder_or_id: str, label: str | None = None) -> Recommendations:

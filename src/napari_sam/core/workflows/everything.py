@@ -1,4 +1,5 @@
-"""Segment everything: SAM's automatic mask generator, filtering at low resolution, on images of any size.
+"""Segment everything: SAM's automatic mask generator, filtering at low resolution, on images of any size; or a
+checkpoint's instance head (:mod:`~napari_sam.core.workflows.instances`) in the same frames, merged the same way.
 
 The semantics are those of Meta's ``SamAutomaticMaskGenerator`` and transformers' ``mask-generation`` pipeline:
 a point grid per crop, three candidates per point, the predicted-IoU and stability-score filters (a threshold of
@@ -18,6 +19,11 @@ instead of crops: the tiles overlap by twice the halo, an object cut by a tile's
 merged by box NMS, so each object appears once, with one id. An object that no tile holds whole (larger than a
 tile's core) is recovered from its cut candidates: decoded again in a window around it, as a prompt is
 (:func:`recover_cut_objects`). Memory is bounded by a few tiles plus the labels.
+
+The ``method`` setting chooses how each frame's objects are found: ``grid`` (the generator above), ``instances``
+(the instance head's maps split by watershed: one pass of a small network per frame instead of a thousand
+decoded prompts) or ``instances+sam`` (the head's objects as box and point prompts to SAM's decoder). Tiles, their
+edge rule, the recovery of objects larger than a tile and the merge are the same for all three.
 
 All positions are (row, col) in the image's data pixels.
 """
@@ -40,6 +46,7 @@ from ..memory import release_freed_memory
 from ..objects import MaskObject, cleaned, cropped, paint_labels
 from ..predictor import Predictor
 from ..settings import EverythingSettings
+from .instances import frame_instances, refined_by_sam
 
 #: Tiles decoded between two returns of freed memory to the system (each takes ~6 ms; a tile ~150 ms).
 TRIM_EVERY = 8
@@ -340,6 +347,29 @@ def _decode_frame(predictor: Predictor, grid_pass: _Pass, index: int, settings: 
     return Candidates.cat(parts, geometry.mask_size, predictor.device), CutCandidates.cat(cuts)
 
 
+def _instance_frame(predictor: Predictor, image: ImagePlan, grid_pass: _Pass, index: int,
+                    settings: EverythingSettings, steps: _Steps):
+    """The instance head's objects of frame ``index`` (refined by SAM for ``instances+sam``), as
+    :func:`_as_objects` returns a frame's kept candidates, and the objects cut by the frame's inner border (kept
+    aside, as the grid's, so that an object no tile holds whole is recovered)."""
+    steps.check()
+    frame = grid_pass.frames[index]
+    found = frame_instances(predictor, frame, settings, image)
+    if settings.method == "instances+sam" and found.objects:
+        found = refined_by_sam(predictor, frame, found)
+    boxes = np.array([obj.box for obj in found.objects], np.float32).reshape(-1, 4)
+    steps.saw(torch.from_numpy(found.scores), len(found.objects))
+    steps.stats["passed_both"] += len(found.objects)
+    cut = box_near_crop_edge(torch.from_numpy(boxes), [frame.row0, frame.col0, frame.row1, frame.col1],
+                             [0, 0, *grid_pass.image_size], atol=grid_pass.edge).numpy()
+    whole = np.nonzero(~cut)[0]
+    cuts = CutCandidates(found.points[cut], np.full(int(cut.sum()), -1, np.int64), found.scores[cut], boxes[cut]) \
+        if grid_pass.tiled else CutCandidates.cat([])
+    steps.advance()
+    values = (found.scores[whole], found.scores[whole], boxes[whole], found.points[whole])
+    return [found.objects[i] for i in whole], values, np.full(len(whole), index, np.int64), cuts
+
+
 def segment_everything(predictor: Predictor, image, settings: EverythingSettings | None = None, *,
                        contrast_limits=None, rgb: bool | None = None, out=None, first_id: int = 1,
                        progress: Callable[[int, int], None] | None = None,
@@ -420,14 +450,22 @@ def segment_frames(predictor: Predictor, image, settings: EverythingSettings, fr
         image_plan = predictor.set_image(image, contrast_limits=contrast_limits, rgb=rgb)
         grid_pass = _grid_pass(predictor, image_plan, settings)
         indices = range(len(grid_pass.frames)) if frames is None else [int(i) for i in frames]
-        steps = _Steps(sum(math.ceil(len(grid_pass.grids[i]) / settings.points_per_batch) for i in indices),
-                       progress, cancel)
+        grid = settings.method == "grid"
+        if not grid:
+            predictor.instance_head()  # a checkpoint without a (usable) head is named before any work
+        steps = _Steps(sum(math.ceil(len(grid_pass.grids[i]) / settings.points_per_batch) if grid else 1
+                           for i in indices), progress, cancel)
         kept, cuts = [], []
         for count, index in enumerate(indices):
-            found, cut = _decode_frame(predictor, grid_pass, index, settings, steps)
+            if grid:
+                found, cut = _decode_frame(predictor, grid_pass, index, settings, steps)
+                found = found[nms(found.boxes, found.scores, settings.box_nms_thresh)]
+                kept.append(_as_objects(predictor, grid_pass, found))
+            else:
+                objects, values, frames, cut = _instance_frame(predictor, image_plan, grid_pass, index, settings,
+                                                               steps)
+                kept.append((objects, values, frames))
             cuts.append(cut)
-            found = found[nms(found.boxes, found.scores, settings.box_nms_thresh)]
-            kept.append(_as_objects(predictor, grid_pass, found))
             if grid_pass.tiled and count % TRIM_EVERY == TRIM_EVERY - 1:
                 release_freed_memory()  # thousands of tiles would otherwise fragment the heap
     values = [np.concatenate([part[1][i] for part in kept]) if kept else np.zeros((0,)) for i in range(4)]
@@ -474,6 +512,8 @@ def recover_cut_objects(predictor: Predictor, image, parts: list[FrameObjects], 
                 continue
             prediction = predictor.predict(points=[point])
             frame, candidate = prediction.frame, int(cut.candidate[index])
+            if candidate < 0:  # an instance head's object: SAM's best candidate from its deepest point
+                candidate = int(np.argmax(prediction.scores[0]))
             obj = cropped(prediction.masks[0, candidate], frame.row0, frame.col0)
             if obj is None:
                 continue
@@ -578,6 +618,10 @@ def _remove_small_regions(objects, scores, stability, points, min_area, nms_thre
 
 def explain_empty(stats: dict, settings: EverythingSettings) -> str:
     """Why a run found no object, and which setting to lower (from :attr:`EverythingResult.stats`)."""
+    if settings.method != "grid":
+        return ("The instance head found no object: lower 'foreground (instances)' or 'min object (px, instances)', "
+                "or use the method 'grid'." if not stats.get("passed_both") else
+                "The objects the instance head found were all dropped for touching a tile's edge.")
     if not stats.get("candidates"):
         return "No candidate mask was decoded."
     if not stats["passed_score"]:

@@ -139,26 +139,40 @@ class TrainingFrame:
     pixels: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class ObjectIndex:
+    """What :func:`frame_labels` needs to know of a whole image's labels, computed once for all its frames: the ids
+    too small to learn from, and every object's bounding slices (``scipy.ndimage.find_objects``)."""
+
+    small: frozenset[int]
+    slices: list
+
+    @classmethod
+    def of(cls, labels: np.ndarray) -> ObjectIndex:
+        from scipy import ndimage
+
+        ids, counts = np.unique(labels, return_counts=True)
+        return cls(frozenset(int(i) for i, n in zip(ids, counts) if i > 0 and n < MIN_OBJECT_PIXELS),
+                   ndimage.find_objects(np.asarray(labels)))
+
+
 def frame_labels(labels: np.ndarray, frame: Frame, input_size: tuple[int, int], pad_size: tuple[int, int],
-                 ignore: frozenset[int] = frozenset()) -> torch.Tensor:
+                 ignore: frozenset[int] = frozenset(), index: ObjectIndex | None = None) -> torch.Tensor:
     """``labels`` (the whole image's) in ``frame``'s model input: resized (nearest) to ``input_size``, padded to
     ``pad_size`` with -1; objects in ``ignore``, smaller than :data:`MIN_OBJECT_PIXELS` or not held whole by the
-    frame are -1 too."""
-    from scipy import ndimage
-
+    frame are -1 too. ``index``: :meth:`ObjectIndex.of` the labels, when several frames of them are wanted."""
     region = np.asarray(labels[frame.slices]).astype(np.int64)
-    unwanted = set(int(i) for i in ignore)
-    ids, counts = np.unique(labels, return_counts=True)
-    unwanted |= {int(i) for i, n in zip(ids, counts) if i > 0 and n < MIN_OBJECT_PIXELS}
+    index = index or ObjectIndex.of(labels)
+    unwanted = set(int(i) for i in ignore) | set(index.small)
     if frame.size != tuple(labels.shape):  # a tile: objects it cuts are learnt from the tile that holds them
         present = set(np.unique(region).tolist())
-        for index, where in enumerate(ndimage.find_objects(np.asarray(labels)), start=1):
-            if where is None or index not in present:
+        for index_id, where in enumerate(index.slices, start=1):
+            if where is None or index_id not in present:
                 continue
             inside = (where[0].start >= frame.row0 and where[0].stop <= frame.row1 and where[1].start >= frame.col0
                       and where[1].stop <= frame.col1)
             if not inside:
-                unwanted.add(index)
+                unwanted.add(index_id)
     if unwanted:
         region = np.where(np.isin(region, sorted(unwanted)), -1, region)
     resized = F.interpolate(torch.from_numpy(region)[None, None].float(), size=input_size, mode="nearest")[0, 0]
@@ -168,25 +182,27 @@ def frame_labels(labels: np.ndarray, frame: Frame, input_size: tuple[int, int], 
 
 
 def training_frames(predictor: Predictor, annotated: list[AnnotatedImage], pixels: bool = False,
-                    progress=None) -> list[TrainingFrame]:
-    """Every frame of every image that holds an object to learn from, with its image features from the predictor
-    (its memory cache, its store on disk, else the encoder; so an image embedded before is not encoded again) or,
-    with ``pixels``, its model input (for training the encoder). ``progress(done, total)`` after each image."""
-    from ...image import display_rgb, model_input
-
+                    progress=None, features: bool | None = None, empty: bool = False) -> list[TrainingFrame]:
+    """Every frame of every image that holds an object to learn from (with ``empty``, also those that hold only
+    background: an instance head learns from them that there is nothing there), with its image features from the
+    predictor (its memory cache, its store on disk, else the encoder; so an image embedded before is not encoded
+    again) and, with ``pixels``, its model input (for training the encoder, which needs no features: ``features``
+    defaults to ``not pixels``). ``progress(done, total)`` after each image."""
     geometry = predictor.geometry
+    features = not pixels if features is None else features
     out = []
     for done, item in enumerate(annotated, start=1):
         plan = predictor.plan(item.image, item.contrast_limits)
+        index = ObjectIndex.of(item.labels)
         for frame in predictor.frames(plan=plan):
-            labels = frame_labels(item.labels, frame, geometry.input_size(frame), geometry.pad_size, item.ignore)
-            if not (labels > 0).any():
+            labels = frame_labels(item.labels, frame, geometry.input_size(frame), geometry.pad_size, item.ignore,
+                                  index)
+            if not (labels > 0).any() and not (empty and (labels == 0).any()):
                 continue
             entry = TrainingFrame(labels, frame, item.name)
             if pixels:
-                rgb = display_rgb(plan.source.read(frame), plan.source.contrast_limits, plan.source.rgb)
-                entry.pixels = model_input(rgb, geometry, resized=geometry.input_size(frame))
-            else:
+                entry.pixels = predictor.frame_input(frame, plan)
+            if features:
                 embedded, _ = predictor.frame_embedding(frame, plan)
                 entry.features = (embedded.embedding.clone(), tuple(t.clone() for t in embedded.extras))
             out.append(entry)

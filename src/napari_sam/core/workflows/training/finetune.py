@@ -16,11 +16,13 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,6 +34,7 @@ from ...predictor import Predictor
 from ...settings import TrainingSettings
 from .adapters import add_lora, lora_parameters, merge_lora
 from .examples import AnnotatedImage, Split, TrainingFrame, split, training_frames
+from .instance_training import HeadTrainer, calibrate_instances
 from .recipe import interactive_loss, optimizer_step, warmup_cosine
 from .trained_checkpoint import check_out, write_checkpoint
 from .validation import Figures, calibrate, measure, quick_score, validation_prompts
@@ -140,9 +143,11 @@ def finetune(base: str | os.PathLike | Predictor, annotated: list[AnnotatedImage
     model = copy.deepcopy(original.model).float()
     predictor = _measuring(original, model, encoder)
     report(TrainingProgress("embedding", total=len(parts.training) + len(parts.validation)))
-    frames = training_frames(predictor, parts.training, pixels=encoder,
+    # a head reads both, and learns from the frames of background too
+    needs = {"pixels": encoder or settings.instances, "features": not encoder, "empty": settings.instances}
+    frames = training_frames(predictor, parts.training, **needs,
                              progress=lambda d, t: report(TrainingProgress("embedding", done=d, total=t)))
-    checks = training_frames(predictor, parts.validation, pixels=encoder)
+    checks = training_frames(predictor, parts.validation, **needs)
     if not frames or not checks:
         raise ValueError("No frame of the images holds an object to learn from or to validate on.")
     if stopping():
@@ -154,72 +159,75 @@ def finetune(base: str | os.PathLike | Predictor, annotated: list[AnnotatedImage
     if stopping():
         raise SegmentationCancelled()
 
+    if settings.instances:
+        return _finetune_head(original, predictor, frames, checks, parts, before, out, settings, overwrite,
+                              allow_worse, report, stopping)
+
     trainer = Trainer(model, predictor, frames, settings)
     model = trainer.model  # with LoRA adapters, the wrapped model
-    planned = settings.epochs * trainer.steps_per_epoch if settings.epochs else None
-    trainer.schedule = warmup_cosine(trainer.optimizer, planned or _steps_in(settings.minutes))
-    evaluate_every = max(5, min(25, trainer.steps_per_epoch))
     prompts = validation_prompts(checks, settings.seed)
-
-    best_value, best_step = trainer.score(checks, prompts), 0
-    best_state = _state(model)
-    losses, history, stale, step, stopped = [], [(0, best_value)], 0, 0, "time"
-    start = time.monotonic()
-    while True:
-        if planned is not None and step >= planned:
-            stopped = "epochs"
-            break
-        if planned is None and time.monotonic() - start >= settings.minutes * 60:
-            break
-        if stopping():
-            if step == 0:  # nothing learnt: nothing to save
-                raise SegmentationCancelled()
-            stopped = "cancelled"
-            break
-        losses.append(trainer.step())
-        step += 1
-        latest = None
-        if step % evaluate_every == 0:
-            latest = trainer.score(checks, prompts)
-            history.append((step, latest))
-            if latest > best_value + 1e-4:
-                best_value, best_step, best_state, stale = latest, step, _state(model), 0
-            else:
-                stale += 1
-        report(TrainingProgress("training", step, planned, float(np.mean(losses[-evaluate_every:])), latest,
-                                best_value, time.monotonic() - start))
-        if stale >= settings.patience:
-            stopped = "early stop"
-            break
-    seconds = time.monotonic() - start
-    if settings.keep_best:
-        _restore(model, best_state)
-    else:
-        best_step = step
+    run = _train(trainer, model, lambda: trainer.score(checks, prompts), settings, report, stopping)
     if settings.encoder == "lora":
         merge_lora(model)
     for parameter in model.parameters():
         parameter.requires_grad = False
     model.eval()
 
-    report(TrainingProgress("measuring", step, planned, elapsed=seconds))
+    report(TrainingProgress("measuring", run.steps, elapsed=run.seconds))
     trained_predictor = _measuring(original, model, encoder)  # a new one: decoders keep derived weights
-    report(TrainingProgress("calibrating", step, planned, elapsed=seconds))
-    everything, _ = calibrate(trained_predictor, parts.validation, original.recommended.everything)
+    report(TrainingProgress("calibrating", run.steps, elapsed=run.seconds))
+    # the grid's thresholds are calibrated for the new decoder whatever the method (the user may switch to the grid)
+    everything, _ = calibrate(trained_predictor, parts.validation,
+                              original.recommended.everything.replace(method="grid"))
+    if trained_predictor.has_head:  # the base's head, on the base's embeddings: its method stays
+        everything = everything.replace(method=original.recommended.everything.method)
     after = measure(trained_predictor, parts.validation, everything, settings.seed)
-    result = TrainingResult(None, before, after, parts.summary(), step, best_step, seconds, stopped, losses, history,
-                            trained_predictor)
+    result = TrainingResult(None, before, after, parts.summary(), *run, trained_predictor)
     if after.score < before.score and not allow_worse:
-        raise WorseThanBase(
-            f"The trained model is worse than {base_name} on the validation objects (click {after.click:.3f} vs "
-            f"{before.click:.3f}, box {after.box:.3f} vs {before.box:.3f}, segment everything recall/precision "
-            f"{after.recall:.2f}/{after.precision:.2f} vs {before.recall:.2f}/{before.precision:.2f}); nothing was "
-            "saved. Annotate more objects, train longer, or save it anyway (--allow-worse, or *save even if worse* in "
-            "the Train dock).")
-    report(TrainingProgress("saving", step, planned, elapsed=seconds))
+        raise _worse(base_name, before, after)
+    report(TrainingProgress("saving", run.steps, elapsed=run.seconds))
     write_checkpoint(model, original, out, everything, result, settings, overwrite)
     result.out = out
     trained_predictor.checkpoint = os.fspath(out)
+    return result
+
+
+def _worse(base_name: str, before: Figures, after: Figures) -> WorseThanBase:
+    return WorseThanBase(
+        f"The trained model is worse than {base_name} on the validation objects (click {after.click:.3f} vs "
+        f"{before.click:.3f}, box {after.box:.3f} vs {before.box:.3f}, segment everything recall/precision "
+        f"{after.recall:.2f}/{after.precision:.2f} vs {before.recall:.2f}/{before.precision:.2f}); nothing was "
+        "saved. Annotate more objects, train longer, or save it anyway (--allow-worse, or *save even if worse* in "
+        "the Train dock).")
+
+
+def _finetune_head(original: Predictor, predictor: Predictor, frames: list[TrainingFrame],
+                   checks: list[TrainingFrame], parts: Split, before: Figures, out: Path, settings: TrainingSettings,
+                   overwrite: bool, allow_worse: bool, report, stopping) -> TrainingResult:
+    """:func:`finetune` with ``settings.instances``: an instance head trained on the frozen encoder's embeddings
+    (from the base's own head when it has one), segment everything's instance thresholds calibrated on the
+    validation images, and the checkpoint written with the base's weights unchanged and the head beside them.
+    Clicks and boxes do not change (the decoder is the base's); segment everything is measured with the head."""
+    start_from = copy.deepcopy(original.instance_head()) if original.has_head else None
+    trainer = HeadTrainer(predictor, frames, settings, head=start_from)
+    run = _train(trainer, trainer.head, lambda: trainer.score(checks), settings, report, stopping)
+    head = trainer.head.eval()
+    for parameter in head.parameters():
+        parameter.requires_grad = False
+    report(TrainingProgress("calibrating", run.steps, elapsed=run.seconds))
+    predictor.use_head(head)
+    everything, (recall, precision) = calibrate_instances(predictor, parts.validation,
+                                                          original.recommended.everything)
+    after = dataclasses.replace(before, recall=recall, precision=precision, everything=everything)
+    result = TrainingResult(None, before, after, parts.summary(), *run, predictor)
+    if after.score < before.score and not allow_worse:
+        raise _worse(original.checkpoint, before, after)
+    report(TrainingProgress("saving", run.steps, elapsed=run.seconds))
+    head.spec = dataclasses.replace(head.spec, trained={
+        "base": original.checkpoint, **parts.summary(), "steps": run.steps, "seconds": round(run.seconds, 1)})
+    write_checkpoint(predictor.model, original, out, everything, result, settings, overwrite, head=head)
+    result.out = out
+    predictor.checkpoint = os.fspath(out)
     return result
 
 
@@ -277,6 +285,67 @@ class Trainer:
             return quick_score(self.model, self.predictor.family, features, prompts)
 
 
+class _Run(NamedTuple):
+    """How a training loop went, in :class:`TrainingResult`'s order."""
+
+    steps: int
+    best_step: int
+    seconds: float
+    stopped: str
+    losses: list[float]
+    validations: list[tuple[int, float]]
+
+
+def _train(trainer, module: torch.nn.Module, score: Callable[[], float], settings: TrainingSettings,
+           report: Callable[[TrainingProgress], None], stopping: Callable[[], bool]) -> _Run:
+    """``trainer``'s steps (a :class:`Trainer` or a head's) until the time or the epochs are spent, validating with
+    ``score`` every few steps, early stopping after ``settings.patience`` validations without improvement; the best
+    state of ``module``'s trained parameters is put back (``settings.keep_best``).
+
+    Raises:
+        SegmentationCancelled: ``stopping()`` before the first step (nothing learnt).
+    """
+    planned = settings.epochs * trainer.steps_per_epoch if settings.epochs else None
+    trainer.schedule = warmup_cosine(trainer.optimizer, planned or _steps_in(settings.minutes))
+    evaluate_every = max(5, min(25, trainer.steps_per_epoch))
+    best_value, best_step = score(), 0
+    best_state = _state(module)
+    losses, history, stale, step, stopped = [], [(0, best_value)], 0, 0, "time"
+    start = time.monotonic()
+    while True:
+        if planned is not None and step >= planned:
+            stopped = "epochs"
+            break
+        if planned is None and time.monotonic() - start >= settings.minutes * 60:
+            break
+        if stopping():
+            if step == 0:  # nothing learnt: nothing to save
+                raise SegmentationCancelled()
+            stopped = "cancelled"
+            break
+        losses.append(trainer.step())
+        step += 1
+        latest = None
+        if step % evaluate_every == 0:
+            latest = score()
+            history.append((step, latest))
+            if latest > best_value + 1e-4:
+                best_value, best_step, best_state, stale = latest, step, _state(module), 0
+            else:
+                stale += 1
+        report(TrainingProgress("training", step, planned, float(np.mean(losses[-evaluate_every:])), latest,
+                                best_value, time.monotonic() - start))
+        if stale >= settings.patience:
+            stopped = "early stop"
+            break
+    seconds = time.monotonic() - start
+    if settings.keep_best:
+        _restore(module, best_state)
+    else:
+        best_step = step
+    return _Run(step, best_step, seconds, stopped, losses, history)
+
+
 def _steps_in(minutes: float) -> int:
     """The schedule's length when training by time: long enough that the rate decays over the time given (a step
     takes at least ~0.05 s); early stopping and the clock end it."""
@@ -302,11 +371,18 @@ def _measuring(original: Predictor, model, encoder: bool) -> Predictor:
     """A predictor of ``model`` (a copy of ``original``'s, trained or being trained) with ``original``'s settings.
     With the encoder frozen it shares ``original``'s embeddings (its cache and store, under its name); a trained
     encoder gives other embeddings, so it gets a cache of its own and no store."""
-    return Predictor(model, original.geometry, original.device,
-                     checkpoint=original.checkpoint if not encoder else f"{original.checkpoint} (trained encoder)",
-                     recommended=original.recommended, tiling=original.tiling,
-                     cache=original.cache if not encoder else EmbeddingCache(),
-                     store=original.store if not encoder else None)
+    recommended = original.recommended
+    if encoder:  # the base's instance head reads the base's embeddings: not this encoder's
+        recommended = dataclasses.replace(recommended, instances=None,
+                                          everything=recommended.everything.replace(method="grid"))
+    predictor = Predictor(model, original.geometry, original.device,
+                          checkpoint=original.checkpoint if not encoder else f"{original.checkpoint} (trained encoder)",
+                          recommended=recommended, tiling=original.tiling,
+                          cache=original.cache if not encoder else EmbeddingCache(),
+                          store=original.store if not encoder else None)
+    if not encoder and original.has_head:
+        predictor.use_head(original.instance_head())
+    return predictor
 
 
 __all__ = ["Trainer", "TrainingProgress", "TrainingResult", "WorseThanBase", "finetune"]

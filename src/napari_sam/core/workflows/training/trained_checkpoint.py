@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ...decoding import HEAD_SECTION, save_head
 from ...model import RECOMMENDATIONS_FILE, read_checkpoint_json, resolve_checkpoint
 from ...settings import EverythingSettings
 
@@ -29,6 +30,16 @@ from ...settings import EverythingSettings
 CARD, RECORD = "README.md", "training.json"
 #: The base's image-processor settings, as older and newer transformers versions save them.
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+#: The segment everything settings a training run calibrates, by method (what the model card reports).
+_CALIBRATED = {"grid": ("method", "points_per_side", "pred_iou_thresh", "stability_score_thresh"),
+               "instances": ("method", "foreground_thresh", "center_distance_thresh", "boundary_distance_thresh",
+                             "min_seed_area", "min_instance_area"),
+               "instances+sam": ("method", "foreground_thresh", "center_distance_thresh", "boundary_distance_thresh",
+                                 "min_seed_area", "min_instance_area")}
+#: What the model card calls the instance head.
+INSTANCE_HEAD = "foreground and distance maps, micro-sam's automatic instance segmentation"
 
 
 def check_out(out: Path, base: str, overwrite: bool) -> None:
@@ -47,16 +58,22 @@ def check_out(out: Path, base: str, overwrite: bool) -> None:
         raise ValueError(f"The output folder {out} exists: choose another, or replace it (--overwrite).")
 
 
-def recommendations(original, everything: EverythingSettings) -> dict:
-    """The ``napari_sam.json`` of the new checkpoint: the base's recommendations with ``everything``."""
+def recommendations(original, everything: EverythingSettings, head: dict | None = None) -> dict:
+    """The ``napari_sam.json`` of the new checkpoint: the base's recommendations with ``everything``, and the
+    ``"instances"`` section of its instance head (``head``; else the base's, when its encoder is kept)."""
     rec = original.recommended
-    return {"segment_everything": everything.to_dict(), "propagation": rec.propagation.to_dict(),
-            "refine": rec.refine.to_dict(), "image": rec.image.to_dict()}
+    values = {"segment_everything": everything.to_dict(), "propagation": rec.propagation.to_dict(),
+              "refine": rec.refine.to_dict(), "image": rec.image.to_dict()}
+    if head is not None:
+        values[HEAD_SECTION] = head
+    return values
 
 
 def write_checkpoint(model, original, out: Path, everything: EverythingSettings, result, settings,
-                     overwrite: bool) -> None:
-    """Write the checkpoint folder ``out`` for ``model`` (trained from ``original``'s, a Predictor) atomically."""
+                     overwrite: bool, head=None) -> None:
+    """Write the checkpoint folder ``out`` for ``model`` (trained from ``original``'s, a Predictor) atomically, with
+    an instance ``head`` (an :class:`~napari_sam.core.decoding.InstanceHead`) when given; a decoder-only model keeps
+    its base's head (its encoder, hence its embeddings, are the base's)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
@@ -66,7 +83,10 @@ def write_checkpoint(model, original, out: Path, everything: EverythingSettings,
             processor = read_checkpoint_json(resolve_checkpoint(original.checkpoint), name)
             if processor is not None:
                 write_json(temporary / name, processor)
-        write_json(temporary / RECOMMENDATIONS_FILE, recommendations(original, everything))
+        if head is None and original.has_head and settings.encoder == "none":
+            head = original.instance_head()  # its encoder, hence its embeddings, are the base's
+        section = save_head(head, temporary) if head is not None else None
+        write_json(temporary / RECOMMENDATIONS_FILE, recommendations(original, everything, section))
         record = training_record(original, result, settings, everything)
         write_json(temporary / RECORD, record)
         (temporary / CARD).write_text(model_card(record), encoding="utf-8")
@@ -99,9 +119,9 @@ def training_record(original, result, settings, everything: EverythingSettings) 
         "stopped": result.stopped, "validation_before": result.before.to_dict(),
         "validation_after": result.after.to_dict(),
         "segment_everything": {key: value for key, value in dataclasses.asdict(everything).items()
-                               if key in ("points_per_side", "pred_iou_thresh", "stability_score_thresh")},
+                               if key in _CALIBRATED[everything.method]},
         "base_segment_everything": {key: value for key, value in dataclasses.asdict(
-            original.recommended.everything).items() if key in ("pred_iou_thresh", "stability_score_thresh")}}
+            original.recommended.everything).items() if key in _CALIBRATED[original.recommended.everything.method]}}
 
 
 def model_card(record: dict) -> str:
@@ -112,6 +132,14 @@ def model_card(record: dict) -> str:
             "lora": f"the mask decoder, prompt encoder and LoRA adapters of rank {settings['lora_rank']} on the image "
                     "encoder's attention (merged into these weights)",
             "full": "the whole model"}[settings["encoder"]]
+    recipe = ("with SAM's interactive recipe (clicks, noisy boxes and correction clicks with the previous mask\n"
+              "  as a prompt; multimask with the best candidate's loss; the IoU head regressed on the true IoU)")
+    if settings.get("instances"):
+        what = (f"an instance head ({INSTANCE_HEAD}) on the frozen encoder's embeddings; the model's own weights are "
+                "the base's")
+        recipe = ("to predict each pixel's foreground and its distances to its object's centre and boundary\n"
+                  "  (cross-entropy and Dice loss, squared error), from which segment everything's 'instances' method "
+                  "splits objects by watershed")
     split = ("a share of the images held out" if data["split"] == "images" else
              "a share of the objects of the one image held out" if data["split"] == "objects" else
              "validation images given apart")
@@ -120,6 +148,8 @@ def model_card(record: dict) -> str:
             ("segment everything precision", "everything_precision")]
     table = "\n".join(f"| {label} | {before[key]:.3f} | {after[key]:.3f} |" for label, key in rows)
     thresholds = record["segment_everything"]
+    method = f"method '{thresholds.get('method', 'grid')}'"
+    chosen = ", ".join(f"{name} {value}" for name, value in thresholds.items() if name != "method")
     return f"""# Fine-tuned from {record['base']}
 
 A {record['family']} checkpoint fine-tuned with napari-sam (`napari-sam train`) on its user's own annotations.
@@ -128,8 +158,7 @@ and image series.
 
 ## Training
 - Base: `{record['base']}` (not modified).
-- Trained: {what}, with SAM's interactive recipe (clicks, noisy boxes and correction clicks with the previous mask
-  as a prompt; multimask with the best candidate's loss; the IoU head regressed on the true IoU).
+- Trained: {what}, {recipe}.
 - Data: {data['training_objects']} objects in {data['training_images']} image(s) or plane(s) to learn from,
   {data['validation_objects']} objects in {data['validation_images']} to validate on ({split}).
 - {record['steps']} steps in {record['training_seconds']:.0f} s on {record['device']}; ended by
@@ -145,9 +174,8 @@ box, segment everything matched at IoU ≥ 0.5):
 |---|---|---|
 {table}
 
-Segment everything runs here with the thresholds that found the validation objects best
-(`napari_sam.json`): predicted IoU {thresholds['pred_iou_thresh']}, stability {thresholds['stability_score_thresh']}.
-The base's figures are with its own recommended thresholds.
+Segment everything runs here with the {method} and the thresholds that found the validation objects best
+(`napari_sam.json`): {chosen}. The base's figures are with its own recommended settings.
 
 These figures are on the user's own held-out annotations; on other images the model may do better or worse than
 its base.

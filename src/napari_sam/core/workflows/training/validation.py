@@ -142,12 +142,20 @@ def calibrate(predictor, images: list[AnnotatedImage], base: EverythingSettings,
             totals += matched(item.labels, np.asarray(found), ignore=item.ignore)
         return totals
 
+    return search_settings(base, {"pred_iou_thresh": IOU_THRESHOLDS, "stability_score_thresh": STABILITY_THRESHOLDS},
+                           counts, cancel)
+
+
+def search_settings(base: EverythingSettings, choices: dict[str, tuple], counts, cancel=None):
+    """The settings whose matched ``counts(settings)`` have the highest F1: each setting of ``choices`` in turn over
+    its values, the others held at the best so far, from ``base``. Returns (the settings, their (recall,
+    precision))."""
     def f1(values) -> float:
         recall, precision = recall_precision(values)
         return 2 * recall * precision / max(1e-9, recall + precision)
 
     best, best_counts = base, counts(base)
-    for name, values in (("pred_iou_thresh", IOU_THRESHOLDS), ("stability_score_thresh", STABILITY_THRESHOLDS)):
+    for name, values in choices.items():
         start = best
         for value in values:
             if cancel is not None and cancel():
