@@ -194,7 +194,10 @@ def test_prompts_mode_matches_predictions_in_process(dask_cluster, batch_dataset
         assert set(pd.read_csv(out / f"{name}_objects.csv")["id"]) == {p.object_id for p in objects}
 
 
-def test_a_large_image_is_split_into_tile_tasks_with_the_same_result(dask_cluster, tmp_path):
+@pytest.mark.parametrize("method", ["grid", "instances", "instances+sam"])
+def test_a_large_image_is_split_into_tile_tasks_with_the_same_result(dask_cluster, tmp_path, method):
+    """With every method of segment everything: the instance head's objects cut by a tile task's tiles merge as the
+    grid's do."""
     scheduler, _ = dask_cluster
     image = synthetic_cells((200, 360), seed=970_300, radius_range=(8.0, 12.0))[0]
     inputs = tmp_path / "large"
@@ -204,14 +207,15 @@ def test_a_large_image_is_split_into_tile_tasks_with_the_same_result(dask_cluste
 
     zarr.create_array(str(zarr_path), data=image, chunks=(64, 64))
     tiling = TilingSettings(mode="tiles", tile_size=96, halo=16)
+    everything = FAST.replace(method=method)
     run = RunConfig(batch=BatchSettings(model=MODEL, precision="float32", tiles_per_task=2, contrast="500,3000"),
-                    everything=FAST, tiling=tiling)
+                    everything=everything, tiling=tiling)
     out = tmp_path / "out"
     summary = run_batch([str(zarr_path)], str(out), run, scheduler=scheduler, progress=False)
     assert summary.values["counts"]["done"] == 1
     predictor = reference_predictor()
     predictor.tiling = tiling
-    expected = segment_everything(predictor, image, FAST, contrast_limits=(500, 3000))
+    expected = segment_everything(predictor, image, everything, contrast_limits=(500, 3000))
     assert len(predictor.frames()) > 4  # several tile tasks
     labels = np.asarray(read_image(out / "large_labels.ome.zarr"))  # zarr in, zarr out
     np.testing.assert_array_equal(labels, expected.labels)

@@ -88,13 +88,14 @@ def test_matches_the_transformers_pipeline(transformers_pipeline, monkeypatch, c
     predictor = Predictor.from_pretrained("tiny-cells", device="cpu")
     # framed as the pipeline frames it: the whole image filling the input, whatever the checkpoint recommends
     predictor.geometry = dataclasses.replace(predictor.geometry, max_upscale=0.0, tile_scale=0.0)
-    ours = segment_everything(predictor, image, points_per_side=8, crop_n_layers=crop_n_layers, min_mask_region_area=0,
-                              box_nms_thresh=0.7, crop_nms_thresh=0.7, prefer_smaller_crops=False, **settings)
+    ours = segment_everything(predictor, image, method="grid", points_per_side=8, crop_n_layers=crop_n_layers,
+                              min_mask_region_area=0, box_nms_thresh=0.7, crop_nms_thresh=0.7,
+                              prefer_smaller_crops=False, **settings)
     assert len(ours.masks) >= 3 and len(theirs["masks"]) >= 3
     rate = partner_rate(ours.masks, np.stack(theirs["masks"]))
     assert rate >= 0.95, (rate, len(ours.masks), len(theirs["masks"]))
     if crop_n_layers:  # Meta's rule keeps the crop's version of some duplicates: the same objects still
-        meta = segment_everything(predictor, image, points_per_side=8, crop_n_layers=crop_n_layers,
+        meta = segment_everything(predictor, image, method="grid", points_per_side=8, crop_n_layers=crop_n_layers,
                                   min_mask_region_area=0, **settings)
         assert len(meta.masks) == len(ours.masks)
         assert partner_rate(meta.masks, ours.masks, threshold=0.8) >= 0.95
@@ -105,7 +106,7 @@ def test_finds_the_synthetic_cells():
     recovered, total = 0, 0
     for seed in (900_001, 900_002, 900_003):
         image, labels = synthetic_cells((256, 256), seed=seed)
-        result = segment_everything(predictor, image, points_per_side=16, pred_iou_thresh=0.8,
+        result = segment_everything(predictor, image, method="grid", points_per_side=16, pred_iou_thresh=0.8,
                                     stability_score_thresh=0.9)
         masks = torch.from_numpy(result.masks).flatten(1).float()
         for cell in range(1, int(labels.max()) + 1):
@@ -122,8 +123,8 @@ def test_result_layout_progress_and_cancel():
     predictor = Predictor.from_pretrained("tiny-cells", device="cpu")
     image, _ = synthetic_cells((180, 220), seed=900_010)
     calls = []
-    result = segment_everything(predictor, image, points_per_side=12, points_per_batch=40, pred_iou_thresh=0.8,
-                                stability_score_thresh=0.9, min_mask_region_area=30,
+    result = segment_everything(predictor, image, method="grid", points_per_side=12, points_per_batch=40,
+                                pred_iou_thresh=0.8, stability_score_thresh=0.9, min_mask_region_area=30,
                                 progress=lambda done, total: calls.append((done, total)))
     n = len(result.masks)
     assert n > 5 and result.masks.shape == (n, 180, 220) and result.masks.dtype == bool
@@ -137,7 +138,7 @@ def test_result_layout_progress_and_cancel():
     assert (result.labels[result.masks[smallest]] == smallest + 1).mean() > 0.5  # small objects stay visible
     assert calls == [(i, 4) for i in range(1, 5)]  # 144 points in batches of 40
     with pytest.raises(SegmentationCancelled):
-        segment_everything(predictor, image, points_per_side=12, points_per_batch=40,
+        segment_everything(predictor, image, method="grid", points_per_side=12, points_per_batch=40,
                            cancel=lambda: len(calls) > 5, progress=lambda d, t: calls.append(d))
 
 
@@ -160,8 +161,8 @@ def test_thresholds_of_zero_turn_the_filters_off_as_in_the_pipeline(pessimistic_
     assert (predictor.predict(points=[[100, 120]]).scores < 0).all()
     theirs = reference(Image.fromarray(image), points_per_batch=64, points_per_crop=8, pred_iou_thresh=0.0,
                        stability_score_thresh=0.0, crops_nms_thresh=0.7)
-    ours = segment_everything(predictor, image, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                              box_nms_thresh=0.7, prefer_smaller_crops=False)
+    ours = segment_everything(predictor, image, method="grid", points_per_side=8, pred_iou_thresh=0.0,
+                              stability_score_thresh=0.0, box_nms_thresh=0.7, prefer_smaller_crops=False)
     theirs = np.stack(theirs["masks"])
     theirs = theirs[theirs.any(axis=(1, 2))]  # the pipeline keeps empty masks (all-zero boxes); they are no objects
     assert len(theirs) >= 3 and len(ours.masks) >= 3 and ours.masks.any(axis=(1, 2)).all()
@@ -177,8 +178,8 @@ def test_each_crop_is_encoded_exactly_once():
     runs = []
     predictor.model.vision_encoder.register_forward_hook(lambda *args: runs.append(1))
     image, _ = synthetic_cells((200, 240), seed=900_031)
-    result = segment_everything(predictor, image, points_per_side=8, crop_n_layers=2, pred_iou_thresh=0.7,
-                                stability_score_thresh=0.8)
+    result = segment_everything(predictor, image, method="grid", points_per_side=8, crop_n_layers=2,
+                                pred_iou_thresh=0.7, stability_score_thresh=0.8)
     assert len(result.masks) > 0
     assert len(runs) == 21
 
@@ -191,12 +192,12 @@ def test_bad_settings_name_the_problem(bad):
     predictor = Predictor.from_pretrained("tiny-cells", device="cpu")
     name = next(iter(bad))
     with pytest.raises(ValueError, match=name if name != "points_per_side" or len(bad) == 1 else "crop layer 1"):
-        segment_everything(predictor, np.zeros((40, 40), np.uint8), **bad)
+        segment_everything(predictor, np.zeros((40, 40), np.uint8), method="grid", **bad)
 
 
 def test_a_flat_image_without_limits_finds_nothing_without_an_error():
     predictor = Predictor.from_pretrained("tiny-cells", device="cpu")
-    result = segment_everything(predictor, np.full((64, 80), 1000, dtype=np.uint16), points_per_side=4)
+    result = segment_everything(predictor, np.full((64, 80), 1000, dtype=np.uint16), method="grid", points_per_side=4)
     assert result.labels.shape == (64, 80) and result.labels.dtype == np.uint32
 
 
@@ -205,7 +206,8 @@ def test_without_settings_the_checkpoints_recommendations_hold():
 
     predictor = Predictor.from_pretrained("tiny-cells", device="cpu")
     image, _ = synthetic_cells((180, 220), seed=900_010)
-    assert segment_everything(predictor, image).stats["candidates"] == 32 * 32 * 3  # the recommended grid
+    assert predictor.recommended.everything.method == "instances"  # tiny-cells has an instance head
+    assert segment_everything(predictor, image, method="grid").stats["candidates"] == 32 * 32 * 3  # its grid
     coarse = EverythingSettings(points_per_side=6, pred_iou_thresh=0.5, stability_score_thresh=0.5)
     predictor.recommended = dataclasses.replace(predictor.recommended, everything=coarse)
     result = segment_everything(predictor, image)
@@ -223,7 +225,8 @@ def test_settings_object_and_features():
                                   min_mask_region_area=predictor.recommended.everything.min_mask_region_area)
     result = segment_everything(predictor, image, settings)
     # keywords replace single settings of those the checkpoint recommends
-    same = segment_everything(predictor, image, points_per_side=12, pred_iou_thresh=0.8, stability_score_thresh=0.9)
+    same = segment_everything(predictor, image, method="grid", points_per_side=12, pred_iou_thresh=0.8,
+                              stability_score_thresh=0.9)
     assert np.array_equal(result.labels, same.labels)
     features = result.features()
     assert list(features["label"]) == list(range(1, len(result.masks) + 1))
@@ -260,8 +263,8 @@ def test_a_large_clean_up_threshold_keeps_cells_round_and_paints_those_at_the_bo
 
     image, labels = synthetic_cells((200, 240), seed=900_040, radius_range=(8.0, 14.0))
     settings = dict(points_per_side=16, pred_iou_thresh=0.7, stability_score_thresh=0.85)
-    plain = segment_everything(tiny_cells, image, min_mask_region_area=0, **settings)
-    result = segment_everything(tiny_cells, image, min_mask_region_area=300, **settings)
+    plain = segment_everything(tiny_cells, image, method="grid", min_mask_region_area=0, **settings)
+    result = segment_everything(tiny_cells, image, method="grid", min_mask_region_area=300, **settings)
     cells, found_plain = matched(labels, np.asarray(plain.labels))[:2]
     found = matched(labels, np.asarray(result.labels))[1]
     assert found >= found_plain - 1 and found >= 0.8 * cells, (cells, found_plain, found)

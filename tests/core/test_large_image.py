@@ -207,7 +207,7 @@ def test_segment_everything_in_tiles_finds_the_cells_once(large_cells, tiny_cell
     image, labels = large_cells[0][:1024, :1024], large_cells[1][:1024, :1024]
     out = zarr.create_array(tmp_path / "labels.zarr", shape=image.shape, chunks=(512, 512), dtype="uint32")
     # a grid point every 16 px of the image, whatever the model's tile size
-    result = segment_everything(tiny_cells, image, pred_iou_thresh=0.7, stability_score_thresh=0.8,
+    result = segment_everything(tiny_cells, image, pred_iou_thresh=0.7, stability_score_thresh=0.8, method="grid",
                                 points_per_side=tiny_cells.geometry.default_tile // 16, out=out)
     assert result.labels is out and tiny_cells.tiled
     found = np.asarray(out[:])
@@ -277,15 +277,18 @@ def test_another_model_on_the_same_store_computes_its_own(tmp_path, tiny_checkpo
     assert len(store) == 2 and len(store.summary()["models"]) == 2
 
 
-def test_objects_no_tile_holds_whole_are_recovered_once(tiny_cells):
+@pytest.mark.parametrize("method", ["grid", "instances", "instances+sam"])
+def test_objects_no_tile_holds_whole_are_recovered_once(tiny_cells, method):
     """Cells wider than a tile's core are cut by an inner border in every tile that sees them, so the crop-edge rule
-    dropped each of them everywhere (once: none of these six cells was found in tiles). Their cut candidates are
-    decoded again in a window around the object, as a prompt is, and each found cell is one object."""
+    dropped each of them everywhere (once: none of these six cells was found in tiles). Their cut candidates (the
+    grid's, or the pieces of the instance head's objects) are decoded again in a window around the object, as a
+    prompt is, and each found cell is one object."""
     tiled = Predictor(tiny_cells.model, tiny_cells.geometry, "cpu", checkpoint="tiny-cells",
                       recommended=tiny_cells.recommended, tiling=TilingSettings(mode="tiles", tile_size=128, halo=16))
     image, labels = synthetic_cells((500, 500), seed=5, radius_range=(55.0, 70.0), n_cells=6)
     core = tiled.frames  # (a 96-px core: every cell is wider)
-    result = segment_everything(tiled, image, points_per_side=16, pred_iou_thresh=0.7, stability_score_thresh=0.85)
+    result = segment_everything(tiled, image, points_per_side=16, pred_iou_thresh=0.7, stability_score_thresh=0.85,
+                                method=method)
     assert tiled.tiled and callable(core)
     found = np.asarray(result.labels)
     cells = [cell for cell in range(1, labels.max() + 1) if (labels == cell).any()]

@@ -52,19 +52,19 @@ def test_clicks_and_boxes_on_the_other_looks(tiny_cells, look):
     check_look(tiny_cells, look, SLOW_BOUNDS[look], scenes=1)
 
 
-@pytest.mark.parametrize("thresholds", ["metas", "recommended"])
+@pytest.mark.parametrize("thresholds", ["metas", "recommended", "instance head"])
 def test_segment_everything_finds_the_demo_cells(tiny_cells, thresholds):
     """Predicted IoUs and stability mean what they say. Meta's 0.88 / 0.95, with the checkpoint's clean-up of
     regions under 30 px, keep 61 of the demo sample's 66 cells in 63 segments (tiny-cells v1 kept none, and this
     model before its logits were scaled 2x, 38); the recommended 0.75 / 0.92 keep nearly all of them, and few
-    segments that are no cell."""
+    segments that are no cell. The instance head (the recommended method) too."""
     from napari_sam.demo import synthetic_cells
 
     image = synthetic_cells_sample()[0][0]
     _, labels = synthetic_cells((384, 512), seed=2024)
     recommended = tiny_cells.recommended.everything
-    settings = (EverythingSettings(min_mask_region_area=recommended.min_mask_region_area)
-                if thresholds == "metas" else recommended)
+    settings = {"metas": EverythingSettings(min_mask_region_area=recommended.min_mask_region_area),
+                "recommended": recommended.replace(method="grid"), "instance head": recommended}[thresholds]
     assert recommended.min_mask_region_area > 0
     result = segment_everything(tiny_cells, image, settings)
     objects, found, segments, matching = matched(labels, np.asarray(result.labels))

@@ -84,7 +84,8 @@ def test_the_demo_with_the_docks_defaults_finds_the_cells(make_napari_viewer, qt
     widget.model_picker.native.setCurrentText("tiny-cells")
     widget.load_model()
     qtbot.waitUntil(lambda: widget.predictor is not None and not widget.busy, timeout=60_000)
-    assert "tiny-cells" in widget.in_effect.value
+    assert "tiny-cells" in widget.in_effect.value and "method: instances (the checkpoint's instance head)" in \
+        widget.in_effect.value
     recommended = widget.predictor.recommended.everything
     assert widget.form.value() == recommended and recommended.pred_iou_thresh < 0.88
     widget.run()
@@ -96,10 +97,29 @@ def test_the_demo_with_the_docks_defaults_finds_the_cells(make_napari_viewer, qt
     hits = sum(max(((found == k) & (truth == c)).sum() / ((found == k) | (truth == c)).sum()
                    for k in np.unique(found[truth == c]) if k) >= 0.7 for c in cells if (found[truth == c] > 0).any())
     assert hits >= 0.6 * len(cells), (hits, len(cells))
-    widget.settings["points_per_side"].value = 8
-    assert widget.in_effect.value == "Settings: edited."
+    assert not widget.settings["points_per_side"].enabled and widget.settings["foreground_thresh"].enabled
+    widget.settings["method"].value = "grid"
+    assert widget.in_effect.value == "Settings: edited; method: grid (SAM's point grid)."
+    assert widget.settings["points_per_side"].enabled and not widget.settings["foreground_thresh"].enabled
     widget.reset_button.clicked.emit()
     assert widget.form.value() == recommended
+
+
+def test_a_checkpoint_without_a_head_is_told_how_to_get_one(make_napari_viewer, qtbot, tiny_checkpoint,
+                                                            notifications):
+    viewer = make_napari_viewer()
+    viewer.add_image(synthetic_cells((64, 64), seed=3)[0])
+    _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
+    widget.model_picker.native.setCurrentText(str(tiny_checkpoint))
+    widget.load_model()
+    qtbot.waitUntil(lambda: widget.predictor is not None and not widget.busy, timeout=60_000)
+    assert "method: grid" in widget.in_effect.value
+    widget.settings["method"].value = "instances"
+    layers = len(viewer.layers)
+    widget.run()
+    assert not widget.busy and len(viewer.layers) == layers
+    assert any("no instance head" in str(n.message) and "napari-sam train --instances" in str(n.message)
+               for n in notifications())
 
 
 def test_a_run_that_finds_nothing_says_what_to_lower(everything_dock, qtbot):
