@@ -224,7 +224,7 @@ def test_calibration_sees_what_segment_everything_finds(tiny_cells, thresholds):
     from napari_sam.core.workflows.training.validation import _passing
 
     image, _ = synthetic_cells((128, 128), seed=4, n_cells=12)
-    settings = tiny_cells.recommended.everything.replace(pred_iou_thresh=thresholds[0],
+    settings = tiny_cells.recommended.everything.replace(method="grid", pred_iou_thresh=thresholds[0],
                                                          stability_score_thresh=thresholds[1])
     part = segment_frames(tiny_cells, image, settings.replace(pred_iou_thresh=0.5, stability_score_thresh=0.8,
                                                               box_nms_thresh=1.0))
