@@ -84,7 +84,7 @@ def test_the_demo_with_the_docks_defaults_finds_the_cells(make_napari_viewer, qt
     widget.model_picker.native.setCurrentText("tiny-cells")
     widget.load_model()
     qtbot.waitUntil(lambda: widget.predictor is not None and not widget.busy, timeout=60_000)
-    assert "tiny-cells" in widget.in_effect.value and "method: instances (the checkpoint's instance head)" in \
+    assert "tiny-cells" in widget.in_effect.value and "method: instances (its head)" in \
         widget.in_effect.value
     recommended = widget.predictor.recommended.everything
     assert widget.form.value() == recommended and recommended.pred_iou_thresh < 0.88
@@ -99,7 +99,7 @@ def test_the_demo_with_the_docks_defaults_finds_the_cells(make_napari_viewer, qt
     assert hits >= 0.6 * len(cells), (hits, len(cells))
     assert not widget.settings["points_per_side"].enabled and widget.settings["foreground_thresh"].enabled
     widget.settings["method"].value = "grid"
-    assert widget.in_effect.value == "Settings: edited; method: grid (SAM's point grid)."
+    assert widget.in_effect.value == "Settings: edited; method: grid."
     assert widget.settings["points_per_side"].enabled and not widget.settings["foreground_thresh"].enabled
     widget.reset_button.clicked.emit()
     assert widget.form.value() == recommended

@@ -183,21 +183,21 @@ class EverythingSettings(Settings):
 
     foreground_thresh: float = setting(
         0.5, 0.0, 1.0, "instances: pixels whose foreground probability is above this belong to objects.",
-        advanced=True, label="foreground (instances)", step=0.05)
+        advanced=True, label="foreground", step=0.05)
     center_distance_thresh: float = setting(
         0.5, 0.0, 1.0, "instances: objects grow from seeds, pixels whose predicted distance to their object's centre "
         "(0 at the centre, 1 at its farthest pixel) is below this.", advanced=True,
-        label="centre distance (instances)", step=0.05)
+        label="centre distance", step=0.05)
     boundary_distance_thresh: float = setting(
         0.5, 0.0, 1.0, "instances: seeds also need a predicted distance to the boundary (1 deepest inside, 0 at the "
         "edge) above this; higher values split touching objects more.", advanced=True,
-        label="boundary distance (instances)", step=0.05)
+        label="boundary dist.", step=0.05)
     min_seed_area: int = setting(
         4, 0, 1 << 20, "instances: seeds smaller than this many pixels are dropped (their pixels go to the "
-        "neighbouring objects): fewer objects split in two.", advanced=True, label="min seed (px, instances)", step=1)
+        "neighbouring objects): fewer objects split in two.", advanced=True, label="min seed (px)", step=1)
     min_instance_area: int = setting(
         8, 0, 1 << 30, "instances: objects smaller than this many pixels are dropped.", advanced=True,
-        label="min object (px, instances)", step=2)
+        label="min object (px)", step=2)
 
     def _check(self) -> None:
         for layer in range(self.crop_n_layers + 1):

@@ -33,8 +33,7 @@ from .prompt_layers import image_transforms, labels_array, selection_kept, spati
 from .settings_form import SettingsForm
 
 #: What the dock's status line calls each method.
-METHOD_NAMES = {"grid": "grid (SAM's point grid)", "instances": "instances (the checkpoint's instance head)",
-                "instances+sam": "instances+sam (the instance head's objects, redrawn by SAM)"}
+METHOD_NAMES = {"grid": "grid", "instances": "instances (its head)", "instances+sam": "instances+sam"}
 
 
 class EverythingWidget(Dock):

@@ -619,7 +619,7 @@ def _remove_small_regions(objects, scores, stability, points, min_area, nms_thre
 def explain_empty(stats: dict, settings: EverythingSettings) -> str:
     """Why a run found no object, and which setting to lower (from :attr:`EverythingResult.stats`)."""
     if settings.method != "grid":
-        return ("The instance head found no object: lower 'foreground (instances)' or 'min object (px, instances)', "
+        return ("The instance head found no object: lower 'foreground' or 'min object (px)', "
                 "or use the method 'grid'." if not stats.get("passed_both") else
                 "The objects the instance head found were all dropped for touching a tile's edge.")
     if not stats.get("candidates"):
